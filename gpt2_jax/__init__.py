@@ -1,0 +1,22 @@
+"""GPT-2 in pure-functional JAX/Flax: the model, HF conversion both ways, sampling and training.
+
+    from gpt2_jax import GPT2Config, GPT2, from_hf, to_hf, generate
+"""
+
+import importlib
+
+# Resolved on first use, so that `python -m gpt2_jax.convert` does not import itself twice.
+_PUBLIC = {
+    "GPT2Config": "gpt2_jax.config",
+    "GPT2": "gpt2_jax.model",
+    "from_hf": "gpt2_jax.convert",
+    "to_hf": "gpt2_jax.convert",
+    "generate": "gpt2_jax.sampling",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'gpt2_jax' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,0 +1,112 @@
+"""GPT2Config: the model's shape, with transformers' GPT2Config field names and config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from gpt2_jax.errors import UserError
+
+PRESETS = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+# Both names mean GELU with the tanh approximation in transformers.
+TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")
+
+# HF config.json values that change the math in ways this model does not implement.
+UNSUPPORTED_HF_SETTINGS = {
+    "add_cross_attention": False,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "tie_word_embeddings": True,
+}
+
+
+class ConfigError(UserError):
+    """A config.json or config value this model cannot honour."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """GPT-2's shape. Field names and defaults are transformers' GPT2Config (124M)."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd, as in GPT-2
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5  # GPT-2's value; flax's LayerNorm default is 1e-6
+    initializer_range: float = 0.02
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.activation_function not in TANH_GELU_NAMES:
+            raise ConfigError(
+                f"activation_function={self.activation_function!r} is not supported; "
+                f"GPT-2 uses one of {TANH_GELU_NAMES}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GPT2Config:
+        """One of gpt2, gpt2-medium, gpt2-large, gpt2-xl, with optional field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        unknown = overrides.keys() - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown GPT2Config field(s) {sorted(unknown)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GPT2Config:
+        """From a transformers config dict; its other HF fields (dropout, summary_*) are ignored."""
+        if values.get("model_type", "gpt2") != "gpt2":
+            raise ConfigError(f"model_type={values['model_type']!r} is not gpt2")
+        for key, supported in UNSUPPORTED_HF_SETTINGS.items():
+            if values.get(key, supported) != supported:
+                raise ConfigError(f"{key}={values[key]!r} is not supported (only {supported!r})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in fields})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> GPT2Config:
+        try:
+            values = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict:
+        """A transformers-compatible config dict (GPT2LMHeadModel, tied head)."""
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            **dataclasses.asdict(self),
+            "tie_word_embeddings": True,
+        }
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

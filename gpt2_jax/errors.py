@@ -1,0 +1,35 @@
+"""Errors a user can fix, and how the command-line tools report them.
+
+Library code raises a subclass of `UserError` with the offending value in its message;
+every CLI's `main` is wrapped in `exit_on_user_error`, which prints that message as one
+line and exits with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from collections.abc import Callable
+
+
+class UserError(ValueError):
+    """Bad input (a missing file, a wrong key, a prompt too long): the message says what to change."""
+
+
+def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a CLI entry point: a UserError becomes `<prog>: error: <message>` and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            message = " ".join(str(error).split())  # one line, whatever the library put in it
+            print(f"{Path(sys.argv[0]).stem}: error: {message}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapped

@@ -1,0 +1,89 @@
+"""Hugging Face model directories on disk: find them, read their weights, write them.
+
+Knows file names and formats (`model.safetensors`, `pytorch_model.bin`, tokenizer files),
+nothing about what the tensors mean: that is `convert.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from gpt2_jax.errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+
+
+class CheckpointFileError(UserError):
+    """A model directory that is missing, incomplete or unreadable."""
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def resolve(name_or_path: str) -> Path:
+    """A local HF directory as is; otherwise a hub name, downloaded with huggingface_hub."""
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.exists():
+        raise CheckpointFileError(
+            f"{name_or_path}: not a model directory (need config.json + {' or '.join(WEIGHT_FILES)}, "
+            "a params directory, or a training workdir)"
+        )
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise CheckpointFileError(f"{name_or_path}: no such directory")
+    import huggingface_hub  # only for hub names
+
+    try:
+        return Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=["*.json", "*.txt", WEIGHT_FILES[0]]))
+    except Exception as error:  # the hub's errors are many (network, auth, not found)
+        raise CheckpointFileError(
+            f"{name_or_path}: no such local directory, and the Hugging Face Hub did not provide it "
+            f"({type(error).__name__}); pass a local directory with config.json + model.safetensors"
+        ) from None
+
+
+def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
+    """model.safetensors (numpy) or pytorch_model.bin (torch.load with weights_only=True)."""
+    safetensors_file, bin_file = (model_dir / name for name in WEIGHT_FILES)
+    if safetensors_file.exists():
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(safetensors_file)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointFileError(f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
+    if bin_file.exists():
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointFileError(f"{bin_file}: reading .bin needs torch (pip install torch)") from None
+        try:
+            state_dict = torch.load(bin_file, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variants
+            raise CheckpointFileError(f"{bin_file}: unreadable checkpoint ({type(error).__name__}: {first_line(error)})") from None
+        return {key: tensor.float().numpy() for key, tensor in state_dict.items()}
+    raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
+
+
+def write_hf_dir(
+    out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None
+) -> None:
+    """config.json, model.safetensors, generation_config.json and, if found, tokenizer files."""
+    from safetensors.numpy import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+    save_file(state_dict, out_dir / WEIGHT_FILES[0], metadata={"format": "pt"})
+    generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    for name in TOKENIZER_FILES if tokenizer_dir else ():
+        if (tokenizer_dir / name).is_file():
+            shutil.copy(tokenizer_dir / name, out_dir / name)

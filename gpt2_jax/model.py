@@ -1,0 +1,164 @@
+"""GPT-2 as Flax linen modules: logits are a pure function of (params, token ids).
+
+Decoder-only transformer with GPT-2's changes to "Attention is all you need": pre-LN
+sub-blocks, a final LayerNorm, learned positions, tanh GELU, and an output head tied to
+the token embedding. Module and parameter names are transformers' (`wte`, `h_0/attn/c_attn`,
+`ln_f`, ...) so converting a checkpoint is a rename of keys.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gpt2_jax.config import GPT2Config
+
+# The KV cache: one {"k", "v"} dict of [batch, max_len, n_head, head_dim] arrays per layer.
+KVCache = list[dict[str, jax.Array]]
+
+
+def init_cache(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty KV cache for `batch_size` sequences of up to `max_len` tokens."""
+    shape = (batch_size, max_len, config.n_head, config.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
+
+
+def layer_norm(config: GPT2Config, dtype: Any, name: str) -> nn.LayerNorm:
+    # GPT-2's epsilon (flax defaults to 1e-6); two-pass variance, as PyTorch computes it.
+    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=dtype, use_fast_variance=False, name=name)
+
+
+def dense(config: GPT2Config, features: int, dtype: Any, name: str, residual: bool = False) -> nn.Dense:
+    """A Dense with GPT-2's init; HF's Conv1D weight is [in, out] like this kernel."""
+    std = config.initializer_range
+    if residual:  # scale by 1/sqrt(2*n_layer): each block adds two residual branches
+        std /= math.sqrt(2 * config.n_layer)
+    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std), name=name)
+
+
+def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
+    """Causal attention of T queries at positions start..start+T-1 over S keys at 0..S-1.
+
+    Without a cache (T == S, start 0) this is plain causal attention, which lets
+    `jax.nn.dot_product_attention` pick cuDNN flash attention on GPU.
+    """
+    T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+    if start is None:
+        return jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation=implementation
+        )
+    q_positions_T = start + jnp.arange(T)
+    mask_TxS = jnp.arange(S)[None, :] <= q_positions_T[:, None]
+    return jax.nn.dot_product_attention(
+        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_TxS[None, None], implementation=implementation
+    )
+
+
+class Attention(nn.Module):
+    config: GPT2Config
+    dtype: Any
+    attention_impl: str | None
+
+    @nn.compact
+    def __call__(self, x_BxTxD, cache, start):
+        c = self.config
+        B, T, D = x_BxTxD.shape
+        qkv_BxTx3D = dense(c, 3 * D, self.dtype, name="c_attn")(x_BxTxD)
+        q, k, v = (t.reshape(B, T, c.n_head, c.head_dim) for t in jnp.split(qkv_BxTx3D, 3, axis=-1))
+        if cache is not None:  # write this step's keys/values at `start`, attend over all
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
+            cache = {"k": k, "v": v}
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+        out_BxTxHxK = attend(q, k, v, None if cache is None else start, self.attention_impl)
+        out_BxTxD = out_BxTxHxK.reshape(B, T, D)
+        return dense(c, D, self.dtype, residual=True, name="c_proj")(out_BxTxD), cache
+
+
+class MLP(nn.Module):
+    config: GPT2Config
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        h_BxTxF = dense(self.config, self.config.mlp_width, self.dtype, name="c_fc")(x_BxTxD)
+        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new" is the tanh form
+        return dense(self.config, x_BxTxD.shape[-1], self.dtype, residual=True, name="c_proj")(h_BxTxF)
+
+
+class Block(nn.Module):
+    config: GPT2Config
+    dtype: Any
+    attention_impl: str | None
+
+    @nn.compact
+    def __call__(self, x_BxTxD, cache, start):
+        # Pre-LN: normalise the input of each sub-block; the residual stream itself stays fp32.
+        attn_out, cache = Attention(self.config, self.dtype, self.attention_impl, name="attn")(
+            layer_norm(self.config, self.dtype, "ln_1")(x_BxTxD), cache, start
+        )
+        x_BxTxD = x_BxTxD + attn_out
+        x_BxTxD = x_BxTxD + MLP(self.config, self.dtype, name="mlp")(
+            layer_norm(self.config, self.dtype, "ln_2")(x_BxTxD)
+        )
+        return x_BxTxD, cache
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model.
+
+    Attributes:
+      config: the shape (GPT2Config).
+      dtype: compute dtype (float32 or bfloat16); params and the residual stream stay float32.
+      vocab_pad_multiple: round the embedding's rows up to a multiple of this (64 gives
+        50304) for faster matmuls; logits are always returned at `config.vocab_size`.
+      attention_impl: passed to `jax.nn.dot_product_attention` (None, "xla" or "cudnn").
+      remat: recompute each block's activations in the backward pass (saves memory).
+    """
+
+    config: GPT2Config
+    dtype: Any = jnp.float32
+    vocab_pad_multiple: int = 1
+    attention_impl: str | None = None
+    remat: bool = False
+
+    def setup(self):
+        c = self.config
+        padded_vocab = -(-c.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
+        embed_init = nn.initializers.normal(c.initializer_range)
+        self.wte = nn.Embed(padded_vocab, c.n_embd, embedding_init=embed_init)
+        self.wpe = nn.Embed(c.n_positions, c.n_embd, embedding_init=embed_init)
+        block = nn.remat(Block) if self.remat else Block
+        self.h = [block(c, self.dtype, self.attention_impl) for _ in range(c.n_layer)]  # h_0, h_1, ...
+        self.ln_f = layer_norm(c, self.dtype, "ln_f")
+
+    def __call__(self, input_ids_BxT):
+        """Logits [B, T, vocab_size] (float32) for token ids [B, T]."""
+        logits_BxTxV, _ = self._forward(input_ids_BxT, None, None)
+        return logits_BxTxV
+
+    def decode(self, input_ids_BxT, cache: KVCache, start):
+        """Logits for ids at positions start..start+T-1, reading and extending `cache`.
+
+        Returns (logits [B, T, vocab_size] float32, the updated cache).
+        """
+        return self._forward(input_ids_BxT, cache, start)
+
+    def _forward(self, input_ids_BxT, cache, start):
+        T = input_ids_BxT.shape[1]
+        positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
+        x_BxTxD = self.wte(input_ids_BxT) + self.wpe(positions_T)[None]
+        new_cache = None if cache is None else []
+        for i, block in enumerate(self.h):
+            x_BxTxD, layer_cache = block(x_BxTxD, None if cache is None else cache[i], start)
+            if cache is not None:
+                new_cache.append(layer_cache)
+        x_BxTxD = self.ln_f(x_BxTxD)
+        # Tied head: logits = x @ wte^T, in the compute dtype, read at the real vocab size.
+        embedding_VxD = self.wte.embedding[: self.config.vocab_size].astype(self.dtype)
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD.astype(self.dtype), embedding_VxD)
+        return logits_BxTxV.astype(jnp.float32), new_cache

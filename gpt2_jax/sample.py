@@ -1,0 +1,80 @@
+"""Sample from a GPT-2: `python -m gpt2_jax.sample --model gpt2 --prompt "Hello, I'm a language model,"`.
+
+--model is a hub name, an HF directory, a params directory or a training workdir. One
+sample streams as it is generated; several are printed when done. Generation stops at
+<|endoftext|>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.loading import load_model
+from gpt2_jax.model import GPT2
+from gpt2_jax.sampling import generate
+
+
+class StreamPrinter:
+    """An `on_token` callback for one sample: prints the text as it grows, in whole UTF-8 characters."""
+
+    def __init__(self, tokenizer, prompt_ids):
+        self.tokenizer, self.ids, self.printed = tokenizer, list(prompt_ids), 0
+
+    def __call__(self, tokens_B):
+        if int(tokens_B[0]) != self.tokenizer.eot_token:
+            self.ids.append(int(tokens_B[0]))
+        text = self.tokenizer.decode(self.ids)
+        if not text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+            self.write(text)
+
+    def write(self, text):
+        sys.stdout.write(text[self.printed:])
+        sys.stdout.flush()
+        self.printed = len(text)
+
+    def finish(self):
+        self.write(self.tokenizer.decode(self.ids) + "\n")
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2", help="hub name, HF directory, params directory or workdir")
+    parser.add_argument("--prompt", default="Hello, I'm a language model,")
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=30)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    args = parser.parse_args(argv)
+
+    loaded = load_model(args.model)
+    prompt_ids = loaded.tokenizer.encode(args.prompt)
+    prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
+    stream = StreamPrinter(loaded.tokenizer, prompt_ids) if args.num_samples == 1 else None
+    tokens_BxL = generate(
+        loaded.config, loaded.params, prompt_BxT, args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+        rng=jax.random.key(args.seed), model=GPT2(loaded.config, dtype=jnp.dtype(args.dtype)),
+        on_token=stream,
+    )
+    if stream:
+        stream.finish()
+        return
+    eot = loaded.tokenizer.eot_token
+    for row in np.asarray(tokens_BxL).tolist():
+        new = row[len(prompt_ids):]
+        print(f"> {loaded.tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None])}")
+
+
+if __name__ == "__main__":
+    main()

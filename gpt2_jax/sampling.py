@@ -1,0 +1,105 @@
+"""Autoregressive sampling: KV-cached, the whole decode loop compiled as one XLA program."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from gpt2_jax.config import GPT2Config
+from gpt2_jax.errors import UserError
+from gpt2_jax.model import GPT2, init_cache
+
+
+class SamplingError(UserError):
+    """An empty prompt, one that leaves no room in the context, or settings out of range."""
+
+
+def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: float | None):
+    """One token per row: greedy at temperature 0, else temperature, top-k, then top-p.
+
+    The order is transformers'. Top-p keeps the most likely tokens until their mass reaches
+    p (always at least one). Sampling runs over the top-k candidates only, which keeps a
+    step cheap: no full-vocabulary sort or noise unless top-p is asked for without top-k.
+    Returns [B] int32 token ids.
+    """
+    if temperature == 0.0:
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = logits_BxV / temperature
+    if top_k is None and top_p is None:
+        return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
+    k = min(top_k or logits_BxV.shape[-1], logits_BxV.shape[-1])
+    logits_BxK, ids_BxK = jax.lax.top_k(logits_BxV, k)  # sorted, most likely first
+    if top_p is not None:
+        probs_BxK = jax.nn.softmax(logits_BxK, axis=-1)
+        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+        logits_BxK = jnp.where(mass_before_BxK < top_p, logits_BxK, -jnp.inf)
+    choice_B = jax.random.categorical(key, logits_BxK)
+    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def generate(
+    config: GPT2Config,
+    params,
+    prompt_ids,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    rng: jax.Array | None = None,
+    *,
+    model: GPT2 | None = None,
+    on_token: Callable[[np.ndarray], None] | None = None,
+) -> jax.Array:
+    """Continue `prompt_ids` ([T] or [B, T] ints) by `max_new_tokens` tokens.
+
+    temperature 0.0 is greedy. A row that emits `eos_token_id` is filled with it from then
+    on, and the loop stops once every row has. `on_token`, if given, is called on the host
+    with each step's [B] tokens as they are generated (for streaming).
+    Returns [B, T + max_new_tokens] token ids (prompt included).
+    """
+    prompt_BxT = jnp.atleast_2d(jnp.asarray(prompt_ids, dtype=jnp.int32))
+    T = prompt_BxT.shape[1]
+    if T == 0:
+        raise SamplingError("the prompt is empty")
+    if T + max_new_tokens > config.n_positions:
+        raise SamplingError(
+            f"prompt of {T} tokens + {max_new_tokens} new tokens exceeds the context of "
+            f"{config.n_positions} tokens"
+        )
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+        raise SamplingError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1 (got {temperature}, {top_k}, {top_p})")
+    rng = jax.random.key(0) if rng is None else rng
+    return _generate(
+        model or GPT2(config), params, prompt_BxT, rng, max_new_tokens, temperature, top_k, top_p, on_token
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
+def _generate(model, params, prompt_BxT, rng, max_new_tokens, temperature, top_k, top_p, on_token):
+    B, T = prompt_BxT.shape
+    eos = model.config.eos_token_id
+    cache = init_cache(model.config, B, T + max_new_tokens, model.dtype)
+    logits_BxTxV, cache = model.apply({"params": params}, prompt_BxT, cache, 0, method=GPT2.decode)
+    tokens_BxL = jnp.concatenate([prompt_BxT, jnp.full((B, max_new_tokens), eos, jnp.int32)], axis=1)
+
+    def step(state):
+        i, tokens_BxL, cache, logits_BxV, done_B, rng = state
+        rng, key = jax.random.split(rng)
+        next_B = jnp.where(done_B, eos, sample_next(logits_BxV, key, temperature, top_k, top_p))
+        tokens_BxL = jax.lax.dynamic_update_slice(tokens_BxL, next_B[:, None], (0, T + i))
+        if on_token is not None:
+            io_callback(on_token, None, next_B, ordered=True)
+        logits_Bx1xV, cache = model.apply({"params": params}, next_B[:, None], cache, T + i, method=GPT2.decode)
+        return i + 1, tokens_BxL, cache, logits_Bx1xV[:, 0], done_B | (next_B == eos), rng
+
+    def not_finished(state):
+        i, *_, done_B, _ = state
+        return (i < max_new_tokens) & ~jnp.all(done_B)
+
+    state = (0, tokens_BxL, cache, logits_BxTxV[:, -1], jnp.zeros(B, bool), rng)
+    return jax.lax.while_loop(not_finished, step, state)[1]

@@ -1,0 +1,73 @@
+"""Tokenizers behind one small interface: GPT-2 BPE (tiktoken) and raw UTF-8 bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gpt2_jax.errors import UserError
+
+TOKENIZERS = ("gpt2", "byte")
+BYTE_EOT = 256  # bytes are 0..255; end-of-text is the one id past them
+VOCAB_SIZES = {"gpt2": 50257, "byte": BYTE_EOT + 1}
+
+
+class TokenizerError(UserError):
+    """An unknown tokenizer, or GPT-2 BPE files that cannot be found."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenizer:
+    name: str
+    vocab_size: int
+    eot_token: int
+    encode: Callable[[str], list[int]]  # plain text; `<|endoftext|>` is not parsed
+    decode: Callable[[Sequence[int]], str]
+
+
+def get_tokenizer(name: str, hf_dir: str | Path | None = None) -> Tokenizer:
+    """`gpt2` (tiktoken, or `vocab.json` + `merges.txt` in `hf_dir`) or `byte`."""
+    if name == "byte":
+        return Tokenizer(
+            "byte", VOCAB_SIZES["byte"], BYTE_EOT,
+            encode=lambda text: list(text.encode("utf-8")),
+            decode=lambda ids: bytes(i for i in ids if i < BYTE_EOT).decode("utf-8", errors="replace"),
+        )
+    if name == "gpt2":
+        encoding = _gpt2_encoding(hf_dir)
+        return Tokenizer("gpt2", encoding.n_vocab, encoding.eot_token, encoding.encode_ordinary, encoding.decode)
+    raise TokenizerError(f"unknown tokenizer {name!r}; choose one of {TOKENIZERS}")
+
+
+def tokenizer_for_vocab(vocab_size: int, hf_dir: str | Path | None = None) -> Tokenizer:
+    """The tokenizer a model with this vocabulary was trained with: 50257 is GPT-2 BPE, 257 bytes."""
+    for name, size in VOCAB_SIZES.items():
+        if vocab_size == size:
+            return get_tokenizer(name, hf_dir)
+    raise TokenizerError(
+        f"vocab_size={vocab_size} matches no known tokenizer ({', '.join(f'{n}: {s}' for n, s in VOCAB_SIZES.items())})"
+    )
+
+
+def _gpt2_encoding(hf_dir):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext import openai_public
+
+    local = [Path(hf_dir) / "merges.txt", Path(hf_dir) / "vocab.json"] if hf_dir else []
+    if local and all(f.exists() for f in local):  # the same two files as tiktoken's, HF names
+        ranks = data_gym_to_mergeable_bpe_ranks(str(local[0]), str(local[1]))
+        return tiktoken.Encoding(
+            name="gpt2",
+            pat_str=openai_public.r50k_pat_str,
+            mergeable_ranks=ranks,
+            special_tokens={openai_public.ENDOFTEXT: len(ranks)},
+        )
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except OSError:  # requests' network errors are OSErrors
+        raise TokenizerError(
+            "GPT-2 BPE files unavailable offline: set TIKTOKEN_CACHE_DIR to a tiktoken cache "
+            "(e.g. ../shared/data/tiktoken) or use a model directory with vocab.json + merges.txt"
+        ) from None

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random transformers GPT-2 checkpoints, and the fake 8-device CPU mesh."""
+
+import os
+
+# Before jax is imported anywhere: 8 fake CPU devices for the sharding tests.
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# The GPT-2 BPE files for tiktoken's offline cache (../shared/data/README.md).
+_SHARED_TIKTOKEN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tiktoken")
+if os.path.isdir(_SHARED_TIKTOKEN):
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.abspath(_SHARED_TIKTOKEN))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHAKESPEARE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare", "input.txt"))
+
+# An awkward shape on purpose: odd vocabulary, head_dim 4, an MLP width that is not 4 * n_embd.
+TINY_SHAPE = dict(vocab_size=101, n_positions=40, n_embd=20, n_layer=3, n_head=5, n_inner=36)
+
+
+def random_hf_model(seed=0, **shape):
+    """A transformers GPT2LMHeadModel with every tensor random (biases and LayerNorms too)."""
+    import torch
+    import transformers
+
+    shape = {**TINY_SHAPE, **shape}
+    config = transformers.GPT2Config(**shape, bos_token_id=shape["vocab_size"] - 1, eos_token_id=shape["vocab_size"] - 1)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(torch.randn_like(param) * (0.3 if name.endswith("bias") else 0.15) + (1.0 if "ln_" in name and name.endswith("weight") else 0.0))
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return random_hf_model()
+
+
+@pytest.fixture(scope="session")
+def hf_dir(hf_model, tmp_path_factory):
+    """`save_pretrained` of the tiny model: config.json + model.safetensors."""
+    path = tmp_path_factory.mktemp("hf_tiny")
+    hf_model.save_pretrained(path)
+    return path
+
+
+def rel_error(ours, theirs):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    return np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
+
+
+def assert_one_line_error(result, message):
+    """A CLI run that failed the way users should see it: exit 2, one `error:` line, no traceback."""
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr
+    assert message in errors[0], errors[0]

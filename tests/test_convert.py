@@ -1,0 +1,132 @@
+"""HF checkpoints <-> params: both file formats, the export round-trip, the CLI and its errors."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import assert_one_line_error, rel_error
+from safetensors.numpy import save_file
+
+from gpt2_jax import GPT2, GPT2Config, from_hf, to_hf
+from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
+from gpt2_jax.hf_files import CheckpointFileError
+
+
+def logits(config, params, ids):
+    return np.asarray(GPT2(config).apply({"params": params}, ids))
+
+
+def hf_logits(model_dir, ids):
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.numpy()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return np.random.RandomState(0).randint(0, 101, (2, 23))
+
+
+def test_key_map_is_a_rename():
+    assert hf_key_to_path("transformer.h.11.mlp.c_proj.weight") == ("h_11", "mlp", "c_proj", "kernel")
+    assert hf_key_to_path("transformer.ln_f.weight") == ("ln_f", "scale")
+    assert hf_key_to_path("wte.weight") == ("wte", "embedding")  # the hub's gpt2 stores GPT2Model keys
+    for path in [("h_0", "attn", "c_attn", "bias"), ("wpe", "embedding"), ("h_3", "ln_2", "scale")]:
+        assert hf_key_to_path(path_to_hf_key(path)) == path
+
+
+def test_pytorch_model_bin_with_legacy_keys_matches_safetensors(hf_model, hf_dir, tmp_path, ids):
+    # Old checkpoints (like the hub's gpt2) carry attn.bias buffers and lm_head.weight: skipped.
+    state_dict = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    state_dict["transformer.h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 40, 40))
+    state_dict["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(state_dict, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
+    config, params = from_hf(str(tmp_path))
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(ids)).logits.numpy()
+    assert rel_error(logits(config, params, ids), theirs) < 1e-5
+
+
+def test_unprefixed_gpt2model_keys_load(hf_model, hf_dir, tmp_path, ids):
+    state_dict = {k.removeprefix("transformer."): v.numpy() for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state_dict, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
+    config, params = from_hf(str(tmp_path))
+    assert rel_error(logits(config, params, ids), hf_logits(hf_dir, ids)) < 1e-5
+
+
+def test_export_opens_in_transformers_with_the_same_logits_and_reloads_identically(tmp_path, ids):
+    config = GPT2Config(vocab_size=101, n_positions=40, n_embd=20, n_layer=3, n_head=5, n_inner=36, eos_token_id=100, bos_token_id=100)
+    params = GPT2(config).init(jax.random.key(3), ids[:, :4])["params"]
+    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(x.size), x.shape), params)  # non-zero biases too
+    to_hf(config, params, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert rel_error(hf_logits(tmp_path, ids), logits(config, params, ids)) < 1e-5
+    config_again, params_again = from_hf(str(tmp_path))
+    assert config_again == config
+    jax.tree.map(np.testing.assert_array_equal, params_again, params)
+
+
+def test_export_cuts_a_padded_vocabulary(hf_dir, tmp_path, ids):
+    config, params = from_hf(str(hf_dir))
+    padding = np.ones((27, config.n_embd), np.float32)
+    padded = {**params, "wte": {"embedding": np.concatenate([params["wte"]["embedding"], padding])}}
+    to_hf(config, padded, tmp_path)
+    assert rel_error(hf_logits(tmp_path, ids), hf_logits(hf_dir, ids)) < 1e-6
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "gpt2_jax.convert", *args], capture_output=True, text=True)
+
+
+def test_cli_round_trip(hf_dir, tmp_path, ids):
+    result = run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "flax" / "config.json").exists() and (tmp_path / "flax" / "params").is_dir()
+    result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(hf_dir))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(hf_logits(tmp_path / "hf", ids), hf_logits(hf_dir, ids))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_dir", "no such directory"),
+    ("no_weights", "no model.safetensors or pytorch_model.bin"),
+    ("corrupt_safetensors", "unreadable safetensors"),
+    ("corrupt_bin", "unreadable checkpoint"),
+    ("wrong_shape", "does not match config"),
+    ("unknown_key", "unexpected key"),
+    ("missing_key", "missing 1 parameter"),
+    ("bad_config", "not valid JSON"),
+    ("unsupported_config", "scale_attn_by_inverse_layer_idx"),
+])
+def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, message):
+    weights = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    config_text = (hf_dir / "config.json").read_text()
+    (tmp_path / "config.json").write_text(config_text)
+    if case == "missing_dir":
+        tmp_path = tmp_path / "nothing_here"
+    elif case == "corrupt_safetensors":
+        (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:300])
+    elif case == "corrupt_bin":
+        (tmp_path / "pytorch_model.bin").write_bytes(b"not a zip file at all" * 10)
+    elif case == "wrong_shape":
+        save_file({**weights, "transformer.wpe.weight": np.zeros((7, 20), np.float32)}, tmp_path / "model.safetensors")
+    elif case == "unknown_key":
+        save_file({**weights, "transformer.h.0.attn.q_proj.weight": np.zeros((20, 20), np.float32)}, tmp_path / "model.safetensors")
+    elif case == "missing_key":
+        save_file({k: v for k, v in weights.items() if k != "transformer.ln_f.bias"}, tmp_path / "model.safetensors")
+    elif case == "bad_config":
+        (tmp_path / "config.json").write_text("{not json")
+        save_file(weights, tmp_path / "model.safetensors")
+    elif case == "unsupported_config":
+        (tmp_path / "config.json").write_text(json.dumps({**json.loads(config_text), "scale_attn_by_inverse_layer_idx": True}))
+        save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=message):
+        from_hf(str(tmp_path))
+    assert_one_line_error(run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out")), message)

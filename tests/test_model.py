@@ -1,0 +1,89 @@
+"""The model: transformers parity, GPT-2's init, dtype and vocab-padding options, causality."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SHAPE, rel_error
+
+from gpt2_jax import GPT2, GPT2Config, from_hf
+
+
+def test_logits_match_transformers_fp32(hf_model, hf_dir):
+    config, params = from_hf(str(hf_dir))
+    ids = np.random.RandomState(0).randint(0, config.vocab_size, (3, 29))
+    ours = GPT2(config).apply({"params": params}, ids)
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor(ids)).logits.numpy()
+    assert ours.shape == theirs.shape and ours.dtype == jnp.float32
+    assert rel_error(ours, theirs) < 1e-5
+
+
+def test_init_is_gpt2s_scheme():
+    config = GPT2Config(vocab_size=512, n_positions=64, n_embd=128, n_layer=8, n_head=4)
+    params = GPT2(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    assert np.std(params["wte"]["embedding"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["wpe"]["embedding"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["h_3"]["attn"]["c_attn"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    assert np.std(params["h_3"]["mlp"]["c_fc"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+    residual_std = 0.02 / np.sqrt(2 * config.n_layer)  # each block adds two residual branches
+    assert np.std(params["h_3"]["attn"]["c_proj"]["kernel"]) == pytest.approx(residual_std, rel=0.05)
+    assert np.std(params["h_3"]["mlp"]["c_proj"]["kernel"]) == pytest.approx(residual_std, rel=0.05)
+    assert not np.any(params["h_3"]["mlp"]["c_fc"]["bias"])
+    np.testing.assert_array_equal(params["h_0"]["ln_1"]["scale"], 1.0)
+    np.testing.assert_array_equal(params["ln_f"]["bias"], 0.0)
+
+
+def test_parameter_count_of_the_presets_matches_gpt2():
+    counts = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200}
+    for name, expected in counts.items():
+        shapes = jax.eval_shape(GPT2(GPT2Config.preset(name)).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+        assert sum(x.size for x in jax.tree.leaves(shapes)) == expected, name
+
+
+def test_vocab_padding_leaves_logits_unchanged(hf_dir):
+    config, params = from_hf(str(hf_dir))
+    padded = GPT2(config, vocab_pad_multiple=64)
+    rows = np.random.RandomState(1).normal(size=(128 - config.vocab_size, config.n_embd)).astype(np.float32)
+    padded_params = {**params, "wte": {"embedding": jnp.concatenate([params["wte"]["embedding"], rows])}}
+    assert jax.eval_shape(padded.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]["wte"]["embedding"].shape == (128, config.n_embd)
+    ids = np.random.RandomState(2).randint(0, config.vocab_size, (2, 11))
+    np.testing.assert_allclose(padded.apply({"params": padded_params}, ids), GPT2(config).apply({"params": params}, ids), rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_compute_stays_close_and_returns_fp32_logits(hf_dir):
+    config, params = from_hf(str(hf_dir))
+    ids = np.random.RandomState(3).randint(0, config.vocab_size, (2, 17))
+    full = GPT2(config).apply({"params": params}, ids)
+    half = GPT2(config, dtype=jnp.bfloat16).apply({"params": params}, ids)
+    assert half.dtype == jnp.float32
+    assert rel_error(half, full) < 3e-2
+
+
+def test_remat_gives_the_same_logits_and_gradients(hf_dir):
+    config, params = from_hf(str(hf_dir))
+    ids = np.random.RandomState(4).randint(0, config.vocab_size, (2, 9))
+
+    def loss(model, params):
+        return jnp.mean(model.apply({"params": params}, ids) ** 2)
+
+    plain, remat = jax.value_and_grad(loss, argnums=1)(GPT2(config), params), jax.value_and_grad(loss, argnums=1)(GPT2(config, remat=True), params)
+    np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_causal_no_position_sees_the_future():
+    config = GPT2Config(**TINY_SHAPE)
+    model = GPT2(config)
+    params = model.init(jax.random.key(1), jnp.zeros((1, 12), jnp.int32))["params"]
+    ids = jnp.asarray(np.random.RandomState(5).randint(0, config.vocab_size, (1, 12)))
+
+    def logits_at(wpe_PxD, t):  # wpe row p is added to the input at position p only
+        return model.apply({"params": {**params, "wpe": {"embedding": wpe_PxD}}}, ids)[0, t].sum()
+
+    for t in (0, 5, 11):
+        grad_PxD = jax.grad(logits_at)(params["wpe"]["embedding"], t)
+        depends_on = np.abs(np.asarray(grad_PxD)).sum(-1) > 0
+        assert depends_on[: t + 1].all() and not depends_on[t + 1 :].any(), t

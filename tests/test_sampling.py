@@ -1,0 +1,156 @@
+"""Sampling: the KV cache, greedy parity with transformers, seeds, top-k/top-p, end-of-text, the CLI."""
+
+import dataclasses
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, random_hf_model, rel_error
+
+from gpt2_jax import GPT2, from_hf, generate
+from gpt2_jax.model import init_cache
+from gpt2_jax.sampling import SamplingError, sample_next
+from gpt2_jax.tokenizer import get_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(hf_dir):
+    return from_hf(str(hf_dir))
+
+
+def test_kv_cache_decoding_equals_the_full_forward_at_every_position(tiny):
+    config, params = tiny
+    model = GPT2(config)
+    decode = jax.jit(lambda ids, cache, start: model.apply({"params": params}, ids, cache, start, method=GPT2.decode))
+    ids = np.random.RandomState(0).randint(0, config.vocab_size, (2, 21))
+    full = model.apply({"params": params}, ids)
+    for chunks in ([1] * 21, [5, 1, 7, 8]):  # token by token, and a prompt then uneven pieces
+        cache, start, pieces = init_cache(config, 2, 21), 0, []
+        for size in chunks:
+            logits, cache = decode(ids[:, start : start + size], cache, start)
+            pieces.append(logits)
+            start += size
+        assert rel_error(jnp.concatenate(pieces, axis=1), full) < 1e-5
+
+
+def test_greedy_generate_equals_transformers(hf_model, tiny):
+    config, params = tiny
+    config = dataclasses.replace(config, eos_token_id=config.vocab_size)  # no early stop on either side
+    prompt = np.random.RandomState(1).randint(0, config.vocab_size, (3, 6))
+    ours = generate(config, params, prompt, max_new_tokens=25, temperature=0.0)
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=25, eos_token_id=None, pad_token_id=0)
+    np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ(tiny):
+    config, params = tiny
+    prompt = np.arange(4)[None].repeat(4, axis=0)
+    run = lambda seed: np.asarray(generate(config, params, prompt, 20, top_k=20, rng=jax.random.key(seed)))
+    np.testing.assert_array_equal(run(7), run(7))
+    assert not np.array_equal(run(7), run(8))
+
+
+def test_top_k_and_top_p_sample_only_from_the_kept_tokens_in_proportion():
+    logits_V = jnp.asarray(np.random.RandomState(2).normal(size=50) * 2, jnp.float32)
+    probs_V = np.asarray(jax.nn.softmax(logits_V), np.float64)
+    order = np.argsort(-probs_V)
+
+    def nucleus(candidates, p):  # the smallest most-likely set whose renormalised mass reaches p
+        mass = np.cumsum(probs_V[candidates]) / probs_V[candidates].sum()
+        return candidates[: np.searchsorted(mass, p) + 1]
+
+    # transformers' order: top-k first, then top-p over what top-k kept
+    cases = {"top_k": (dict(top_k=5, top_p=None), order[:5]), "top_p": (dict(top_k=None, top_p=0.7), nucleus(order, 0.7)),
+             "both": (dict(top_k=3, top_p=0.7), nucleus(order[:3], 0.7))}
+    for name, (kwargs, kept) in cases.items():
+        draws = sample_next(jnp.tile(logits_V, (20000, 1)), jax.random.key(3), 1.0, **kwargs)
+        counts = np.bincount(np.asarray(draws), minlength=50)
+        assert set(np.nonzero(counts)[0]) <= set(kept.tolist()), name
+        expected = probs_V[kept] / probs_V[kept].sum()
+        np.testing.assert_allclose(counts[kept] / counts.sum(), expected, atol=0.015, err_msg=name)
+
+
+def test_temperature_scales_the_distribution_and_zero_is_argmax():
+    logits_V = jnp.asarray(np.random.RandomState(4).normal(size=30), jnp.float32)
+    logits_NxV = jnp.tile(logits_V, (20000, 1))
+    np.testing.assert_array_equal(sample_next(logits_NxV[:3], jax.random.key(0), 0.0, None, None), [jnp.argmax(logits_V)] * 3)
+    draws = sample_next(logits_NxV, jax.random.key(1), 0.5, None, None)
+    frequencies = np.bincount(np.asarray(draws), minlength=30) / 20000
+    np.testing.assert_allclose(frequencies, jax.nn.softmax(logits_V / 0.5), atol=0.015)
+
+
+def test_end_of_text_fills_the_row_and_stops_the_loop(tiny):
+    config, params = tiny
+    prompt = np.random.RandomState(5).randint(0, config.vocab_size, (1, 5))
+    free = np.asarray(generate(dataclasses.replace(config, eos_token_id=config.vocab_size), params, prompt, 12, temperature=0.0))
+    eos = int(free[0, 5 + 3])  # the 4th greedy token becomes end-of-text
+    first = list(free[0, 5:]).index(eos)
+    steps = []
+    out = np.asarray(generate(dataclasses.replace(config, eos_token_id=eos), params, prompt, 12, temperature=0.0,
+                              on_token=lambda tokens: steps.append(int(tokens[0]))))
+    np.testing.assert_array_equal(out[0, : 5 + first + 1], free[0, : 5 + first + 1])
+    assert (out[0, 5 + first :] == eos).all()
+    assert len(steps) == first + 1  # no steps after every row has ended
+
+
+def test_bad_prompts_and_settings_raise(tiny):
+    config, params = tiny
+    with pytest.raises(SamplingError, match="empty"):
+        generate(config, params, np.zeros((1, 0), np.int32), 5)
+    with pytest.raises(SamplingError, match="exceeds the context of 40"):
+        generate(config, params, np.zeros((1, 30), np.int32), 11)
+    with pytest.raises(SamplingError, match="top_p"):
+        generate(config, params, np.zeros((1, 3), np.int32), 5, top_p=1.5)
+
+
+@pytest.fixture(scope="module")
+def bpe_model_dir(tmp_path_factory):
+    """A tiny random model with GPT-2's real vocabulary, so the CLI runs the BPE tokenizer."""
+    path = tmp_path_factory.mktemp("hf_bpe")
+    random_hf_model(seed=1, vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2, n_inner=None).save_pretrained(path)
+    return path
+
+
+def run_sample(*args):
+    return subprocess.run([sys.executable, "-m", "gpt2_jax.sample", *args], capture_output=True, text=True)
+
+
+def test_cli_greedy_prints_what_transformers_generates(bpe_model_dir):
+    import transformers
+
+    prompt = "Hello, I'm a language model,"
+    tokenizer = get_tokenizer("gpt2")
+    model = transformers.GPT2LMHeadModel.from_pretrained(bpe_model_dir).eval()
+    with torch.no_grad():
+        tokens = model.generate(torch.tensor([tokenizer.encode(prompt)]), do_sample=False, max_new_tokens=20,
+                                eos_token_id=50256, pad_token_id=50256)[0].tolist()
+    expected = tokenizer.decode([t for t in tokens if t != 50256])
+    streamed = run_sample("--model", str(bpe_model_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "20")
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == expected + "\n"
+    batch = run_sample("--model", str(bpe_model_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "20", "--num-samples", "3")
+    assert batch.stdout == f"> {expected}\n" * 3
+
+
+def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
+    args = ["--model", str(bpe_model_dir), "--num-samples", "5", "--max-new-tokens", "10", "--top-k", "50", "--seed", "42"]
+    first, again = run_sample(*args), run_sample(*args)
+    assert first.returncode == 0 and first.stdout == again.stdout
+    lines = first.stdout.splitlines()
+    assert len(lines) == 5 and all(line.startswith("> Hello, I'm a language model,") for line in lines)
+    assert len(set(lines)) > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "word " * 60], "exceeds the context of 64 tokens"),
+    (["--model", "/no/such/model"], "no such directory"),
+    (["--top-p", "0"], "top_p"),
+])
+def test_cli_errors_are_one_line(bpe_model_dir, args, message):
+    assert_one_line_error(run_sample("--model", str(bpe_model_dir), *args), message)

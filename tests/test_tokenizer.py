@@ -1,0 +1,42 @@
+"""Tokenizers: tiktoken's GPT-2 BPE, the same from an HF directory's files, and bytes."""
+
+import pytest
+
+from gpt2_jax.tokenizer import TokenizerError, get_tokenizer, tokenizer_for_vocab
+
+TEXT = "Hello, I'm a language model, naïve café 😀\n  indented"
+
+
+def test_gpt2_bpe_known_ids_and_round_trip():
+    tokenizer = get_tokenizer("gpt2")
+    assert tokenizer.encode("Hello, world") == [15496, 11, 995]
+    assert tokenizer.decode(tokenizer.encode(TEXT)) == TEXT
+    assert (tokenizer.vocab_size, tokenizer.eot_token) == (50257, 50256)
+    assert tokenizer.encode("<|endoftext|>") != [50256]  # plain text: special tokens are not parsed
+
+
+def test_hf_vocab_files_give_the_same_tokens(tmp_path):
+    import os
+    import shutil
+
+    cache = os.environ["TIKTOKEN_CACHE_DIR"]  # tiktoken's cache holds the same two files, by URL hash
+    shutil.copy(os.path.join(cache, "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"), tmp_path / "merges.txt")
+    shutil.copy(os.path.join(cache, "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"), tmp_path / "vocab.json")
+    local = get_tokenizer("gpt2", hf_dir=tmp_path)
+    assert local.encode(TEXT) == get_tokenizer("gpt2").encode(TEXT)
+    assert local.eot_token == 50256
+
+
+def test_bytes_round_trip_and_end_of_text():
+    tokenizer = get_tokenizer("byte")
+    ids = tokenizer.encode(TEXT)
+    assert ids == list(TEXT.encode("utf-8")) and tokenizer.decode(ids + [256]) == TEXT
+    assert (tokenizer.vocab_size, tokenizer.eot_token) == (257, 256)
+
+
+def test_tokenizer_follows_the_vocabulary_size():
+    assert tokenizer_for_vocab(257).name == "byte" and tokenizer_for_vocab(50257).name == "gpt2"
+    with pytest.raises(TokenizerError, match="vocab_size=101 matches no known tokenizer"):
+        tokenizer_for_vocab(101)
+    with pytest.raises(TokenizerError, match="unknown tokenizer 'sentencepiece'"):
+        get_tokenizer("sentencepiece")
