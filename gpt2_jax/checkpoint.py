@@ -76,6 +76,7 @@ class TrainCheckpoints:
     """The orbax CheckpointManager of a training workdir: keep the last `keep` steps, save async."""
 
     def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False):
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True
         )
@@ -108,11 +109,21 @@ class TrainCheckpoints:
             try:
                 return step, self.manager.restore(step, args=ocp.args.Composite(**args_for_step(step)))
             except Exception as error:  # orbax/tensorstore raise many types for damaged files
-                print(f"checkpoint step {step} is unreadable ({type(error).__name__}); "
+                kept = "" if self.read_only else f" (kept as {self._set_aside(step)})"
+                print(f"checkpoint step {step} is unreadable ({type(error).__name__}){kept}; "
                       "falling back to the one before", file=sys.stderr)
         if steps:
             raise CheckpointError(f"{self.manager.directory}: none of the saved steps {steps} is readable")
         return None
+
+    def _set_aside(self, step: int) -> str:
+        """Rename an unreadable step out of the way, so the resumed run can write that step again."""
+        directory = Path(self.manager.directory)
+        aside = next(directory / f"{step}.unreadable{n or ''}" for n in range(1000)
+                     if not (directory / f"{step}.unreadable{n or ''}").exists())
+        (directory / str(step)).rename(aside)
+        self.manager.reload()
+        return aside.name
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -57,3 +57,33 @@ def assert_one_line_error(result, message):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(errors) == 1, result.stderr
     assert message in errors[0], errors[0]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_bytes(tmp_path_factory):
+    """Tiny Shakespeare, prepared as bytes with nanoGPT's 90/10 split."""
+    from gpt2_jax.prepare import prepare
+
+    path = tmp_path_factory.mktemp("shakespeare_bytes")
+    prepare([SHAKESPEARE], path, tokenizer="byte", val_fraction=0.1)
+    return path
+
+
+def tiny_run_config(data_dir, **overrides):
+    """The quickstart config shrunk to seconds on 8 fake devices."""
+    from gpt2_jax.train_config import default_config
+
+    c = default_config()
+    c.data_dir = str(data_dir)
+    c.n_layer, c.n_head, c.n_embd, c.block_size, c.vocab_pad_multiple, c.dtype = 2, 2, 32, 32, 1, "float32"
+    c.batch_size, c.tokens_per_step = 8, 8 * 32
+    c.learning_rate, c.warmup_steps, c.max_steps, c.b2 = 3e-3, 5, 40, 0.99
+    c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every = 1, 20, 2, 10
+    c.num_samples = 0
+    c.update(overrides)
+    return c
+
+
+def config_flags_of(config):
+    """--config.KEY=VALUE flags that set every key of `config` (for the train CLI)."""
+    return [f"--config.{key}={value}" for key, value in config.items()]

@@ -1,0 +1,72 @@
+"""Documents of a corpus, in a fixed order, from files, folders, .jsonl, .parquet or the HF hub.
+
+Text files are one document each; .jsonl and .parquet hold one document per record, in a
+text field. `hf:NAME[:CONFIG]` streams a Hugging Face dataset's train split (needs a network
+and `pip install datasets`), e.g. `hf:HuggingFaceFW/fineweb-edu:sample-10BT`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from gpt2_jax.shards import DataError
+
+
+def iter_documents(inputs: list[str], text_field: str = "text") -> Iterator[str]:
+    """Every document of every input, in a fixed order."""
+    for source in inputs:
+        if source.startswith("hf:"):
+            yield from _hf_documents(source.removeprefix("hf:"), text_field)
+            continue
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise DataError(f"{source}: no such file or directory")
+        for file in files:
+            yield from _file_documents(file, text_field)
+
+
+def _file_documents(path: Path, text_field: str) -> Iterator[str]:
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as parquet
+        except ImportError:
+            raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
+        for batch in parquet.ParquetFile(path).iter_batches(columns=[text_field]):
+            yield from batch.column(0).to_pylist()
+        return
+    try:
+        if path.suffix != ".jsonl":
+            yield path.read_text(encoding="utf-8")
+            return
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield _json_text(line, text_field, f"{path}:{number}")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+
+
+def _json_text(line: str, text_field: str, where: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{where}: not valid JSON ({error.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise DataError(f"{where}: no string field {text_field!r}")
+    return record[text_field]
+
+
+def _hf_documents(name: str, text_field: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("hf: inputs need the datasets package (pip install datasets)") from None
+    name, _, config = name.partition(":")
+    for row in datasets.load_dataset(name, config or None, split="train", streaming=True):
+        yield row[text_field]

@@ -1,0 +1,77 @@
+"""What a training run reports: model FLOPs utilisation, metrics.jsonl and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+
+from gpt2_jax.config import GPT2Config
+
+# Dense bf16 peak FLOP/s per device, by a substring of jax's device_kind. Override with
+# --config.peak_flops for anything else.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "L4": 121e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12,
+}
+
+
+def train_flops_per_token(config: GPT2Config) -> float:
+    """Forward + backward FLOPs per token: 6 per weight plus attention (PaLM's appendix B).
+
+    The weights exclude wpe (a lookup, no matmul) but include wte, which is also the head.
+    """
+    weights = (
+        config.vocab_size * config.n_embd
+        + config.n_layer * (4 * config.n_embd * config.n_embd + 2 * config.n_embd * config.mlp_width)
+    )
+    return 6 * weights + 12 * config.n_layer * config.n_embd * config.n_positions
+
+
+def peak_flops_per_device(override: float = 0.0) -> float | None:
+    if override:
+        return override
+    kind = jax.devices()[0].device_kind
+    return next((flops for name, flops in PEAK_FLOPS.items() if name in kind), None)
+
+
+class MetricsWriter:
+    """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events in DIR/tensorboard.
+
+    On resume from step S, lines of steps after S (logged before the run was killed, and
+    about to be logged again) are dropped, so the file reads as one straight run.
+    """
+
+    def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        self.path = Path(workdir) / "metrics.jsonl"
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as file:
+            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.tensorboard.add_scalar(name, value, step)
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tensorboard.close()
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    """The rows of DIR/metrics.jsonl."""
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -1,0 +1,42 @@
+"""The optimizer: optax AdamW after global-norm clipping, on a warmup + cosine schedule.
+
+GPT-3's recipe as nanoGPT and build-nanogpt use it: linear warmup to `learning_rate`, cosine
+decay to `learning_rate * min_lr_ratio` at `max_steps`, then flat; weight decay on matrices
+only (kernels and embeddings), never on biases or LayerNorm. Gradient accumulation is not
+here: the train step averages micro-batch gradients inside one compiled call (step.py), so
+optax sees one update per optimizer step.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=config.max_steps,  # optax counts the warmup inside decay_steps
+        end_value=config.learning_rate * config.min_lr_ratio,
+    )
+
+
+def decay_mask(params):
+    """True for the matrices (ndim >= 2), which weight decay applies to."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(
+            learning_rate_schedule(config),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
+        ),
+    )

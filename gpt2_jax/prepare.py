@@ -1,0 +1,113 @@
+"""Tokenize a corpus into shards: `python -m gpt2_jax.prepare --input PATH [PATH ...] --out DIR`.
+
+Inputs are read by `corpus.py`: text files, folders, .jsonl / .parquet with a text field, or
+`hf:NAME[:CONFIG]` for a Hugging Face dataset. Documents are tokenized in worker processes and
+joined with `<|endoftext|>` between them; the last --val-fraction of the tokens is the
+validation split. Rerunning the same command after an interruption resumes after the last
+complete shard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt2_jax import shards
+from gpt2_jax.corpus import iter_documents
+from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
+
+DataError = shards.DataError
+
+_worker_tokenizer = None
+
+
+def _start_worker(tokenizer_name: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = get_tokenizer(tokenizer_name)
+
+
+def _encode(text: str) -> np.ndarray:
+    return np.asarray(_worker_tokenizer.encode(text), dtype=shards.TOKEN_DTYPE)
+
+
+def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val_fraction: float = 0.1,
+            shard_tokens: int = 100_000_000, workers: int = 1, text_field: str = "text") -> dict:
+    """Tokenize `inputs` into shards in `out_dir` (see the module docstring); returns meta.json's content."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
+    eot = get_tokenizer(tokenizer).eot_token
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = dict(inputs=list(inputs), tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
+    meta = {**settings, "vocab_size": get_tokenizer(tokenizer).vocab_size, "eot_token": eot, "documents": 0, "shards": []}
+    if (out_dir / shards.META).exists():
+        previous = shards.read_meta(out_dir, complete=False)
+        if {key: previous.get(key) for key in settings} != settings:
+            raise DataError(f"{out_dir} holds another preparation ({shards.META} differs); choose another --out")
+        meta = previous
+    if not meta.get("complete"):
+        _tokenize(meta, out_dir, workers, eot)
+    total = sum(shard["tokens"] for shard in meta["shards"])
+    splits = shards.split_segments(meta["shards"], total - int(total * (1 - val_fraction)))  # nanoGPT's split
+    meta.update(complete=True, val_fraction=val_fraction, splits={k: [vars(s) for s in v] for k, v in splits.items()})
+    shards.write_meta(out_dir, meta)
+    return meta
+
+
+def _tokenize(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
+    """Append shards to `meta` from document `meta["documents"]` on, saving progress per shard."""
+    documents = itertools.islice(iter_documents(meta["inputs"], meta["text_field"]), meta["documents"], None)
+    pool = multiprocessing.Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
+    if pool is None:
+        _start_worker(meta["tokenizer"])
+    pending, pending_tokens, count = [], 0, meta["documents"]
+    with tqdm(desc="tokenize", unit="doc", initial=count) as progress:
+        for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
+            if count:  # <|endoftext|> between documents
+                tokens = np.concatenate([np.asarray([eot], shards.TOKEN_DTYPE), tokens])
+            pending.append(tokens)
+            pending_tokens, count = pending_tokens + tokens.size, count + 1
+            progress.update()
+            if pending_tokens >= meta["shard_tokens"]:
+                _flush(meta, out_dir, pending, count)
+                pending, pending_tokens = [], 0
+    if pool:
+        pool.close()
+    if pending:
+        _flush(meta, out_dir, pending, count)
+    if not meta["shards"]:
+        raise DataError(f"no documents found in {meta['inputs']}")
+
+
+def _flush(meta: dict, out_dir: Path, pending: list[np.ndarray], documents: int) -> None:
+    meta["shards"].append(shards.write_shard(out_dir, len(meta["shards"]), np.concatenate(pending)))
+    meta["documents"] = documents
+    shards.write_meta(out_dir, meta)
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help="files, folders, or hf:NAME[:CONFIG]")
+    parser.add_argument("--out", required=True, help="output data directory")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="gpt2")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="the last fraction of tokens for validation")
+    parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (at document ends)")
+    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="tokenizer processes")
+    parser.add_argument("--text-field", default="text", help="the text field of .jsonl/.parquet/hf inputs")
+    args = parser.parse_args(argv)
+    meta = prepare(args.input, args.out, args.tokenizer, args.val_fraction, args.shard_tokens, args.workers, args.text_field)
+    sizes = {split: sum(s["stop"] - s["start"] for s in segments) for split, segments in meta["splits"].items()}
+    print(f"{args.out}: {meta['documents']:,} documents, {sizes['train']:,} train + {sizes['val']:,} val "
+          f"{meta['tokenizer']} tokens in {len(meta['shards'])} shard(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Token shards on disk: numbered `.npy` files of uint16 token ids, described by `meta.json`.
+
+    DIR/meta.json          tokenizer, vocabulary, shard sizes, and the train/val split
+    DIR/shard_000000.npy   documents' tokens, `<|endoftext|>` between documents
+
+The split is a list of token ranges (segments) per split name, so the validation tokens
+can be the tail of the last shard without copying anything. Every file is written to a
+temporary name and renamed, so a killed preparation never leaves a half-written shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gpt2_jax.errors import UserError
+
+META = "meta.json"
+TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids and the 257 byte ids both fit
+
+
+class DataError(UserError):
+    """A data directory that is missing, unfinished or damaged."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Tokens [start, stop) of one shard."""
+
+    file: str
+    start: int
+    stop: int
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:06d}.npy"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(file)` on a temporary file, then rename it to `path`."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        write(file)
+    os.replace(temporary, path)
+
+
+def write_shard(data_dir: Path, index: int, tokens: np.ndarray) -> dict:
+    """Save one shard; returns its entry for meta.json."""
+    atomic_write(data_dir / shard_name(index), lambda file: np.save(file, tokens.astype(TOKEN_DTYPE)))
+    return {"file": shard_name(index), "tokens": int(tokens.size)}
+
+
+def write_meta(data_dir: Path, meta: dict) -> None:
+    atomic_write(data_dir / META, lambda file: file.write(json.dumps(meta, indent=2).encode() + b"\n"))
+
+
+def read_meta(data_dir: str | Path, complete: bool = True) -> dict:
+    """meta.json of a data directory; `complete` refuses one whose preparation did not finish."""
+    path = Path(data_dir) / META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{data_dir}: no {META}; prepare it first with python -m gpt2_jax.prepare") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error})") from None
+    if complete and not meta.get("complete"):
+        raise DataError(f"{data_dir}: preparation did not finish; rerun the same prepare command to resume it")
+    return meta
+
+
+def split_segments(shards: list[dict], val_tokens: int) -> dict[str, list[Segment]]:
+    """Train is everything but the last `val_tokens` tokens; val is that tail."""
+    total = sum(shard["tokens"] for shard in shards)
+    boundary, offset, splits = total - val_tokens, 0, {"train": [], "val": []}
+    for shard in shards:
+        start, stop = offset, offset + shard["tokens"]
+        if start < boundary:
+            splits["train"].append(Segment(shard["file"], 0, min(stop, boundary) - start))
+        if stop > boundary:
+            splits["val"].append(Segment(shard["file"], max(start, boundary) - start, shard["tokens"]))
+        offset = stop
+    return splits
+
+
+def open_split(data_dir: str | Path, split: str) -> tuple[dict, list[tuple[np.ndarray, Segment]]]:
+    """(meta, [(memory-mapped shard, segment)]) for `split`, each shard checked against meta.json."""
+    data_dir, meta = Path(data_dir), read_meta(data_dir)
+    if split not in meta["splits"]:
+        raise DataError(f"{data_dir}: no split {split!r} (has {sorted(meta['splits'])})")
+    sizes = {shard["file"]: shard["tokens"] for shard in meta["shards"]}
+    opened = []
+    for entry in meta["splits"][split]:
+        segment = Segment(**entry)
+        path = data_dir / segment.file
+        try:
+            tokens = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise DataError(f"{path}: shard listed in {META} is missing") from None
+        except (ValueError, OSError) as error:
+            raise DataError(f"{path}: corrupt shard ({error})") from None
+        if tokens.dtype != TOKEN_DTYPE or tokens.shape != (sizes[segment.file],):
+            raise DataError(f"{path}: corrupt shard ({tokens.dtype}{list(tokens.shape)}, "
+                            f"{META} says uint16[{sizes[segment.file]}])")
+        opened.append((tokens, segment))
+    return meta, opened

@@ -1,0 +1,56 @@
+"""The train and eval steps as pure functions: step(state, batch) -> (state, metrics).
+
+train.py compiles them once each with their shardings; nothing here knows about devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gpt2_jax.model import GPT2
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+
+
+def init_train_state(model: GPT2, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """GPT-2's initialisation (model.py) and a fresh optimizer state."""
+    params = model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+    return TrainState(params, optimizer.init(params))
+
+
+def token_losses(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
+    """Next-token cross-entropy [B, L-1] (fp32) of each window's tokens 1..L-1 given the ones before."""
+    logits_BxTxV = model.apply({"params": params}, windows_BxL[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, windows_BxL[:, 1:])
+
+
+def train_step(model: GPT2, optimizer: optax.GradientTransformation, state: TrainState, windows_AxBxL: jax.Array):
+    """One optimizer step on A micro-batches of B windows: their mean gradient, clipped, AdamW.
+
+    Returns (new state, {"loss": mean loss, "grad_norm": global norm before clipping,
+    "param_norm": global norm of the new params}).
+    """
+    def accumulate(grads_sum, windows_BxL):
+        loss, grads = jax.value_and_grad(lambda p: token_losses(model, p, windows_BxL).mean())(state.params)
+        return jax.tree.map(jnp.add, grads_sum, grads), loss
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads_sum, losses_A = jax.lax.scan(accumulate, zeros, windows_AxBxL)
+    grads = jax.tree.map(lambda g: g / windows_AxBxL.shape[0], grads_sum)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": losses_A.mean(), "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    return TrainState(params, opt_state), metrics
+
+
+def eval_step(model: GPT2, params, windows_BxL: jax.Array, weights_B: jax.Array):
+    """(sum of weighted token losses, number of weighted tokens): sums, so batches add up exactly."""
+    losses_BxT = token_losses(model, params, windows_BxL)
+    return jnp.sum(losses_BxT * weights_B[:, None]), jnp.sum(weights_B) * losses_BxT.shape[1]

@@ -1,0 +1,150 @@
+"""Training end to end: loss falls, outputs, exact resume (clean stop and SIGKILL), bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, config_flags_of, tiny_run_config
+
+from gpt2_jax.config import GPT2Config
+from gpt2_jax.metrics import read_metrics
+from gpt2_jax.train import train
+
+ROOT = Path(__file__).parent.parent
+
+
+def losses(workdir):
+    return {row["step"]: row["train_loss"] for row in read_metrics(workdir) if "train_loss" in row}
+
+
+def test_a_tiny_run_learns_and_writes_its_workdir(shakespeare_bytes, tmp_path):
+    logged = train(tiny_run_config(shakespeare_bytes, max_steps=60), tmp_path)
+    train_rows = [row for row in logged if "train_loss" in row]
+    assert len(train_rows) == 60 and train_rows[0]["train_loss"] > 5.0  # ln(257) = 5.55 at the start
+    assert np.mean([r["train_loss"] for r in train_rows[-5:]]) < 0.65 * train_rows[0]["train_loss"]
+    val = [row["val_loss"] for row in logged if "val_loss" in row]
+    assert len(val) == 3 and val[-1] < val[0]
+    assert read_metrics(tmp_path) == logged
+    assert {"lr", "grad_norm", "param_norm", "tokens_per_sec"} <= set(train_rows[-1])
+    assert GPT2Config.from_json(tmp_path / "config.json").vocab_size == 257
+    assert json.loads((tmp_path / "train_config.json").read_text())["max_steps"] == 60
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["40", "50", "60"]
+    assert any((tmp_path / "tensorboard").iterdir())
+
+
+def start_run(config, workdir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gpt2_jax.train", f"--workdir={workdir}",
+                             f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}", *config_flags_of(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+
+
+def run_until(process, predicate):
+    """Read the run's output until `predicate(line)`; returns what was read."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if predicate(line):
+            return lines
+    raise AssertionError("".join(lines))
+
+
+@pytest.fixture(scope="module")
+def straight(shakespeare_bytes, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    config = tiny_run_config(shakespeare_bytes, max_steps=150, checkpoint_every=20)
+    process = start_run(config, workdir)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output
+    return config, losses(workdir)
+
+
+def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_path):
+    config, expected = straight
+    process = start_run(config, tmp_path)
+    run_until(process, lambda line: line.startswith("step     33 "))
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output
+    stopped_at = int(output.split("SIGTERM: saved step ")[1].split()[0])
+    assert 33 <= stopped_at < 150 and (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
+    resumed = start_run(config, tmp_path)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0 and f"resuming from step {stopped_at}" in output, output
+    assert losses(tmp_path) == expected  # bit for bit: same params, optimizer state and data order
+
+
+def test_sigkill_loses_at_most_one_checkpoint_interval(straight, tmp_path):
+    config, expected = straight
+    process = start_run(config, tmp_path)
+    run_until(process, lambda line: line.startswith("step     47 "))
+    process.kill()
+    process.wait()
+    saved = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved in (20, 40, 60)
+    resumed = start_run(config, tmp_path)
+    output = resumed.communicate()[0]
+    assert resumed.returncode == 0 and f"resuming from step {saved}" in output, output
+    assert losses(tmp_path) == expected
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(shakespeare_bytes, tmp_path):
+    train(tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=0), tmp_path)
+    for file in (tmp_path / "checkpoints" / "20" / "params").rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"\0" * 16)
+    process = start_run(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), tmp_path)
+    output = process.communicate()[0]
+    assert process.returncode == 0, output
+    assert "checkpoint step 20 is unreadable" in output and "resuming from step 10" in output
+
+
+def test_a_diverged_loss_stops_with_the_last_good_checkpoint(shakespeare_bytes, tmp_path):
+    train(tiny_run_config(shakespeare_bytes, max_steps=10, eval_every=0), tmp_path)
+    process = start_run(tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=0, learning_rate=float("nan")), tmp_path)
+    output = process.communicate()[0]
+    result = subprocess.CompletedProcess(process.args, process.returncode, "", output)
+    assert_one_line_error(result, "at step 11: stopped; the last good checkpoint is step 10")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "gpt2_jax.train", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.data_dir=/no/such/data"], "/no/such/data: no meta.json; prepare it first"),
+    (["--config.n_layers=3"], "unknown config key 'n_layers'"),
+    (["--config.max_steps=many"], "flag --config.max_steps=many"),
+    (["--config.batch_size=12", "--config.tokens_per_step=384"], "batch_size=12 does not split over 8 devices"),
+    (["--config.tokens_per_step=100"], "tokens_per_step=100 is not a multiple of batch_size * block_size"),
+    (["--config=configs/no_such.py"], "cannot load --config"),
+])
+def test_bad_input_is_one_line(shakespeare_bytes, tmp_path, args, message):
+    config = tiny_run_config(shakespeare_bytes)
+    overridden = {a.split("=")[0] for a in args}
+    flags = [f for f in config_flags_of(config) if f.split("=")[0] not in overridden]
+    assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *flags, *args), message)
+
+
+def test_a_corrupt_shard_is_one_line(shakespeare_bytes, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in shakespeare_bytes.iterdir():
+        (data / f.name).write_bytes(f.read_bytes()[: 4000 if f.suffix == ".npy" else None])
+    flags = config_flags_of(tiny_run_config(data))
+    assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path / 'run'}", *flags),
+                          "corrupt shard")
+
+
+def test_a_workdir_of_another_model_is_refused(shakespeare_bytes, tmp_path):
+    train(tiny_run_config(shakespeare_bytes, max_steps=10, eval_every=0), tmp_path)
+    flags = config_flags_of(tiny_run_config(shakespeare_bytes, n_embd=64))
+    assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *flags),
+                          "holds a run of another model")
