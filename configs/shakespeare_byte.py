@@ -26,6 +26,5 @@ def get_config():
     c.log_every = 100
     c.eval_every, c.eval_batches = 250, 20
     c.checkpoint_every = 500
-    c.sample_prompt = "ROMEO:"
-    c.num_samples, c.sample_tokens = 1, 200
+    c.num_samples = 0  # the quickstart samples once at the end (python -m gpt2_jax.sample)
     return c

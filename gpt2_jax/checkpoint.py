@@ -128,9 +128,12 @@ class TrainCheckpoints:
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        self.close()

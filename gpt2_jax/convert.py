@@ -24,6 +24,7 @@ from gpt2_jax import checkpoint, hf_files
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.model import GPT2
+from gpt2_jax.tokenizer import VOCAB_SIZES, write_gpt2_files
 
 # Causal-mask buffers and the tied head: no parameters of their own.
 IGNORED_HF_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -119,7 +120,8 @@ def main(argv=None):
     direction.add_argument("--from-hf", metavar="MODEL", help="HF hub name or directory to convert to Flax params")
     direction.add_argument("--to-hf", metavar="DIR", help="our params directory or training workdir to export")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--tokenizer-dir", help="copy vocab.json/merges.txt from here (with --to-hf)")
+    parser.add_argument("--tokenizer-dir", help="with --to-hf: copy vocab.json/merges.txt from here "
+                        "(default for GPT-2's vocabulary: tiktoken's files)")
     args = parser.parse_args(argv)
     if args.from_hf:
         config, params = from_hf(args.from_hf, progress=True)
@@ -127,8 +129,10 @@ def main(argv=None):
     else:
         config, params = checkpoint.load_params(args.to_hf)
         to_hf(config, params, args.out, args.tokenizer_dir, progress=True)
+        if not args.tokenizer_dir and config.vocab_size == VOCAB_SIZES["gpt2"]:
+            write_gpt2_files(args.out)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    print(f"wrote {args.out}: {config.n_layer} layers, {config.n_embd} wide, {n_params / 1e6:.1f}M params")
+    print(f"wrote {args.out}: {config.n_layer} layers, {config.n_embd} wide, {n_params:,} params")
 
 
 if __name__ == "__main__":

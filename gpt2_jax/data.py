@@ -59,23 +59,22 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
         [process_index::process_count]
         .batch(batch_per_process, drop_remainder=True)
     )
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
-def eval_batches(source: WindowSource, batch_per_process: int, max_batches: int = 0,
+def eval_batches(source: WindowSource, batch_per_process: int, max_windows: int = 0,
                  process_index: int = 0, process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(windows [B, block_size + 1], weights [B]) over the first `max_batches` global batches (0: all).
+    """(windows [B, block_size + 1], weights [B]) over the first `max_windows` windows (0: all), in order.
 
     The last batch is padded with weight-0 rows, so every batch has one shape (one compile)
     and the weighted mean is exact. Every process yields the same number of batches.
     """
+    n_windows = min(len(source), max_windows) if max_windows else len(source)
     global_batch = batch_per_process * process_count
-    n_batches = -(-len(source) // global_batch)
-    n_batches = min(n_batches, max_batches) if max_batches else n_batches
     padding = np.zeros(source.block_size + 1, np.int32)
-    for b in range(n_batches):
+    for b in range(-(-n_windows // global_batch)):
         first = b * global_batch + process_index * batch_per_process
-        indices = range(first, min(first + batch_per_process, len(source)))
+        indices = range(first, min(first + batch_per_process, n_windows))
         windows = [source[i] for i in indices] + [padding] * (batch_per_process - len(indices))
         weights = np.asarray([1.0] * len(indices) + [0.0] * (batch_per_process - len(indices)), np.float32)
         yield np.stack(windows), weights

@@ -1,4 +1,9 @@
-"""Autoregressive sampling: KV-cached, the whole decode loop compiled as one XLA program."""
+"""Autoregressive sampling: KV-cached, the whole decode loop compiled as one XLA program.
+
+Past the model's context (prompt + new tokens > n_positions) each step instead reruns the
+model on the last n_positions tokens, as nanoGPT does: learned absolute positions cannot
+slide a KV cache.
+"""
 
 from __future__ import annotations
 
@@ -59,18 +64,16 @@ def generate(
 
     temperature 0.0 is greedy. A row that emits `eos_token_id` is filled with it from then
     on, and the loop stops once every row has. `on_token`, if given, is called on the host
-    with each step's [B] tokens as they are generated (for streaming).
+    with each step's [B] tokens as they are generated (for streaming). The prompt must fit
+    the context; the continuation may run past it (see the module docstring).
     Returns [B, T + max_new_tokens] token ids (prompt included).
     """
     prompt_BxT = jnp.atleast_2d(jnp.asarray(prompt_ids, dtype=jnp.int32))
     T = prompt_BxT.shape[1]
     if T == 0:
         raise SamplingError("the prompt is empty")
-    if T + max_new_tokens > config.n_positions:
-        raise SamplingError(
-            f"prompt of {T} tokens + {max_new_tokens} new tokens exceeds the context of "
-            f"{config.n_positions} tokens"
-        )
+    if T > config.n_positions:
+        raise SamplingError(f"the prompt of {T} tokens is longer than the context of {config.n_positions} tokens")
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
         raise SamplingError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1 (got {temperature}, {top_k}, {top_p})")
     rng = jax.random.key(0) if rng is None else rng
@@ -82,10 +85,27 @@ def generate(
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
 def _generate(model, params, prompt_BxT, rng, max_new_tokens, temperature, top_k, top_p, on_token):
     B, T = prompt_BxT.shape
-    eos = model.config.eos_token_id
-    cache = init_cache(model.config, B, T + max_new_tokens, model.dtype)
-    logits_BxTxV, cache = model.apply({"params": params}, prompt_BxT, cache, 0, method=GPT2.decode)
-    tokens_BxL = jnp.concatenate([prompt_BxT, jnp.full((B, max_new_tokens), eos, jnp.int32)], axis=1)
+    P, L, eos = model.config.n_positions, T + max_new_tokens, model.config.eos_token_id
+    windowed = L > P
+    # Not-yet-sampled positions hold token 0: a window reads them (causally masked), so they must be real ids.
+    tokens_BxL = jnp.concatenate([prompt_BxT, jnp.zeros((B, max_new_tokens), jnp.int32)], axis=1)
+
+    def logits_after(tokens_BxL, cache, position):
+        """The logits [B, V] that predict position + 1, and the cache that has seen `position`."""
+        if windowed:
+            start = jnp.clip(position + 1 - P, 0, L - P)
+            logits_BxPxV = model.apply({"params": params}, jax.lax.dynamic_slice_in_dim(tokens_BxL, start, P, axis=1))
+            return jax.lax.dynamic_index_in_dim(logits_BxPxV, position - start, axis=1, keepdims=False), cache
+        token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxL, position, 1, axis=1)
+        logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, cache, position, method=GPT2.decode)
+        return logits_Bx1xV[:, 0], cache
+
+    if windowed:
+        logits_BxV, cache = logits_after(tokens_BxL, None, T - 1)
+    else:  # the prompt in one pass fills the cache
+        cache = init_cache(model.config, B, L, model.dtype)
+        logits_BxTxV, cache = model.apply({"params": params}, prompt_BxT, cache, 0, method=GPT2.decode)
+        logits_BxV = logits_BxTxV[:, -1]
 
     def step(state):
         i, tokens_BxL, cache, logits_BxV, done_B, rng = state
@@ -94,12 +114,13 @@ def _generate(model, params, prompt_BxT, rng, max_new_tokens, temperature, top_k
         tokens_BxL = jax.lax.dynamic_update_slice(tokens_BxL, next_B[:, None], (0, T + i))
         if on_token is not None:
             io_callback(on_token, None, next_B, ordered=True)
-        logits_Bx1xV, cache = model.apply({"params": params}, next_B[:, None], cache, T + i, method=GPT2.decode)
-        return i + 1, tokens_BxL, cache, logits_Bx1xV[:, 0], done_B | (next_B == eos), rng
+        logits_BxV, cache = logits_after(tokens_BxL, cache, T + i)
+        return i + 1, tokens_BxL, cache, logits_BxV, done_B | (next_B == eos), rng
 
     def not_finished(state):
         i, *_, done_B, _ = state
         return (i < max_new_tokens) & ~jnp.all(done_B)
 
-    state = (0, tokens_BxL, cache, logits_BxTxV[:, -1], jnp.zeros(B, bool), rng)
-    return jax.lax.while_loop(not_finished, step, state)[1]
+    state = (0, tokens_BxL, cache, logits_BxV, jnp.zeros(B, bool), rng)
+    steps, tokens_BxL, *_ = jax.lax.while_loop(not_finished, step, state)
+    return jnp.where(jnp.arange(L) < T + steps, tokens_BxL, eos)  # rows ended early: end-of-text after

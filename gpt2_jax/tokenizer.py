@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gpt2_jax.errors import UserError
 
 TOKENIZERS = ("gpt2", "byte")
+# tiktoken's GPT-2 BPE files are the ones Hugging Face ships, under its names.
+GPT2_FILES = {
+    "merges.txt": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+    "vocab.json": "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+}
 BYTE_EOT = 256  # bytes are 0..255; end-of-text is the one id past them
 VOCAB_SIZES = {"gpt2": 50257, "byte": BYTE_EOT + 1}
 
@@ -48,6 +54,22 @@ def tokenizer_for_vocab(vocab_size: int, hf_dir: str | Path | None = None) -> To
     raise TokenizerError(
         f"vocab_size={vocab_size} matches no known tokenizer ({', '.join(f'{n}: {s}' for n, s in VOCAB_SIZES.items())})"
     )
+
+
+def write_gpt2_files(out_dir: str | Path) -> None:
+    """vocab.json, merges.txt and tokenizer_config.json for transformers' GPT2Tokenizer, from tiktoken's files."""
+    from tiktoken.load import read_file_cached
+
+    out_dir = Path(out_dir)
+    try:
+        for name, url in GPT2_FILES.items():
+            (out_dir / name).write_bytes(read_file_cached(url))
+    except OSError:  # requests' network errors are OSErrors
+        raise TokenizerError("GPT-2 BPE files unavailable offline: set TIKTOKEN_CACHE_DIR to a tiktoken cache "
+                             "(e.g. ../shared/data/tiktoken) or pass --tokenizer-dir") from None
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "add_prefix_space": False}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _gpt2_encoding(hf_dir):

@@ -24,11 +24,12 @@ from gpt2_jax import data, shards, sharding, train_config
 from gpt2_jax.checkpoint import TrainCheckpoints
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.evaluate import LossEvaluator
+from gpt2_jax.evaluate import TrainingEvaluation
 from gpt2_jax.metrics import MetricsWriter, peak_flops_per_device, train_flops_per_token
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.step import TrainState, init_train_state, train_step
+from gpt2_jax.tokenizer import get_tokenizer
 
 config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
@@ -36,7 +37,8 @@ flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the
 
 COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
            "param_norm": ("param norm", ".1f"),
-           "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"), "val_loss": ("val loss", ".4f")}
+           "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"), "val_loss": ("val loss", ".4f"),
+           "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
 
 
 def format_row(step: int, row: dict) -> str:
@@ -107,7 +109,8 @@ def train(config, workdir: str | Path) -> list[dict]:
     if restored:
         start, params, opt_state = restored
         state = TrainState(params, opt_state)
-        print(f"resuming from step {start} in {workdir}")
+        print(f"resuming from step {start} in {workdir}"
+              + (f": already at max_steps={config.max_steps}, nothing to do" if start >= config.max_steps else ""))
     else:
         start, state = 0, jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
 
@@ -116,8 +119,7 @@ def train(config, workdir: str | Path) -> list[dict]:
           f"{config.batch_size} x {config.block_size} | {jax.device_count()} {jax.devices()[0].platform} "
           f"devices, mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens")
     writer = MetricsWriter(workdir, start, enabled=process == 0)
-    evaluator = LossEvaluator(model, mesh, config.batch_size) if config.eval_every else None
-    val_source = data.WindowSource(config.data_dir, "val", config.block_size) if evaluator else None
+    evaluation = TrainingEvaluation(config, model, mesh, get_tokenizer(meta["tokenizer"])) if config.eval_every else None
     schedule = learning_rate_schedule(config)
     peak = peak_flops_per_device(config.peak_flops)
     flops_per_step = train_flops_per_token(model_config) * config.tokens_per_step
@@ -155,34 +157,42 @@ def train(config, workdir: str | Path) -> list[dict]:
         logged.append({"step": step, **row})
 
     to_log = None  # (step, metrics on the device), pulled once the next step is queued
-    for step in range(start + 1, config.max_steps + 1):
-        state, metrics = compiled_step(state, next_windows())
-        if to_log:
-            log(to_log[0], pull(*to_log))
-            to_log = None
-        if step == start + 1:  # the first step compiles: throughput is measured from its end
-            jax.block_until_ready(metrics)
-            clock.update(step=step, time=time.perf_counter())
-        save = step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal
-        run_eval = evaluator and (step % config.eval_every == 0 or step == config.max_steps)
-        if step % config.log_every == 0 or step == config.max_steps:
-            to_log = (step, metrics)
-        if save or run_eval:  # never save or evaluate a state whose loss is not finite
-            host_metrics = pull(step, metrics)
+    try:
+        for step in range(start + 1, config.max_steps + 1):
+            state, metrics = compiled_step(state, next_windows())
             if to_log:
-                log(step, host_metrics)
+                log(to_log[0], pull(*to_log))
                 to_log = None
-        if save:
-            checkpoints.save(step, state.params, state.opt_state, data_iterator, force=True)
-            last_good = step
-        if run_eval:
-            log(step, {}, val_loss=evaluator.mean_loss(state.params, val_source, config.eval_batches))
-            clock.update(step=step, time=time.perf_counter())  # evaluation is not training throughput
-        if stop.signal:
-            print(f"{stop.signal}: saved step {step} in {workdir}; rerun the same command to resume")
-            break
-    checkpoints.wait()
-    writer.close()
+            if step == start + 1:  # the first step compiles: throughput is measured from its end
+                jax.block_until_ready(metrics)
+                clock.update(step=step, time=time.perf_counter())
+            save = step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal
+            run_eval = evaluation and (step % config.eval_every == 0 or step == config.max_steps)
+            if step % config.log_every == 0 or step == config.max_steps:
+                to_log = (step, metrics)
+            if save or run_eval:  # never save or evaluate a state whose loss is not finite
+                host_metrics = pull(step, metrics)
+                if to_log:
+                    log(step, host_metrics)
+                    to_log = None
+            if save:
+                checkpoints.save(step, state.params, state.opt_state, data_iterator, force=True)
+                last_good = step
+            if run_eval:
+                # Every device finishes the step before the evaluation's programs start: CPU devices share
+                # one thread pool, and programs with collectives that overlap on it can deadlock.
+                jax.block_until_ready(state)
+                row, samples = evaluation(state.params)
+                log(step, {}, **row)
+                for sample in samples if process == 0 else ():
+                    print(f"> {sample}")
+                clock.update(step=step, time=time.perf_counter())  # evaluation is not training throughput
+            if stop.signal:
+                print(f"{stop.signal}: saved step {step} in {workdir}; rerun the same command to resume")
+                break
+    finally:  # pending checkpoint writes finish, even on an error
+        checkpoints.close()
+        writer.close()
     return logged
 
 

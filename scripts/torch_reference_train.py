@@ -1,12 +1,14 @@
 """The peer for time-to-quality: transformers' PyTorch GPT-2 trained with a configs/*.py recipe.
 
-A flat, eager PyTorch loop (nanoGPT's CPU recipe runs uncompiled too) over the same prepared
-shards, windows and validation batches as `python -m gpt2_jax.train`: GPT2LMHeadModel with
-dropout off, AdamW with decay on matrices only, global-norm clipping, and optax's
-warmup + cosine schedule written out. Prints `step N | val loss X` lines in gpt2_jax's
-format, so scripts/bench_time_to_quality.py can time both processes the same way.
+A flat, eager PyTorch loop (nanoGPT's CPU recipe runs uncompiled too): GPT2LMHeadModel with
+dropout off, AdamW with weight decay on matrices only, global-norm clipping, optax's warmup +
+cosine schedule written out. scripts/bench_time_to_quality.py hands it the same initial
+weights (an HF directory) and the same windows, in the same order, that `python -m
+gpt2_jax.train` will use, so the two runs compute the same thing and only their speed differs.
+It prints `step N | val loss X` lines in gpt2_jax's format.
 
-    python scripts/torch_reference_train.py --config configs/shakespeare_byte.py
+    python scripts/torch_reference_train.py --config configs/shakespeare_byte.py \
+        --init DIR --train-windows train.npy --val-windows val.npz
 """
 
 import argparse
@@ -17,8 +19,6 @@ import time
 import numpy as np
 import torch
 import transformers
-
-from gpt2_jax.data import WindowSource, eval_batches
 
 
 def load_config(path):
@@ -40,43 +40,35 @@ def learning_rate(c, step):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/shakespeare_byte.py")
-    parser.add_argument("--max-steps", type=int, default=0, help="stop early (0: the config's max_steps)")
+    parser.add_argument("--init", required=True, help="HF directory with the initial weights")
+    parser.add_argument("--train-windows", required=True, help=".npy [steps, batch, block_size + 1]")
+    parser.add_argument("--val-windows", required=True, help=".npz with windows [n, block_size + 1] and weights [n]")
     args = parser.parse_args()
     c = load_config(args.config)
-    train, val = WindowSource(c.data_dir, "train", c.block_size), WindowSource(c.data_dir, "val", c.block_size)
-    torch.manual_seed(c.seed)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=train.meta["vocab_size"], n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-        n_head=c.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=train.meta["eot_token"], eos_token_id=train.meta["eot_token"],
-    ))
+    model = transformers.GPT2LMHeadModel.from_pretrained(args.init, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model.train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": c.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=c.learning_rate, betas=(c.b1, c.b2), eps=c.eps)
-    batch, max_steps = c.tokens_per_step // c.block_size, args.max_steps or c.max_steps
-    rng = np.random.default_rng(c.seed)  # shuffled windows, a new permutation each epoch
-    order = np.concatenate([rng.permutation(len(train)) for _ in range(-(-max_steps * batch // len(train)))])
-    val_batches = list(eval_batches(val, c.batch_size, c.eval_batches))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params")
+    train_windows = np.load(args.train_windows, mmap_mode="r")
+    val = np.load(args.val_windows)
+    val_windows, val_weights = torch.from_numpy(val["windows"]).long(), torch.from_numpy(val["weights"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params", flush=True)
 
     def val_loss():
         model.eval()
-        total, count = 0.0, 0.0
         with torch.no_grad():
-            for windows, weights in val_batches:
-                windows, weights = torch.from_numpy(windows).long(), torch.from_numpy(weights)
-                logits = model(windows[:, :-1]).logits
-                losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none")
-                total, count = total + (losses * weights[:, None]).sum().item(), count + weights.sum().item() * losses.shape[1]
+            logits = torch.cat([model(w[:, :-1]).logits for w in val_windows.split(c.batch_size)])
         model.train()
-        return total / count
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), val_windows[:, 1:], reduction="none")
+        return ((losses * val_weights[:, None]).sum() / (val_weights.sum() * losses.shape[1])).item()
 
     start = time.perf_counter()
-    for step in range(1, max_steps + 1):
-        indices = order[(step - 1) * batch : step * batch]
-        windows = torch.from_numpy(np.stack([train[int(i)] for i in indices])).long()
+    for step in range(1, c.max_steps + 1):
+        windows = torch.from_numpy(np.asarray(train_windows[step - 1])).long()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(c, step - 1)
         logits = model(windows[:, :-1]).logits
@@ -85,10 +77,10 @@ def main():
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % c.log_every == 0 or step == max_steps:
+        if step % c.log_every == 0 or step == c.max_steps:
             rate = step * c.tokens_per_step / (time.perf_counter() - start)
-            print(f"step {step:6d} | loss {loss.item():.4f} | grad norm {grad_norm.item():.3f} | {rate:,.0f} tok/s", flush=True)
-        if c.eval_every and (step % c.eval_every == 0 or step == max_steps):
+            print(f"step {step:6d} | loss {loss.item():.4f} | grad norm {grad_norm.item():.3f} | tok/s {rate:,.0f}", flush=True)
+        if c.eval_every and (step % c.eval_every == 0 or step == c.max_steps):
             print(f"step {step:6d} | val loss {val_loss():.4f}", flush=True)
 
 

@@ -87,3 +87,19 @@ def tiny_run_config(data_dir, **overrides):
 def config_flags_of(config):
     """--config.KEY=VALUE flags that set every key of `config` (for the train CLI)."""
     return [f"--config.{key}={value}" for key, value in config.items()]
+
+
+@pytest.fixture(scope="session")
+def bpe_model_dir(tmp_path_factory):
+    """A tiny random model with GPT-2's real vocabulary, so the BPE tokenizer is exercised."""
+    path = tmp_path_factory.mktemp("hf_bpe")
+    random_hf_model(seed=1, vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2, n_inner=None).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def byte_model_dir(tmp_path_factory):
+    """A tiny random model over the 257 byte ids."""
+    path = tmp_path_factory.mktemp("hf_byte")
+    random_hf_model(seed=2, vocab_size=257, n_positions=64, n_embd=24, n_layer=2, n_head=3, n_inner=None).save_pretrained(path)
+    return path

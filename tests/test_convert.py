@@ -130,3 +130,15 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
     with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=message):
         from_hf(str(tmp_path))
     assert_one_line_error(run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out")), message)
+
+
+def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_model_dir, tmp_path):
+    assert run_cli("--from-hf", str(bpe_model_dir), "--out", str(tmp_path / "flax")).returncode == 0
+    result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    from gpt2_jax.tokenizer import get_tokenizer
+
+    text = "Hello, I'm a language model, naïve café"
+    assert tokenizer(text)["input_ids"] == get_tokenizer("gpt2").encode(text)
+    assert tokenizer.eos_token_id == 50256

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, random_hf_model, rel_error
+from conftest import assert_one_line_error, rel_error
 
 from gpt2_jax import GPT2, from_hf, generate
 from gpt2_jax.model import init_cache
@@ -45,6 +45,19 @@ def test_greedy_generate_equals_transformers(hf_model, tiny):
     with torch.no_grad():
         theirs = hf_model.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=25, eos_token_id=None, pad_token_id=0)
     np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
+
+
+def test_past_the_context_each_step_sees_the_last_n_positions_tokens(tiny):
+    config, params = tiny
+    config = dataclasses.replace(config, eos_token_id=config.vocab_size)
+    prompt = np.random.RandomState(6).randint(0, config.vocab_size, (2, 36))
+    ours = np.asarray(generate(config, params, prompt, max_new_tokens=20, temperature=0.0))  # 56 > 40 positions
+    forward = jax.jit(lambda ids: GPT2(config).apply({"params": params}, ids))
+    tokens = np.asarray(generate(config, params, prompt, max_new_tokens=4, temperature=0.0))  # the cached path to 40
+    for _ in range(16):  # then the naive loop: full forward over the last 40 tokens, argmax
+        logits = forward(tokens[:, -config.n_positions :])
+        tokens = np.concatenate([tokens, np.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
+    np.testing.assert_array_equal(ours, tokens)
 
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(tiny):
@@ -102,18 +115,10 @@ def test_bad_prompts_and_settings_raise(tiny):
     config, params = tiny
     with pytest.raises(SamplingError, match="empty"):
         generate(config, params, np.zeros((1, 0), np.int32), 5)
-    with pytest.raises(SamplingError, match="exceeds the context of 40"):
-        generate(config, params, np.zeros((1, 30), np.int32), 11)
+    with pytest.raises(SamplingError, match="the prompt of 41 tokens is longer than the context of 40 tokens"):
+        generate(config, params, np.zeros((1, 41), np.int32), 1)
     with pytest.raises(SamplingError, match="top_p"):
         generate(config, params, np.zeros((1, 3), np.int32), 5, top_p=1.5)
-
-
-@pytest.fixture(scope="module")
-def bpe_model_dir(tmp_path_factory):
-    """A tiny random model with GPT-2's real vocabulary, so the CLI runs the BPE tokenizer."""
-    path = tmp_path_factory.mktemp("hf_bpe")
-    random_hf_model(seed=1, vocab_size=50257, n_positions=64, n_embd=16, n_layer=2, n_head=2, n_inner=None).save_pretrained(path)
-    return path
 
 
 def run_sample(*args):
@@ -148,7 +153,7 @@ def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--prompt", ""], "the prompt is empty"),
-    (["--prompt", "word " * 60], "exceeds the context of 64 tokens"),
+    (["--prompt", "word " * 70], "longer than the context of 64 tokens"),
     (["--model", "/no/such/model"], "no such directory"),
     (["--top-p", "0"], "top_p"),
 ])

@@ -1,0 +1,90 @@
+"""Did the run beat the model it set out to beat? `python -m gpt2_jax.report --workdir DIR --baseline gpt2`.
+
+Evaluates the baseline (hub name, HF directory, params directory or workdir) on the run's own
+validation windows (the ones its evaluations used) and, if the run scored HellaSwag, on the
+same HellaSwag examples; then writes DIR/report.md (a table: the run's last evaluation against
+the baseline) and DIR/report.png (the run's curves, the baseline as dashed lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gpt2_jax import hellaswag, sharding
+from gpt2_jax.data import WindowSource
+from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.evaluate import LossEvaluator
+from gpt2_jax.loading import load_model
+from gpt2_jax.metrics import read_metrics
+from gpt2_jax.model import GPT2
+from gpt2_jax.plot import plot_runs
+from gpt2_jax.shards import read_meta
+
+METRICS = (("val_loss", "val loss", "lower"), ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
+
+
+def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
+    """The baseline's val_loss / hellaswag_acc_norm on what the run measured, and notes on what it could not."""
+    loaded, notes, values = load_model(reference), [], {}
+    mesh = sharding.make_mesh(1)
+    params, model = jax.device_put(loaded.params, NamedSharding(mesh, P())), GPT2(loaded.config)
+    data_tokenizer = read_meta(run_config["data_dir"])["tokenizer"]
+    if data_tokenizer != loaded.tokenizer.name:
+        notes.append(f"val loss not compared: {reference} reads {loaded.tokenizer.name} tokens, the run {data_tokenizer} tokens")
+    elif run_config["block_size"] > loaded.config.n_positions:
+        notes.append(f"val loss not compared: the run's block_size exceeds {reference}'s context")
+    else:
+        source = WindowSource(run_config["data_dir"], "val", run_config["block_size"])
+        windows = run_config["eval_batches"] * run_config["batch_size"]
+        values["val_loss"] = LossEvaluator(model, mesh, run_config["batch_size"]).mean_loss(params, source, windows)
+    if run_config["hellaswag"]:
+        examples = hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
+        scorer = hellaswag.HellaSwagScorer(model, mesh, run_config["batch_size"])
+        values["hellaswag_acc_norm"] = scorer.score(params, examples, loaded.tokenizer)["acc_norm"]
+    return values, notes
+
+
+def write_report(workdir: str | Path, baseline: str) -> tuple[Path, Path]:
+    """Write DIR/report.md and DIR/report.png; returns their paths."""
+    workdir = Path(workdir)
+    rows = read_metrics(workdir)
+    if not (workdir / "train_config.json").exists() or not any("val_loss" in row for row in rows):
+        raise UserError(f"{workdir}: not a training workdir with evaluations (train_config.json, val_loss in metrics.jsonl)")
+    run_config = json.loads((workdir / "train_config.json").read_text())
+    values, notes = evaluate_baseline(baseline, run_config)
+    lines = [f"# {workdir.name} against {baseline}", "", "| metric | better | run (step) | baseline | run wins |",
+             "| --- | --- | ---: | ---: | --- |"]
+    for name, title, better in METRICS:
+        last = next((row for row in reversed(rows) if name in row), None)
+        if last is None or name not in values:
+            continue
+        wins = last[name] < values[name] if better == "lower" else last[name] > values[name]
+        passed = next((row["step"] for row in rows if name in row and
+                       (row[name] < values[name] if better == "lower" else row[name] > values[name])), None)
+        lines.append(f"| {title} | {better} | {last[name]:.4f} ({last['step']}) | {values[name]:.4f} | "
+                     f"{'yes' if wins else 'no'}{f', from step {passed}' if passed else ''} |")
+    lines += ["", *(f"- {note}" for note in notes), "", "![curves](report.png)", ""]
+    markdown = workdir / "report.md"
+    markdown.write_text("\n".join(lines))
+    picture = plot_runs({workdir.name: rows}, workdir / "report.png", {baseline: values})
+    return markdown, picture
+
+
+@exit_on_user_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--baseline", default="gpt2", help="hub name, HF directory, params directory or workdir")
+    args = parser.parse_args(argv)
+    markdown, picture = write_report(args.workdir, args.baseline)
+    print(markdown.read_text())
+    print(f"wrote {markdown} and {picture}")
+
+
+if __name__ == "__main__":
+    main()
