@@ -10,6 +10,7 @@ run never leaves a half-written checkpoint behind as the latest one.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -78,9 +79,19 @@ class TrainCheckpoints:
     def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False):
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True
+            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+            create=not read_only, read_only=read_only, enable_async_checkpointing=True,
         )
-        self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options)
+        handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+                    "data": grain.checkpoint.CheckpointHandler()}
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR if read_only else level)  # "directory is read only": as asked
+        try:
+            self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options,
+                                                 item_handlers=handlers)
+        finally:
+            absl_logger.setLevel(level)
 
     def save(self, step: int, params, opt_state, data_iterator, force: bool = False) -> None:
         """Start writing step `step`; the arrays are copied off the device before this returns."""

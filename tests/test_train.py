@@ -148,3 +148,25 @@ def test_a_workdir_of_another_model_is_refused(shakespeare_bytes, tmp_path):
     flags = config_flags_of(tiny_run_config(shakespeare_bytes, n_embd=64))
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *flags),
                           "holds a run of another model")
+
+
+def test_a_workdir_samples_and_exports_to_transformers(shakespeare_bytes, tmp_path):
+    import torch
+    import transformers
+
+    from gpt2_jax.loading import load_model
+    from gpt2_jax.model import GPT2
+
+    train(tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=0, vocab_pad_multiple=64), tmp_path / "run")
+    sample = subprocess.run([sys.executable, "-m", "gpt2_jax.sample", "--model", str(tmp_path / "run"), "--prompt",
+                             "ROMEO:", "--max-new-tokens", "40", "--greedy"], capture_output=True, text=True)
+    assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:") and sample.stderr == "", sample.stderr
+    export = subprocess.run([sys.executable, "-m", "gpt2_jax.convert", "--to-hf", str(tmp_path / "run"), "--out",
+                             str(tmp_path / "hf")], capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr
+    loaded = load_model(str(tmp_path / "run"))  # the padded embedding (320 rows) is cut to 257
+    ids = np.random.RandomState(0).randint(0, 257, (2, 32))
+    ours = np.asarray(GPT2(loaded.config).apply({"params": loaded.params}, ids))
+    with torch.no_grad():
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
