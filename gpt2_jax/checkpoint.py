@@ -10,7 +10,6 @@ run never leaves a half-written checkpoint behind as the latest one.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def load_params(path: str | Path) -> tuple[GPT2Config, dict]:
     """
     path = Path(path).absolute()
     if not is_flax_dir(path):
-        raise CheckpointError(f"{path}: neither a params directory nor a training workdir (no config.json + {PARAMS}/ or {CHECKPOINTS}/)")
+        raise CheckpointError(f"{path}: neither a params directory nor a training workdir "
+                              f"(no config.json + {PARAMS}/ or {CHECKPOINTS}/)")
     config = GPT2Config.from_json(path / "config.json")
     if (path / PARAMS).is_dir():
         try:
@@ -77,21 +77,13 @@ class TrainCheckpoints:
     """The orbax CheckpointManager of a training workdir: keep the last `keep` steps, save async."""
 
     def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False):
-        self.read_only = read_only
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
-            create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-        )
+        self.read_only = read_only  # a reader never deletes, creates or sets aside anything
+        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
+                                               enable_async_checkpointing=True)
         handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                     "data": grain.checkpoint.CheckpointHandler()}
-        absl_logger = logging.getLogger("absl")
-        level = absl_logger.level
-        absl_logger.setLevel(logging.ERROR if read_only else level)  # "directory is read only": as asked
-        try:
-            self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options,
-                                                 item_handlers=handlers)
-        finally:
-            absl_logger.setLevel(level)
+        self.manager = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options,
+                                             item_handlers=handlers)
 
     def save(self, step: int, params, opt_state, data_iterator, force: bool = False) -> None:
         """Start writing step `step`; the arrays are copied off the device before this returns."""

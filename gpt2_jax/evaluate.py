@@ -80,7 +80,8 @@ class TrainingEvaluation:
         if self.config.num_samples:
             tokens = generate(self.model.config, params, self.prompt, self.config.sample_tokens, top_k=50,
                               rng=jax.random.key(self.config.seed), model=self.model)
-            samples = [self.tokenizer.decode(row_tokens) for row_tokens in np.asarray(jax.block_until_ready(tokens)).tolist()]
+            tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
+            samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
         return row, samples
 
 
@@ -98,7 +99,8 @@ def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hella
                             f"{meta['tokenizer']} tokens: val_loss needs the same tokenizer")
         source = WindowSource(data_dir, "val", loaded.config.n_positions)
         progress = functools.partial(tqdm, desc=f"val_loss {reference}", unit="batch", leave=False)
-        results["val_loss"] = {"loss": LossEvaluator(model, mesh, batch_size).mean_loss(params, source, limit, progress)}
+        loss = LossEvaluator(model, mesh, batch_size).mean_loss(params, source, limit, progress)
+        results["val_loss"] = {"loss": loss}
     if "hellaswag" in tasks:
         examples = hellaswag.load_examples(hellaswag_path, limit)
         progress = functools.partial(tqdm, desc=f"hellaswag {reference}", unit="batch", leave=False)
@@ -122,8 +124,10 @@ def main(argv=None):
     tasks = args.tasks.split(",")
     if set(tasks) - set(TASKS) or ("val_loss" in tasks and not args.data_dir):
         raise UserError(f"--tasks takes {','.join(TASKS)}; val_loss needs --data-dir")
-    results = {m: evaluate_model(m, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size) for m in args.model}
-    print("| model | " + " | ".join({"val_loss": "val loss", "hellaswag": "hellaswag acc | acc_norm | n"}[t] for t in tasks) + " |")
+    results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size)
+               for model in args.model}
+    headers = {"val_loss": "val loss", "hellaswag": "hellaswag acc | acc_norm | n"}
+    print("| model | " + " | ".join(headers[t] for t in tasks) + " |")
     print("| --- |" + " ---: |" * sum(1 if t == "val_loss" else 3 for t in tasks))
     for model, result in results.items():
         cells = [f"{result['val_loss']['loss']:.4f}" if t == "val_loss" else

@@ -47,7 +47,8 @@ def load_examples(path: str, limit: int = 0) -> list[Example]:
                 OFFICIAL_CACHE.parent.mkdir(parents=True, exist_ok=True)
                 urllib.request.urlretrieve(OFFICIAL_URL, OFFICIAL_CACHE.with_suffix(".tmp"))
             except OSError as error:
-                raise HellaSwagError(f"cannot download {OFFICIAL_URL} ({error}); pass a local hellaswag_val.jsonl") from None
+                raise HellaSwagError(f"cannot download {OFFICIAL_URL} ({error}); "
+                                     "pass a local hellaswag_val.jsonl") from None
             OFFICIAL_CACHE.with_suffix(".tmp").rename(OFFICIAL_CACHE)
         path = str(OFFICIAL_CACHE)
     try:

@@ -41,7 +41,8 @@ def resolve(name_or_path: str) -> Path:
     import huggingface_hub  # only for hub names
 
     try:
-        return Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=["*.json", "*.txt", WEIGHT_FILES[0]]))
+        patterns = ["*.json", "*.txt", WEIGHT_FILES[0]]  # config, tokenizer files, safetensors weights
+        return Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns))
     except Exception as error:  # the hub's errors are many (network, auth, not found)
         raise CheckpointFileError(
             f"{name_or_path}: no such local directory, and the Hugging Face Hub did not provide it "
@@ -59,7 +60,8 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
         try:
             return load_file(safetensors_file)
         except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointFileError(f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
+            raise CheckpointFileError(
+                f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
     if bin_file.exists():
         try:
             import torch
@@ -68,7 +70,8 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
         try:
             state_dict = torch.load(bin_file, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variants
-            raise CheckpointFileError(f"{bin_file}: unreadable checkpoint ({type(error).__name__}: {first_line(error)})") from None
+            raise CheckpointFileError(
+                f"{bin_file}: unreadable checkpoint ({type(error).__name__}: {first_line(error)})") from None
         return {key: tensor.float().numpy() for key, tensor in state_dict.items()}
     raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
 

@@ -26,8 +26,9 @@ def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict
             for name in names:
                 points = [(row["step"], row[name]) for row in rows if name in row]
                 if points:
-                    axis.plot(*zip(*points), label=f"{label} {name}", marker="o" if name != "train_loss" else None,
-                              markersize=3, linewidth=1 if name == "train_loss" else 1.8, alpha=0.6 if name == "train_loss" else 1)
+                    noisy = name == "train_loss"  # every logged step: a thin line; evaluations: dots
+                    axis.plot(*zip(*points), label=f"{label} {name}", marker=None if noisy else "o", markersize=3,
+                              linewidth=1 if noisy else 1.8, alpha=0.6 if noisy else 1)
         for label, values in (baselines or {}).items():
             for name in names:
                 if name in values:

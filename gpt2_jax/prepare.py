@@ -46,7 +46,8 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = dict(inputs=list(inputs), tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
-    meta = {**settings, "vocab_size": get_tokenizer(tokenizer).vocab_size, "eot_token": eot, "documents": 0, "shards": []}
+    vocab_size = get_tokenizer(tokenizer).vocab_size
+    meta = {**settings, "vocab_size": vocab_size, "eot_token": eot, "documents": 0, "shards": []}
     if (out_dir / shards.META).exists():
         previous = shards.read_meta(out_dir, complete=False)
         if {key: previous.get(key) for key in settings} != settings:
@@ -103,7 +104,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="tokenizer processes")
     parser.add_argument("--text-field", default="text", help="the text field of .jsonl/.parquet/hf inputs")
     args = parser.parse_args(argv)
-    meta = prepare(args.input, args.out, args.tokenizer, args.val_fraction, args.shard_tokens, args.workers, args.text_field)
+    meta = prepare(args.input, args.out, args.tokenizer, args.val_fraction, args.shard_tokens, args.workers,
+                   args.text_field)
     sizes = {split: sum(s["stop"] - s["start"] for s in segments) for split, segments in meta["splits"].items()}
     print(f"{args.out}: {meta['documents']:,} documents, {sizes['train']:,} train + {sizes['val']:,} val "
           f"{meta['tokenizer']} tokens in {len(meta['shards'])} shard(s)")

@@ -35,7 +35,8 @@ def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]
     params, model = jax.device_put(loaded.params, NamedSharding(mesh, P())), GPT2(loaded.config)
     data_tokenizer = read_meta(run_config["data_dir"])["tokenizer"]
     if data_tokenizer != loaded.tokenizer.name:
-        notes.append(f"val loss not compared: {reference} reads {loaded.tokenizer.name} tokens, the run {data_tokenizer} tokens")
+        notes.append(f"val loss not compared: {reference} reads {loaded.tokenizer.name} tokens, "
+                     f"the run {data_tokenizer} tokens")
     elif run_config["block_size"] > loaded.config.n_positions:
         notes.append(f"val loss not compared: the run's block_size exceeds {reference}'s context")
     else:
@@ -54,7 +55,8 @@ def write_report(workdir: str | Path, baseline: str) -> tuple[Path, Path]:
     workdir = Path(workdir)
     rows = read_metrics(workdir)
     if not (workdir / "train_config.json").exists() or not any("val_loss" in row for row in rows):
-        raise UserError(f"{workdir}: not a training workdir with evaluations (train_config.json, val_loss in metrics.jsonl)")
+        raise UserError(f"{workdir}: not a training workdir with evaluations "
+                        "(train_config.json, val_loss in metrics.jsonl)")
     run_config = json.loads((workdir / "train_config.json").read_text())
     values, notes = evaluate_baseline(baseline, run_config)
     lines = [f"# {workdir.name} against {baseline}", "", "| metric | better | run (step) | baseline | run wins |",

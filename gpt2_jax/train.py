@@ -104,7 +104,8 @@ def train(config, workdir: str | Path) -> list[dict]:
     data_iterator = data.train_iterator(config.data_dir, config.block_size, accumulation * local_batch,
                                         config.seed, process, processes)
     checkpoints = TrainCheckpoints(workdir, config.keep_checkpoints)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, state_sharding)
     restored = checkpoints.restore_train_state(target.params, target.opt_state, data_iterator)
     if restored:
         start, params, opt_state = restored
@@ -119,7 +120,8 @@ def train(config, workdir: str | Path) -> list[dict]:
           f"{config.batch_size} x {config.block_size} | {jax.device_count()} {jax.devices()[0].platform} "
           f"devices, mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens")
     writer = MetricsWriter(workdir, start, enabled=process == 0)
-    evaluation = TrainingEvaluation(config, model, mesh, get_tokenizer(meta["tokenizer"])) if config.eval_every else None
+    tokenizer = get_tokenizer(meta["tokenizer"])
+    evaluation = TrainingEvaluation(config, model, mesh, tokenizer) if config.eval_every else None
     schedule = learning_rate_schedule(config)
     peak = peak_flops_per_device(config.peak_flops)
     flops_per_step = train_flops_per_token(model_config) * config.tokens_per_step

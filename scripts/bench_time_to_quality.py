@@ -85,7 +85,8 @@ def main():
     for step in sorted(theirs):
         print(f"| {step} | {ours[step][1]:.4f} | {ours[step][0]:.1f} | {theirs[step][1]:.4f} | {theirs[step][0]:.1f} |")
     print(f"| whole process | | {ours_total:.1f} | | {theirs_total:.1f} |")
-    ours_time, theirs_time = (next((run[s][0] for s in sorted(run) if run[s][1] <= target), None) for run in (ours, theirs))
+    ours_time, theirs_time = (next((run[s][0] for s in sorted(run) if run[s][1] <= target), None)
+                              for run in (ours, theirs))
     if ours_time is None:
         print(f"gpt2_jax never reached {target:.4f}")
     else:

@@ -79,7 +79,8 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         if step % c.log_every == 0 or step == c.max_steps:
             rate = step * c.tokens_per_step / (time.perf_counter() - start)
-            print(f"step {step:6d} | loss {loss.item():.4f} | grad norm {grad_norm.item():.3f} | tok/s {rate:,.0f}", flush=True)
+            print(f"step {step:6d} | loss {loss.item():.4f} | grad norm {grad_norm.item():.3f} | tok/s {rate:,.0f}",
+                  flush=True)
         if c.eval_every and (step % c.eval_every == 0 or step == c.max_steps):
             print(f"step {step:6d} | val loss {val_loss():.4f}", flush=True)
 

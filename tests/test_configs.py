@@ -1,6 +1,5 @@
 """Every configs/*.py loads, validates on a plausible machine, and describes the model it says."""
 
-import functools
 import importlib.util
 from pathlib import Path
 
