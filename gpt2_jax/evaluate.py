@@ -67,8 +67,10 @@ class TrainingEvaluation:
         self.val = WindowSource(config.data_dir, "val", config.block_size)
         self.examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else []
         self.scorer = hellaswag.HellaSwagScorer(model, mesh, config.batch_size) if self.examples else None
-        prompt = np.tile(tokenizer.encode(config.sample_prompt), (config.num_samples, 1))
-        self.prompt = jax.device_put(prompt, NamedSharding(mesh, P())) if config.num_samples else None
+        self.prompt = None
+        if config.num_samples:
+            prompt = np.tile(tokenizer.encode(config.sample_prompt), (config.num_samples, 1))
+            self.prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
 
     def __call__(self, params) -> tuple[dict, list[str]]:
         """({"val_loss", "hellaswag_acc", "hellaswag_acc_norm"}, sample texts)."""
@@ -85,13 +87,18 @@ class TrainingEvaluation:
         return row, samples
 
 
+def load_replicated(reference: str):
+    """(loaded model, GPT2, mesh over all local devices, params replicated on it) for a model reference."""
+    loaded = load_model(reference)
+    mesh = sharding.make_mesh(1)
+    return loaded, GPT2(loaded.config), mesh, jax.device_put(loaded.params, NamedSharding(mesh, P()))
+
+
 def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hellaswag_path: str | None,
                    limit: int = 0, batch_size: int = 8) -> dict:
     """{task: {"loss"} or {"acc", "acc_norm", "n"}} for one model reference, on all local devices."""
-    loaded = load_model(reference)
-    mesh = sharding.make_mesh(1)
-    params = jax.device_put(loaded.params, NamedSharding(mesh, P()))
-    model, results = GPT2(loaded.config), {}
+    loaded, model, mesh, params = load_replicated(reference)
+    results = {}
     if "val_loss" in tasks:
         meta = shards.read_meta(data_dir)
         if meta["tokenizer"] != loaded.tokenizer.name:

@@ -12,16 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-from gpt2_jax import hellaswag, sharding
+from gpt2_jax import hellaswag
 from gpt2_jax.data import WindowSource
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.evaluate import LossEvaluator
-from gpt2_jax.loading import load_model
+from gpt2_jax.evaluate import LossEvaluator, load_replicated
 from gpt2_jax.metrics import read_metrics
-from gpt2_jax.model import GPT2
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
 
@@ -30,9 +25,8 @@ METRICS = (("val_loss", "val loss", "lower"), ("hellaswag_acc_norm", "HellaSwag 
 
 def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
     """The baseline's val_loss / hellaswag_acc_norm on what the run measured, and notes on what it could not."""
-    loaded, notes, values = load_model(reference), [], {}
-    mesh = sharding.make_mesh(1)
-    params, model = jax.device_put(loaded.params, NamedSharding(mesh, P())), GPT2(loaded.config)
+    loaded, model, mesh, params = load_replicated(reference)
+    notes, values = [], {}
     data_tokenizer = read_meta(run_config["data_dir"])["tokenizer"]
     if data_tokenizer != loaded.tokenizer.name:
         notes.append(f"val loss not compared: {reference} reads {loaded.tokenizer.name} tokens, "
