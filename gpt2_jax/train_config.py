@@ -40,7 +40,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     # Devices.
-    c.cpu_devices = 0  # on a CPU host, split it into this many devices (one per core is fastest); 0: one
+    # Experimental: split a CPU host into this many devices (0: one). Faster for tiny models, but XLA:CPU
+    # runs every device's collectives on one shared thread pool, and under load (another busy process)
+    # an all-reduce can wait forever and abort the run; keep 0 for anything that must finish.
+    c.cpu_devices = 0
     c.fsdp = 1  # devices that split params and optimizer state (0: all); the rest are data parallel
     c.distributed = False  # call jax.distributed.initialize() (TPU pods, multi-node GPU)
     c.peak_flops = 0.0  # per device, for MFU; 0: look the device up

@@ -169,3 +169,25 @@ def test_a_workdir_samples_and_exports_to_transformers(shakespeare_bytes, tmp_pa
     with torch.no_grad():
         theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_the_quickstart_config_finishes_beside_a_busy_process(shakespeare_bytes, tmp_path):
+    """The quickstart's own settings (one CPU device) with a CPU hog on the machine, evaluations included.
+
+    Two CPU devices in one process aborted here (an XLA:CPU all-reduce that waited 40 s) on
+    every such run; one device has no collectives to wait for.
+    """
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}  # no fake devices
+        result = subprocess.run(
+            [sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}",
+             f"--workdir={tmp_path}", f"--config.data_dir={shakespeare_bytes}", "--config.max_steps=300",
+             "--config.warmup_steps=30", "--config.eval_every=100"],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 cpu devices" in result.stdout and "step    300 | val loss" in result.stdout
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [100, 200, 300]
