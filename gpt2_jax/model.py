@@ -139,15 +139,23 @@ class GPT2(nn.Module):
 
     def __call__(self, input_ids_BxT):
         """Logits [B, T, vocab_size] (float32) for token ids [B, T]."""
-        logits_BxTxV, _ = self._forward(input_ids_BxT, None, None)
-        return logits_BxTxV
+        return self._logits(self.hidden(input_ids_BxT))
+
+    def hidden(self, input_ids_BxT):
+        """The final hidden states [B, T, n_embd] (after ln_f, in the compute dtype): what the head reads.
+
+        Training and evaluation feed these to loss.py with the embedding, which never builds
+        the whole [B, T, vocab] logits.
+        """
+        return self._forward(input_ids_BxT, None, None)[0]
 
     def decode(self, input_ids_BxT, cache: KVCache, start):
         """Logits for ids at positions start..start+T-1, reading and extending `cache`.
 
         Returns (logits [B, T, vocab_size] float32, the updated cache).
         """
-        return self._forward(input_ids_BxT, cache, start)
+        x_BxTxD, cache = self._forward(input_ids_BxT, cache, start)
+        return self._logits(x_BxTxD), cache
 
     def _forward(self, input_ids_BxT, cache, start):
         T = input_ids_BxT.shape[1]
@@ -158,8 +166,9 @@ class GPT2(nn.Module):
             x_BxTxD, layer_cache = block(x_BxTxD, None if cache is None else cache[i], start)
             if cache is not None:
                 new_cache.append(layer_cache)
-        x_BxTxD = self.ln_f(x_BxTxD)
+        return self.ln_f(x_BxTxD).astype(self.dtype), new_cache
+
+    def _logits(self, x_BxTxD):
         # Tied head: logits = x @ wte^T, in the compute dtype, read at the real vocab size.
         embedding_VxD = self.wte.embedding[: self.config.vocab_size].astype(self.dtype)
-        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD.astype(self.dtype), embedding_VxD)
-        return logits_BxTxV.astype(jnp.float32), new_cache
+        return jnp.einsum("btd,vd->btv", x_BxTxD, embedding_VxD).astype(jnp.float32)

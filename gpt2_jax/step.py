@@ -5,12 +5,14 @@ train.py compiles them once each with their shardings; nothing here knows about 
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from gpt2_jax import loss
 from gpt2_jax.model import GPT2
 
 
@@ -27,8 +29,15 @@ def init_train_state(model: GPT2, optimizer: optax.GradientTransformation, rng: 
 
 def token_losses(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
     """Next-token cross-entropy [B, L-1] (fp32) of each window's tokens 1..L-1 given the ones before."""
-    logits_BxTxV = model.apply({"params": params}, windows_BxL[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, windows_BxL[:, 1:])
+    x_BxTxD = model.apply({"params": params}, windows_BxL[:, :-1], method=GPT2.hidden)
+    return loss.token_losses(x_BxTxD, params["wte"]["embedding"], windows_BxL[:, 1:], model.config.vocab_size)
+
+
+def mean_loss(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
+    """The mean of `token_losses`, with a gradient that never holds the whole logits (loss.py)."""
+    x_BxTxD = model.apply({"params": params}, windows_BxL[:, :-1], method=GPT2.hidden)
+    return loss.mean_cross_entropy(x_BxTxD, params["wte"]["embedding"], windows_BxL[:, 1:],
+                                   model.config.vocab_size, loss.CHUNK_TOKENS)
 
 
 def train_step(model: GPT2, optimizer: optax.GradientTransformation, state: TrainState, windows_AxBxL: jax.Array):
@@ -38,8 +47,8 @@ def train_step(model: GPT2, optimizer: optax.GradientTransformation, state: Trai
     "param_norm": global norm of the new params}).
     """
     def accumulate(grads_sum, windows_BxL):
-        loss, grads = jax.value_and_grad(lambda p: token_losses(model, p, windows_BxL).mean())(state.params)
-        return jax.tree.map(jnp.add, grads_sum, grads), loss
+        loss_value, grads = jax.value_and_grad(functools.partial(mean_loss, model))(state.params, windows_BxL)
+        return jax.tree.map(jnp.add, grads_sum, grads), loss_value
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     grads_sum, losses_A = jax.lax.scan(accumulate, zeros, windows_AxBxL)

@@ -1,0 +1,107 @@
+"""Next-token cross-entropy through GPT-2's tied head, a chunk of positions at a time.
+
+The head (hidden states @ wte^T) and the cross-entropy are computed together, `chunk`
+positions of every sequence at a time, so the [batch, time, vocab] logits (13 GB in fp32 for
+GPT-2 124M at 64 x 1024) never exist at once. Training's `mean_cross_entropy` also computes
+its gradient in the same pass (softmax minus one-hot, times the embedding and the hidden
+states): nothing is recomputed in the backward pass, which only scales what was saved.
+The padded vocabulary rows (model.py) take part in the matmuls, whose shapes stay aligned,
+and are masked out of the softmax, so the losses are those of the real vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+CHUNK_TOKENS = 8192  # tokens (batch x positions) per chunk: large matmuls, ~0.8 GB of logits for 50,304 rows
+
+
+def positions_per_chunk(batch: int, time: int, chunk_tokens: int = CHUNK_TOKENS) -> int:
+    """The largest divisor of `time` with batch * positions <= chunk_tokens (at least 1)."""
+    fitting = max(1, chunk_tokens // batch)
+    return max(d for d in range(1, time + 1) if time % d == 0 and d <= fitting)
+
+
+def _chunks(a_BxTx_, positions: int):
+    """[B, T, ...] -> [T / positions, B, positions, ...]: what lax.scan walks over."""
+    B, T = a_BxTx_.shape[:2]
+    return jnp.swapaxes(a_BxTx_.reshape(B, T // positions, positions, *a_BxTx_.shape[2:]), 0, 1)
+
+
+def _unchunk(a_NxBxPx_):
+    n, B, P = a_NxBxPx_.shape[:3]
+    return jnp.swapaxes(a_NxBxPx_, 0, 1).reshape(B, n * P, *a_NxBxPx_.shape[3:])
+
+
+def _logits_and_losses(x_BxPxD, embedding_VxD, labels_BxP, vocab_size: int):
+    """fp32 logits over the padded rows (padding masked to -inf), log-sum-exp and token losses."""
+    logits_BxPxV = jnp.einsum("bpd,vd->bpv", x_BxPxD, embedding_VxD).astype(jnp.float32)
+    if embedding_VxD.shape[0] > vocab_size:
+        logits_BxPxV = jnp.where(jnp.arange(embedding_VxD.shape[0]) < vocab_size, logits_BxPxV, -jnp.inf)
+    lse_BxP = jax.nn.logsumexp(logits_BxPxV, axis=-1)
+    label_logits_BxP = jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
+    return logits_BxPxV, lse_BxP, lse_BxP - label_logits_BxP
+
+
+def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_tokens: int = CHUNK_TOKENS):
+    """Cross-entropy [B, T] (fp32) of `labels` under the logits x @ embedding^T (in x's dtype).
+
+    For evaluation: differentiable, but its gradient would keep every chunk's logits.
+    """
+    positions = positions_per_chunk(*labels_BxT.shape, chunk_tokens)
+    embedding_VxD = embedding_VxD.astype(x_BxTxD.dtype)
+
+    def chunk_losses(inputs):
+        x_BxPxD, labels_BxP = inputs
+        return _logits_and_losses(x_BxPxD, embedding_VxD, labels_BxP, vocab_size)[2]
+
+    losses = jax.lax.map(chunk_losses, (_chunks(x_BxTxD, positions), _chunks(labels_BxT, positions)))
+    return _unchunk(losses)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def mean_cross_entropy(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_tokens: int = CHUNK_TOKENS):
+    """Mean cross-entropy (fp32 scalar) of `labels` under the logits x @ embedding^T.
+
+    Args:
+      x_BxTxD: final hidden states (after ln_f), in the compute dtype.
+      embedding_VxD: the tied embedding, padded rows included (V >= vocab_size), any float dtype.
+      labels_BxT: int target ids < vocab_size.
+    Its gradient (for x and the embedding) is computed in the forward pass, chunk by chunk.
+    """
+    return _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens)[0]
+
+
+def _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens):
+    B, T = labels_BxT.shape
+    positions = positions_per_chunk(B, T, chunk_tokens)
+    embedding = embedding_VxD.astype(x_BxTxD.dtype)
+    scale = 1.0 / (B * T)
+
+    def chunk(d_embedding_VxD, inputs):
+        x_BxPxD, labels_BxP = inputs
+        logits_BxPxV, lse_BxP, losses_BxP = _logits_and_losses(x_BxPxD, embedding, labels_BxP, vocab_size)
+        one_hot_BxPxV = jax.nn.one_hot(labels_BxP, embedding.shape[0], dtype=jnp.float32)
+        d_logits_BxPxV = ((jnp.exp(logits_BxPxV - lse_BxP[..., None]) - one_hot_BxPxV) * scale).astype(x_BxPxD.dtype)
+        d_x_BxPxD = jnp.einsum("bpv,vd->bpd", d_logits_BxPxV, embedding)
+        d_embedding_VxD += jnp.einsum("bpv,bpd->vd", d_logits_BxPxV, x_BxPxD, preferred_element_type=jnp.float32)
+        return d_embedding_VxD, (losses_BxP.sum(), d_x_BxPxD)
+
+    zeros = jnp.zeros(embedding.shape, jnp.float32)
+    d_embedding, (loss_sums, d_x) = jax.lax.scan(chunk, zeros, (_chunks(x_BxTxD, positions), _chunks(labels_BxT, positions)))
+    return loss_sums.sum() * scale, (_unchunk(d_x), d_embedding.astype(embedding_VxD.dtype))
+
+
+def _forward(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens):
+    return _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens)
+
+
+def _backward(vocab_size, chunk_tokens, gradients, d_loss):
+    d_x, d_embedding = gradients
+    return (d_loss * d_x).astype(d_x.dtype), (d_loss * d_embedding).astype(d_embedding.dtype), None
+
+
+mean_cross_entropy.defvjp(_forward, _backward)

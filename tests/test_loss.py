@@ -1,0 +1,93 @@
+"""The chunked head + cross-entropy: exact against the plain one in fp32, and no whole-logits buffer."""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import rel_error
+
+from gpt2_jax import GPT2, GPT2Config, loss, step
+from gpt2_jax.optim import make_optimizer
+from gpt2_jax.train_config import default_config
+
+VOCAB, PADDED = 101, 128  # an odd vocabulary with padded embedding rows, as training pads it
+
+
+def plain_mean_loss(x_BxTxD, embedding_VxD, labels_BxT):
+    logits = jnp.einsum("btd,vd->btv", x_BxTxD, embedding_VxD[:VOCAB]).astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels_BxT).mean()
+
+
+@pytest.fixture
+def inputs():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 12, 16)), jnp.float32)
+    embedding = jnp.asarray(rng.normal(size=(PADDED, 16)) * 0.5, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, VOCAB, size=(3, 12)), jnp.int32)
+    return x, embedding, labels
+
+
+@pytest.mark.parametrize("chunk_tokens", [3, 9, 36, 10_000])  # 1, 3, 12 positions per chunk, and one chunk
+def test_mean_cross_entropy_and_its_gradient_equal_the_plain_ones(inputs, chunk_tokens):
+    ours = jax.value_and_grad(loss.mean_cross_entropy, argnums=(0, 1))(*inputs, VOCAB, chunk_tokens)
+    plain = jax.value_and_grad(plain_mean_loss, argnums=(0, 1))(*inputs)
+    assert rel_error(ours[0], plain[0]) < 1e-6
+    assert rel_error(ours[1][0], plain[1][0]) < 1e-6  # d/dx
+    assert rel_error(ours[1][1], plain[1][1]) < 1e-6  # d/d embedding: padded rows get exactly 0
+    assert not np.any(ours[1][1][VOCAB:])
+    # The gradient scales with the incoming cotangent like any other.
+    doubled = jax.grad(lambda x: 2.0 * loss.mean_cross_entropy(x, *inputs[1:], VOCAB, chunk_tokens))(inputs[0])
+    assert rel_error(doubled, 2 * plain[1][0]) < 1e-6
+
+
+def test_token_losses_equal_the_plain_ones(inputs):
+    x, embedding, labels = inputs
+    logits = jnp.einsum("btd,vd->btv", x, embedding[:VOCAB])
+    plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    assert rel_error(loss.token_losses(x, embedding, labels, VOCAB, 9), plain) < 1e-6
+
+
+def test_positions_per_chunk_divides_time():
+    assert loss.positions_per_chunk(32, 1024) == 256
+    assert loss.positions_per_chunk(6, 64) == 64
+    assert loss.positions_per_chunk(5, 12, 20) == 4
+    assert loss.positions_per_chunk(100, 7, 10) == 1
+
+
+def test_the_train_steps_gradient_equals_the_plain_models(hf_dir):
+    from gpt2_jax import from_hf
+
+    config, params = from_hf(str(hf_dir))
+    model = GPT2(config)
+    windows = jnp.asarray(np.random.default_rng(1).integers(0, config.vocab_size, (2, 17)), jnp.int32)
+
+    def plain(params):
+        logits = model.apply({"params": params}, windows[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean()
+
+    ours_value, ours_grads = jax.value_and_grad(functools.partial(step.mean_loss, model))(params, windows)
+    plain_value, plain_grads = jax.value_and_grad(plain)(params)
+    assert rel_error(ours_value, plain_value) < 1e-6
+    for (path, ours), plain_leaf in zip(jax.tree_util.tree_leaves_with_path(ours_grads), jax.tree.leaves(plain_grads)):
+        assert rel_error(ours, plain_leaf) < 1e-5, jax.tree_util.keystr(path)
+
+
+def test_the_compiled_train_step_never_holds_the_whole_logits():
+    """GPT-2's vocabulary and context at batch 32 (compiled, not run): whole fp32 logits would be 6.6 GB."""
+    config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=32, n_layer=1, n_head=2)
+    model = GPT2(config, dtype=jnp.bfloat16, vocab_pad_multiple=64)
+    c = default_config()
+    optimizer = make_optimizer(c)
+    state = jax.eval_shape(functools.partial(step.init_train_state, model, optimizer), jax.random.key(0))
+    windows = jax.ShapeDtypeStruct((1, 32, 1025), jnp.int32)
+    compiled = jax.jit(functools.partial(step.train_step, model, optimizer)).lower(state, windows).compile()
+    full_logits = 32 * 1024 * 50304
+    shapes = re.findall(r"f32\[([\d,]+)\]", compiled.as_text())
+    largest = max(np.prod([int(d) for d in s.split(",")]) for s in shapes)
+    assert largest < full_logits / 2, largest
+    # Less scratch memory than one fp32 copy of the logits (the plain loss needs 17 GB here, this 4 GB).
+    assert compiled.memory_analysis().temp_size_in_bytes < full_logits * 4
