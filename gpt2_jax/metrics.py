@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import jax
@@ -35,6 +36,33 @@ def peak_flops_per_device(override: float = 0.0) -> float | None:
         return override
     kind = jax.devices()[0].device_kind
     return next((flops for name, flops in PEAK_FLOPS.items() if name in kind), None)
+
+
+class ThroughputClock:
+    """Steps per second between moments at which a known step has just finished on the devices.
+
+    It waits for the newest dispatched step, not for the one being logged: with asynchronous
+    dispatch the next step is already queued (or, on some platforms, already run) when a row
+    is logged, and counting only the logged step over that time overstated the last row's rate.
+    """
+
+    def __init__(self):
+        self.step, self.time, self.rate = None, None, None
+
+    def start(self, step: int, outputs) -> None:
+        """Start counting once `outputs` (of step `step`) are ready."""
+        jax.block_until_ready(outputs)
+        self.step, self.time = step, time.perf_counter()
+
+    def steps_per_second(self, step: int, outputs) -> float | None:
+        """Steps per second since the last call, once `outputs` of step `step` are ready (None before
+        `start`); if no step finished since the last call, the last call's rate."""
+        if self.step is not None and step > self.step:
+            jax.block_until_ready(outputs)
+            now = time.perf_counter()
+            self.rate = (step - self.step) / (now - self.time)
+            self.step, self.time = step, now
+        return self.rate
 
 
 class MetricsWriter:

@@ -48,15 +48,38 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
     `jax.nn.dot_product_attention` pick cuDNN flash attention on GPU.
     """
     T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+    if start is None and implementation == "pallas":
+        return splash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
     if start is None:
         return jax.nn.dot_product_attention(
             q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation=implementation
         )
+    implementation = None if implementation == "pallas" else implementation  # decoding: XLA's
     q_positions_T = start + jnp.arange(T)
     mask_TxS = jnp.arange(S)[None, :] <= q_positions_T[:, None]
     return jax.nn.dot_product_attention(
         q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_TxS[None, None], implementation=implementation
     )
+
+
+def splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+    """Causal attention with the Pallas splash-attention kernel that ships with JAX (TPUs; interpreted elsewhere)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    B, T, H, K = q_BxTxHxK.shape
+    padded = -(-T // 128) * 128  # its blocks are multiples of 128; causality keeps padded keys unseen
+    block = next(b for b in (512, 256, 128) if padded % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    kernel = splash.make_splash_mha_single_device(
+        masks.MultiHeadMask([masks.CausalMask((padded, padded))] * H), block_sizes=sizes,
+        interpret=jax.devices()[0].platform != "tpu")
+    q_BxHxTxK, k_BxHxTxK, v_BxHxTxK = (
+        jnp.pad(jnp.swapaxes(t, 1, 2), ((0, 0), (0, 0), (0, padded - T), (0, 0)))
+        for t in (q_BxTxHxK * (1.0 / math.sqrt(K)), k_BxTxHxK, v_BxTxHxK)  # the kernel does not scale q
+    )
+    return jnp.swapaxes(jax.vmap(kernel)(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK)[:, :, :T], 1, 2)
 
 
 class Attention(nn.Module):
@@ -117,7 +140,8 @@ class GPT2(nn.Module):
       dtype: compute dtype (float32 or bfloat16); params and the residual stream stay float32.
       vocab_pad_multiple: round the embedding's rows up to a multiple of this (64 gives
         50304) for faster matmuls; logits are always returned at `config.vocab_size`.
-      attention_impl: passed to `jax.nn.dot_product_attention` (None, "xla" or "cudnn").
+      attention_impl: None/"xla"/"cudnn" for `jax.nn.dot_product_attention`, or "pallas" for
+        the splash-attention kernel (accelerator.py picks one per platform for training).
       remat: recompute each block's activations in the backward pass (saves memory).
     """
 

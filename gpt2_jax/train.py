@@ -12,7 +12,6 @@ import json
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -20,12 +19,12 @@ import jax.numpy as jnp
 from absl import flags, logging
 from ml_collections import config_flags
 
-from gpt2_jax import data, shards, sharding, train_config
+from gpt2_jax import accelerator, data, shards, sharding, train_config
 from gpt2_jax.checkpoint import TrainCheckpoints
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluate import TrainingEvaluation
-from gpt2_jax.metrics import MetricsWriter, peak_flops_per_device, train_flops_per_token
+from gpt2_jax.metrics import MetricsWriter, ThroughputClock, peak_flops_per_device, train_flops_per_token
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.step import TrainState, init_train_state, train_step
@@ -89,8 +88,9 @@ def train(config, workdir: str | Path) -> list[dict]:
     prepare_workdir(workdir, model_config, config)
 
     mesh = sharding.make_mesh(config.fsdp)
-    model = GPT2(model_config, jnp.dtype(config.dtype), config.vocab_pad_multiple, config.attention_impl or None,
-                 config.remat)
+    attention = accelerator.attention_impl(config.attention_impl, config.dtype)
+    model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
+                 attention_impl=attention, remat=config.remat)
     optimizer = make_optimizer(config)
     init = functools.partial(init_train_state, model, optimizer)
     abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
@@ -118,7 +118,7 @@ def train(config, workdir: str | Path) -> list[dict]:
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     print(f"{n_params / 1e6:.2f}M params | {config.tokens_per_step:,} tokens/step = {accumulation} x "
           f"{config.batch_size} x {config.block_size} | {jax.device_count()} {jax.devices()[0].platform} "
-          f"devices, mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens")
+          f"devices, mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention")
     writer = MetricsWriter(workdir, start, enabled=process == 0)
     tokenizer = get_tokenizer(meta["tokenizer"])
     evaluation = TrainingEvaluation(config, model, mesh, tokenizer) if config.eval_every else None
@@ -126,7 +126,7 @@ def train(config, workdir: str | Path) -> list[dict]:
     peak = peak_flops_per_device(config.peak_flops)
     flops_per_step = train_flops_per_token(model_config) * config.tokens_per_step
     stop, logged, last_good = StopRequest(), [], start if restored else None
-    clock = {"step": start, "time": time.perf_counter()}
+    clock = ThroughputClock()
 
     def next_windows():
         windows = next(data_iterator).reshape(accumulation, local_batch, config.block_size + 1)
@@ -142,15 +142,14 @@ def train(config, workdir: str | Path) -> list[dict]:
                                 f"{saved}. Lower learning_rate and rerun to resume")
         return metrics
 
-    def log(step: int, metrics: dict, **row) -> None:
-        """Print a row and append it to metrics.jsonl / TensorBoard."""
+    def log(step: int, metrics: dict, finished=None, **row) -> None:
+        """Print a row and append it to metrics.jsonl / TensorBoard; `finished` (step, outputs) is the
+        newest dispatched step, which the throughput clock waits for."""
         if metrics:
             row = {"train_loss": metrics["loss"], "lr": float(schedule(step - 1)), "grad_norm": metrics["grad_norm"],
                    "param_norm": metrics["param_norm"]}
-            if step > clock["step"]:
-                now = time.perf_counter()
-                rate = (step - clock["step"]) / (now - clock["time"])
-                clock.update(step=step, time=now)
+            rate = clock.steps_per_second(*finished)
+            if rate:
                 row["tokens_per_sec"] = rate * config.tokens_per_step
                 if peak:
                     row["mfu"] = rate * flops_per_step / (peak * jax.device_count())
@@ -163,11 +162,10 @@ def train(config, workdir: str | Path) -> list[dict]:
         for step in range(start + 1, config.max_steps + 1):
             state, metrics = compiled_step(state, next_windows())
             if to_log:
-                log(to_log[0], pull(*to_log))
+                log(to_log[0], pull(*to_log), finished=(step, metrics))
                 to_log = None
             if step == start + 1:  # the first step compiles: throughput is measured from its end
-                jax.block_until_ready(metrics)
-                clock.update(step=step, time=time.perf_counter())
+                clock.start(step, metrics)
             save = step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal
             run_eval = evaluation and (step % config.eval_every == 0 or step == config.max_steps)
             if step % config.log_every == 0 or step == config.max_steps:
@@ -175,7 +173,7 @@ def train(config, workdir: str | Path) -> list[dict]:
             if save or run_eval:  # never save or evaluate a state whose loss is not finite
                 host_metrics = pull(step, metrics)
                 if to_log:
-                    log(step, host_metrics)
+                    log(step, host_metrics, finished=(step, metrics))
                     to_log = None
             if save:
                 checkpoints.save(step, state.params, state.opt_state, data_iterator, force=True)
@@ -188,7 +186,7 @@ def train(config, workdir: str | Path) -> list[dict]:
                 log(step, {}, **row)
                 for sample in samples if process == 0 else ():
                     print(f"> {sample}")
-                clock.update(step=step, time=time.perf_counter())  # evaluation is not training throughput
+                clock.start(step, state)  # evaluation is not training throughput
             if stop.signal:
                 print(f"{stop.signal}: saved step {step} in {workdir}; rerun the same command to resume")
                 break
@@ -226,6 +224,7 @@ def parse_flags(argv: list[str]):
 def main(argv=None):
     config, workdir = parse_flags(sys.argv if argv is None else argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    accelerator.set_xla_flags()  # before JAX starts its backends
     if config.cpu_devices:  # must precede any JAX computation
         jax.config.update("jax_num_cpu_devices", config.cpu_devices)
     train(config, workdir)

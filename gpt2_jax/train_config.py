@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from gpt2_jax.accelerator import ATTENTION_IMPLS
 from gpt2_jax.config import ConfigError, GPT2Config
 
 DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLS = ("", "xla", "cudnn")  # "": jax.nn.dot_product_attention picks
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -22,7 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.n_layer, c.n_head, c.n_embd, c.block_size = 12, 12, 768, 1024
     c.vocab_pad_multiple = 64  # 50257 -> 50304 embedding rows: faster matmuls, same results
     c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_impl = ""  # "", "xla" or "cudnn" (flash attention on NVIDIA GPUs)
+    c.attention_impl = ""  # "": the fastest exact kernel here (accelerator.py); or "xla", "cudnn", "pallas"
     c.remat = False  # recompute activations in the backward pass to save memory
     # Batch: micro-batches of batch_size windows (all devices together), accumulated to tokens_per_step.
     c.batch_size = 16

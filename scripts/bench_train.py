@@ -1,22 +1,34 @@
-"""Training speed: gpt2_jax's train step against transformers' PyTorch GPT-2 on the same shapes.
+"""Training speed: gpt2_jax's train step against PyTorch peers on the same shapes, same machine, same run.
 
-For each shape, a whole optimizer step (forward, backward, global-norm clipping, AdamW) on
-random windows, timed after warm-up steps, both sides on this machine in this run: tokens/s,
-MFU and the ratio. gpt2_jax runs its compiled, sharded step over every device (on a CPU
-host: --cpu-devices, one per core); PyTorch runs eager, as nanoGPT's CPU recipe does, with
-its default threads (or on CUDA with bf16 autocast when --dtype bfloat16 and a GPU is there).
-MFU's peak is the device's datasheet bf16 rate where metrics.PEAK_FLOPS knows the device,
-else the matmul rate measured here in the compute dtype (then "MFU" is against that).
+For each shape and batch size, a whole optimizer step (forward, backward, global-norm clipping,
+AdamW) on random windows, timed after warm-up steps; tokens/s, MFU and the ratio to each peer:
+  transformers    transformers' GPT2LMHeadModel, eager (bf16 autocast with --dtype bfloat16)
+  torch-compile   nanoGPT's model and step: SDPA (is_causal), fused AdamW, bf16 autocast, vocab
+                  padded to 50304, clip 1.0, torch.compile (GPU only)
+gpt2_jax runs its compiled, sharded step over every device (on a CPU host: --cpu-devices). MFU's
+peak is the datasheet bf16 rate where metrics.PEAK_FLOPS knows the device, else the matmul rate
+measured here in the compute dtype. --cli-steps N also runs `python -m gpt2_jax.train` for N
+steps on random tokens (configs/gpt2_124m.py, batch = the largest --batch-sizes) and reports
+what its metrics.jsonl logged, so the number users see is checked against this one.
 
-    python scripts/bench_train.py --cpu-devices 2
-    python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16   # a GPU
+    python scripts/bench_train.py --cpu-devices 1
+    python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16 --batch-sizes 16 64 \
+        --peers torch-compile transformers --cli-steps 15        # a GPU: the whole comparison
 """
 
 import argparse
 import functools
+import json
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), vocab
     "quickstart": (4, 4, 128, 64, 12, 257),
     "gpt2-124m-256": (12, 12, 768, 256, 4, 50257),
@@ -27,35 +39,46 @@ SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), voc
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["quickstart", "gpt2-124m-256"], choices=list(SHAPES))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="windows per step (default: the shape's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cpu-devices", type=int, default=os.cpu_count())
+    parser.add_argument("--cpu-devices", type=int, default=1)
+    parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"))
+    parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
+    parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
+    parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
     return parser.parse_args()
 
 
 args = parse_args()
-import jax  # noqa: E402  (the CPU device count must be set before JAX starts)
+# Grow JAX's GPU memory as needed instead of taking 75% up front: the PyTorch peers share the card.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+from gpt2_jax import accelerator  # noqa: E402
+
+accelerator.set_xla_flags()  # what the train CLI sets, before JAX starts
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", args.cpu_devices)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import optax  # noqa: E402
 
-from gpt2_jax import GPT2, GPT2Config, sharding  # noqa: E402
+from gpt2_jax import GPT2, GPT2Config, sharding, step as steps  # noqa: E402
 from gpt2_jax.metrics import peak_flops_per_device, train_flops_per_token  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
-from gpt2_jax.step import init_train_state, train_step  # noqa: E402
 from gpt2_jax.train_config import default_config  # noqa: E402
 
 
-def seconds_per_step(step, steps, warmup=3):
+def seconds_per_step(step, n_steps, warmup=3):
+    """Median of `n_steps` timed steps (each waits for its result) after `warmup`."""
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
-    for _ in range(steps):
+    times = []
+    for _ in range(n_steps):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def measured_matmul_flops(dtype):
@@ -69,18 +92,27 @@ def measured_matmul_flops(dtype):
     return 2 * 2048**3 * 10 / (time.perf_counter() - start)
 
 
-def ours(shape, dtype, steps):
-    n_layer, n_head, n_embd, block, batch, vocab = shape
+def plain_mean_loss(model, params, windows_BxL):
+    logits = model.apply({"params": params}, windows_BxL[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, windows_BxL[:, 1:]).mean()
+
+
+def ours(shape, batch, dtype, n_steps, profile=False):
+    """(seconds per step, peak device bytes or None, attention kernel)."""
+    n_layer, n_head, n_embd, block, _, vocab = shape
     c = default_config()
     c.learning_rate, c.warmup_steps, c.max_steps = 1e-3, 10, 1000
+    attention = accelerator.attention_impl("", dtype)
     model = GPT2(GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head),
-                 dtype=jnp.dtype(dtype))
+                 dtype=jnp.dtype(dtype), vocab_pad_multiple=64 if vocab > 1000 else 1, attention_impl=attention)
+    if args.plain_loss:
+        steps.mean_loss = plain_mean_loss
     optimizer, mesh = make_optimizer(c), sharding.make_mesh(1)
-    init = functools.partial(init_train_state, model, optimizer)
+    init = functools.partial(steps.init_train_state, model, optimizer)
     state_sharding = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))
     windows_sharding = sharding.batch_sharding(mesh, leading_dims=1)
     state = [jax.jit(init, out_shardings=state_sharding)(jax.random.key(0))]
-    compiled = jax.jit(functools.partial(train_step, model, optimizer), donate_argnums=0,
+    compiled = jax.jit(functools.partial(steps.train_step, model, optimizer), donate_argnums=0,
                        in_shardings=(state_sharding, windows_sharding), out_shardings=(state_sharding, None))
     windows = jax.device_put(np.random.randint(0, vocab, (1, batch, block + 1)).astype(np.int32), windows_sharding)
 
@@ -88,12 +120,45 @@ def ours(shape, dtype, steps):
         state[0], metrics = compiled(state[0], windows)
         metrics["loss"].block_until_ready()
 
-    return seconds_per_step(step, steps)
+    seconds = seconds_per_step(step, n_steps)
+    if profile:
+        print_profile(step)
+    memory = jax.devices()[0].memory_stats() or {}
+    return seconds, memory.get("peak_bytes_in_use"), attention
 
 
-def theirs(shape, dtype, steps):
-    n_layer, n_head, n_embd, block, batch, vocab = shape
-    device = "cuda" if dtype == "bfloat16" and torch.cuda.is_available() else "cpu"
+def print_profile(step, n_steps=3):
+    """Device time by kernel over a few steps (jax's profiler, read back with jax.profiler.ProfileData)."""
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            start = time.perf_counter()
+            for _ in range(n_steps):
+                step()
+            wall = time.perf_counter() - start
+        trace = ProfileData.from_file(str(next(Path(trace_dir).rglob("*.xplane.pb"))))
+    for plane in trace.planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            totals = {}
+            for event in line.events:
+                totals[event.name] = totals.get(event.name, 0.0) + event.duration_ns
+            busy = sum(totals.values()) / 1e9
+            if not totals or busy < 0.05 * wall:
+                continue
+            print(f"# profile {plane.name} / {line.name}: {busy / n_steps * 1e3:.1f} ms busy per step of "
+                  f"{wall / n_steps * 1e3:.1f} ms wall; top kernels (ms per step, share):")
+            for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:25]:
+                print(f"#   {ns / 1e6 / n_steps:8.2f}  {ns / 1e9 / busy:6.1%}  {name[:110]}")
+
+
+def transformers_step(shape, batch, dtype, device):
+    import torch
+    import transformers
+
+    n_layer, n_head, n_embd, block, _, vocab = shape
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).to(device).train()
@@ -110,28 +175,148 @@ def theirs(shape, dtype, steps):
         optimizer.zero_grad(set_to_none=True)
         loss.item()
 
-    return seconds_per_step(step, steps), device
+    return step
+
+
+def nanogpt_step(shape, batch, dtype, device):
+    """nanoGPT's model.py and train.py step, compactly: the strongest common PyTorch GPT-2 recipe."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    n_layer, n_head, n_embd, block, _, vocab = shape
+    padded_vocab = -(-vocab // 64) * 64
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+            self.c_attn, self.attn_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+            self.c_fc, self.mlp_proj = nn.Linear(n_embd, 4 * n_embd), nn.Linear(4 * n_embd, n_embd)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2)
+                       for t in self.c_attn(self.ln_1(x)).split(n_embd, dim=2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(B, T, C)
+            x = x + self.attn_proj(y)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(padded_vocab, n_embd), nn.Embedding(block, n_embd)
+            self.h, self.ln_f = nn.ModuleList([Block() for _ in range(n_layer)]), nn.LayerNorm(n_embd)
+            self.lm_head = nn.Linear(n_embd, padded_vocab, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+            for layer in self.h:
+                x = layer(x)
+            logits = self.lm_head(self.ln_f(x))
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    model = GPT().to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=device == "cuda")
+    model = torch.compile(model)
+    windows = torch.randint(0, vocab, (batch, block + 1), device=device)
+    inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # as nanoGPT's get_batch makes them
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = model(inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+
+    return step
+
+
+def cli_run(batch: int, n_steps: int):
+    """The train CLI on random tokens for n_steps: (median logged tok/s, median MFU, its console lines)."""
+    from gpt2_jax import shards
+
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir, workdir = Path(scratch) / "data", Path(scratch) / "run"
+        data_dir.mkdir()
+        total = (n_steps + 2) * 2**19 + 10_000_000
+        entry = shards.write_shard(data_dir, 0, np.random.default_rng(0).integers(0, 50256, total))
+        shards.write_meta(data_dir, {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "complete": True,
+                                     "shards": [entry], "splits": {k: [vars(s) for s in v] for k, v in
+                                                                   shards.split_segments([entry], 2**20).items()}})
+        command = [sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs' / 'gpt2_124m.py'}",
+                   f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.batch_size={batch}",
+                   f"--config.max_steps={n_steps}", "--config.warmup_steps=2", "--config.log_every=5",
+                   "--config.eval_every=0", "--config.checkpoint_every=1000000", "--config.hellaswag="]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
+        if result.returncode:
+            return None, None, (result.stdout + result.stderr)[-3000:]
+        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    timed = [row for row in rows if "tokens_per_sec" in row]
+    return (statistics.median(r["tokens_per_sec"] for r in timed), statistics.median(r.get("mfu", 0) for r in timed),
+            result.stdout.splitlines()[:1] + result.stdout.splitlines()[-3:])
 
 
 def main():
+    import torch
+
     known_peak = peak_flops_per_device()
     peak = (known_peak or measured_matmul_flops(jnp.dtype(args.dtype))) * (jax.device_count() if known_peak else 1)
+    device = "cuda" if torch.cuda.is_available() and jax.devices()[0].platform == "gpu" else "cpu"
     print(f"# {args.dtype}; jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].device_kind} device(s); "
-          f"torch {torch.__version__}: {torch.get_num_threads()} threads; peak {peak / 1e12:.2f} TFLOP/s "
-          f"({'datasheet' if known_peak else 'measured 2048^3 matmul, jax'})")
-    print("| shape | tokens/step | gpt2_jax tok/s | MFU | transformers tok/s | MFU | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"torch {torch.__version__} on {device}: {torch.get_num_threads()} threads; peak {peak / 1e12:.2f} TFLOP/s "
+          f"({'datasheet' if known_peak else 'measured 2048^3 matmul, jax'}); XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
+    peers = [p for p in args.peers if p != "torch-compile" or device == "cuda"]
+    rows = []
     for name in args.shapes:
         shape = SHAPES[name]
-        n_layer, n_head, n_embd, block, batch, vocab = shape
+        n_layer, n_head, n_embd, block, default_batch, vocab = shape
         flops = train_flops_per_token(GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd,
                                                  n_layer=n_layer, n_head=n_head))
-        tokens = batch * block
-        ours_tps = tokens / ours(shape, args.dtype, args.steps)
-        theirs_seconds, device = theirs(shape, args.dtype, args.steps)
-        theirs_tps = tokens / theirs_seconds
-        print(f"| {name} ({device}) | {tokens:,} | {ours_tps:,.0f} | {ours_tps * flops / peak:.1%} | "
-              f"{theirs_tps:,.0f} | {theirs_tps * flops / peak:.1%} | {ours_tps / theirs_tps:.2f}x |")
+        batches = args.batch_sizes or [default_batch]
+        peer_seconds = {}  # the peers first: PyTorch gives its cached GPU memory back, JAX keeps what it grew to
+        for batch in batches:
+            for peer in peers:
+                peer_step = {"transformers": transformers_step, "torch-compile": nanogpt_step}[peer]
+                peer_seconds[batch, peer] = seconds_per_step(peer_step(shape, batch, args.dtype, device), args.steps)
+                print(f"# {peer} {name} B={batch}: {batch * block / peer_seconds[batch, peer]:,.0f} tok/s", flush=True)
+                del peer_step
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+        for batch in batches:
+            tokens = batch * block
+            seconds, memory, attention = ours(shape, batch, args.dtype, args.steps, args.profile)
+            row = [f"{name} B={batch} ({attention}{', plain loss' if args.plain_loss else ''})", f"{tokens:,}",
+                   f"{tokens / seconds:,.0f}", f"{tokens / seconds * flops / peak:.1%}",
+                   f"{memory / 2**30:.1f}" if memory else "-"]
+            for peer in peers:
+                theirs = peer_seconds[batch, peer]
+                row += [f"{tokens / theirs:,.0f}", f"{tokens / theirs * flops / peak:.1%}", f"{theirs / seconds:.2f}x"]
+            rows.append(row)
+            print("| " + " | ".join(row) + " |", flush=True)
+    header = ["shape", "tokens/step", "gpt2_jax tok/s", "MFU", "peak GiB"]
+    for peer in peers:
+        header += [f"{peer} tok/s", "MFU", "ratio"]
+    print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if args.cli_steps:
+        batch = max(args.batch_sizes or [SHAPES["gpt2-124m-1024"][4]])
+        cli_tps, cli_mfu, lines = cli_run(batch, args.cli_steps)
+        print(f"\n# python -m gpt2_jax.train --config=configs/gpt2_124m.py --config.batch_size={batch}, "
+              f"{args.cli_steps} steps of 2^19 tokens on random data:")
+        print("\n".join(f"#   {line}" for line in (lines if isinstance(lines, list) else [lines])))
+        if cli_tps:
+            print(f"# its metrics.jsonl: median tokens_per_sec {cli_tps:,.0f}, mfu {cli_mfu:.1%}")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,17 @@ def test_causal_no_position_sees_the_future():
         grad_PxD = jax.grad(logits_at)(params["wpe"]["embedding"], t)
         depends_on = np.abs(np.asarray(grad_PxD)).sum(-1) > 0
         assert depends_on[: t + 1].all() and not depends_on[t + 1 :].any(), t
+
+
+def test_pallas_splash_attention_matches_xla(hf_dir):
+    """The TPU kernel (Pallas splash attention), run by Pallas's interpreter here: logits and gradients."""
+    config, params = from_hf(str(hf_dir))
+    ids = jnp.asarray(np.random.RandomState(3).randint(0, config.vocab_size, (2, 40)))
+
+    def loss(params, impl):
+        return GPT2(config, attention_impl=impl).apply({"params": params}, ids).std()
+
+    assert rel_error(GPT2(config, attention_impl="pallas").apply({"params": params}, ids),
+                     GPT2(config, attention_impl="xla").apply({"params": params}, ids)) < 1e-5
+    ours, xla = (jax.grad(loss)(params, impl) for impl in ("pallas", "xla"))
+    assert rel_error(ours["h_1"]["attn"]["c_attn"]["kernel"], xla["h_1"]["attn"]["c_attn"]["kernel"]) < 1e-5

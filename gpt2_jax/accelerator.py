@@ -1,0 +1,42 @@
+"""What runs fastest on each platform: XLA flags set before JAX starts, and the attention kernel.
+
+Measured on one H200 (docs/benchmarks.md): cuDNN's flash attention is 1.75x XLA's unfused
+attention in the GPT-2 124M train step, and cuBLAS GEMMs (Triton's GEMM emitter off) another
+1.19x. A flag the user already put in XLA_FLAGS is left as they set it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+# XLA flags by platform-independent name: XLA parses every backend's flags on every backend.
+XLA_FLAGS = (
+    "--xla_gpu_enable_triton_gemm=false",  # cuBLAS beats Triton's GEMMs for GPT-2's shapes (+19% on an H200)
+)
+ATTENTION_IMPLS = ("", "xla", "cudnn", "pallas")  # "": the fastest exact kernel for the platform
+
+
+def set_xla_flags() -> None:
+    """Add XLA_FLAGS's defaults to the environment; call before JAX's first computation."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    for flag in XLA_FLAGS:
+        if flag.split("=")[0] not in flags:
+            flags += " " + flag
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def attention_impl(requested: str, dtype, device=None) -> str:
+    """The attention kernel to use: `requested`, or for "" the fastest exact one on `device`.
+
+    cuDNN flash attention on NVIDIA GPUs (it takes bf16/fp16 only; fp32 runs XLA's), the
+    Pallas splash-attention kernel on TPUs, XLA's attention elsewhere.
+    """
+    if requested:
+        return requested
+    device = device or jax.devices()[0]
+    if device.platform == "gpu" and "nvidia" in device.device_kind.lower():
+        return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+    return "pallas" if device.platform == "tpu" else "xla"
