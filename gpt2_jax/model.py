@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax.attention import attend
 from gpt2_jax.config import GPT2Config
 
 # The KV cache: one {"k", "v"} dict of [batch, max_len, n_head, head_dim] arrays per layer.
@@ -39,47 +40,6 @@ def dense(config: GPT2Config, features: int, dtype: Any, name: str, residual: bo
     if residual:  # scale by 1/sqrt(2*n_layer): each block adds two residual branches
         std /= math.sqrt(2 * config.n_layer)
     return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std), name=name)
-
-
-def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
-    """Causal attention of T queries at positions start..start+T-1 over S keys at 0..S-1.
-
-    Without a cache (T == S, start 0) this is plain causal attention, which lets
-    `jax.nn.dot_product_attention` pick cuDNN flash attention on GPU.
-    """
-    T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
-    if start is None and implementation == "pallas":
-        return splash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
-    if start is None:
-        return jax.nn.dot_product_attention(
-            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation=implementation
-        )
-    implementation = None if implementation == "pallas" else implementation  # decoding: XLA's
-    q_positions_T = start + jnp.arange(T)
-    mask_TxS = jnp.arange(S)[None, :] <= q_positions_T[:, None]
-    return jax.nn.dot_product_attention(
-        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_TxS[None, None], implementation=implementation
-    )
-
-
-def splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-    """Causal attention with the Pallas splash-attention kernel that ships with JAX (TPUs; interpreted elsewhere)."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
-    B, T, H, K = q_BxTxHxK.shape
-    padded = -(-T // 128) * 128  # its blocks are multiples of 128; causality keeps padded keys unseen
-    block = next(b for b in (512, 256, 128) if padded % b == 0)
-    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    kernel = splash.make_splash_mha_single_device(
-        masks.MultiHeadMask([masks.CausalMask((padded, padded))] * H), block_sizes=sizes,
-        interpret=jax.devices()[0].platform != "tpu")
-    q_BxHxTxK, k_BxHxTxK, v_BxHxTxK = (
-        jnp.pad(jnp.swapaxes(t, 1, 2), ((0, 0), (0, 0), (0, padded - T), (0, 0)))
-        for t in (q_BxTxHxK * (1.0 / math.sqrt(K)), k_BxTxHxK, v_BxTxHxK)  # the kernel does not scale q
-    )
-    return jnp.swapaxes(jax.vmap(kernel)(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK)[:, :, :T], 1, 2)
 
 
 class Attention(nn.Module):

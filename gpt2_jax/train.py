@@ -88,6 +88,7 @@ def train(config, workdir: str | Path) -> list[dict]:
     prepare_workdir(workdir, model_config, config)
 
     mesh = sharding.make_mesh(config.fsdp)
+    jax.set_mesh(mesh)  # Pallas attention splits its kernel over it (attention.py)
     attention = accelerator.attention_impl(config.attention_impl, config.dtype)
     model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
                  attention_impl=attention, remat=config.remat)

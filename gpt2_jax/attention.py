@@ -1,0 +1,68 @@
+"""Causal self-attention over [batch, time, heads, head_dim] arrays, by the kernel asked for.
+
+`jax.nn.dot_product_attention` does the work ("xla", or "cudnn": flash attention on NVIDIA
+GPUs), or the Pallas splash-attention kernel that ships with JAX ("pallas": TPUs).
+accelerator.py picks the fastest exact one per platform.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
+    """Causal attention [B, T, H, K] of T queries at positions start..start+T-1 over S keys at 0..S-1.
+
+    `start` None means no cache (T == S): plain causal attention, which every kernel runs;
+    decoding from a cache (a mask over the keys) always runs XLA's or cuDNN's.
+    """
+    T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+    if start is None and implementation == "pallas":
+        return splash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)
+    if start is None:
+        return jax.nn.dot_product_attention(
+            q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, is_causal=True, implementation=implementation
+        )
+    implementation = None if implementation == "pallas" else implementation  # decoding: XLA's
+    q_positions_T = start + jnp.arange(T)
+    mask_TxS = jnp.arange(S)[None, :] <= q_positions_T[:, None]
+    return jax.nn.dot_product_attention(
+        q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_TxS[None, None], implementation=implementation
+    )
+
+
+def splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+    """Causal attention with the Pallas splash-attention kernel that ships with JAX (TPUs; interpreted elsewhere).
+
+    A Pallas kernel is one opaque call that XLA cannot split over devices: under a mesh set with
+    `jax.set_mesh` (train.py does), each device runs it on its own slice of the batch, which
+    training splits over every mesh axis.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or q_BxTxHxK.shape[0] % mesh.size:
+        return _splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+    batch = jax.sharding.PartitionSpec(mesh.axis_names)
+    return jax.shard_map(_splash_attention, mesh=mesh, in_specs=(batch,) * 3, out_specs=batch, check_vma=False)(
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
+
+
+def _splash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    B, T, H, K = q_BxTxHxK.shape
+    padded = -(-T // 128) * 128  # its blocks are multiples of 128; causality keeps padded keys unseen
+    block = next(b for b in (512, 256, 128) if padded % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    kernel = splash.make_splash_mha_single_device(
+        masks.MultiHeadMask([masks.CausalMask((padded, padded))] * H), block_sizes=sizes,
+        interpret=jax.devices()[0].platform != "tpu")
+    q_BxHxTxK, k_BxHxTxK, v_BxHxTxK = (
+        jnp.pad(jnp.swapaxes(t, 1, 2), ((0, 0), (0, 0), (0, padded - T), (0, 0)))
+        for t in (q_BxTxHxK * (1.0 / math.sqrt(K)), k_BxTxHxK, v_BxTxHxK)  # the kernel does not scale q
+    )
+    return jnp.swapaxes(jax.vmap(kernel)(q_BxHxTxK, k_BxHxTxK, v_BxHxTxK)[:, :, :T], 1, 2)
