@@ -11,7 +11,6 @@ import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -45,15 +44,7 @@ class LossEvaluator:
 
 
 def _accumulate_losses(model: GPT2, totals, params, token_bytes_V, windows_BxL):
-    """totals + this batch's (nats, target tokens, nats of the targets that are text, their bytes); -1: no target.
-
-    Each batch depends on the one before: on a CPU host, independent programs with collectives can run
-    out of order on different devices and deadlock.
-    """
-    targets_BxT = windows_BxL[:, 1:]
-    scored_BxT = targets_BxT >= 0
-    bytes_BxT = jnp.where(scored_BxT, token_bytes_V[jnp.maximum(targets_BxT, 0)], 0)
-    losses_BxT = step.token_losses(model, params, jnp.maximum(windows_BxL, 0))
-    batch = (jnp.sum(jnp.where(scored_BxT, losses_BxT, 0)), jnp.sum(scored_BxT, dtype=jnp.int32),
-             jnp.sum(jnp.where(bytes_BxT > 0, losses_BxT, 0)), jnp.sum(bytes_BxT, dtype=jnp.int32))
+    """totals + this batch's sums (step.eval_step). Each batch depends on the one before: on a CPU host,
+    independent programs with collectives can run out of order on different devices and deadlock."""
+    batch = step.eval_step(model, params, token_bytes_V, windows_BxL)
     return tuple(total + value for total, value in zip(totals, batch))
