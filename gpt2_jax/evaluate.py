@@ -1,9 +1,11 @@
-"""Evaluation: validation loss over prepared shards and HellaSwag, in training and from the CLI.
+"""Evaluation: validation loss and bits per byte, and HellaSwag, in training and from the CLI.
 
     python -m gpt2_jax.evaluate --model gpt2 --model runs/gpt2_124m --tasks val_loss,hellaswag \
-        --data-dir data/fineweb_edu_10b --hellaswag official [--limit N] [--out eval.json]
+        --data-dir data/fineweb_edu_10b [--val-tokens N] --hellaswag official [--limit N] [--out eval.json]
 
-Each --model is a hub name, an HF directory, a params directory or a training workdir. Each
+Each --model is a hub name, an HF directory, a params directory or a training workdir, of any
+tokenizer: every model scores the same text of the val split, each with its own tokens, in bits
+per byte (val_bpb; data.py says exactly how); val_loss where its tokenizer is the data's. Each
 evaluation is compiled for its own shapes, once, beside the train step (never recompiling it),
 and reads the params where they are: sharded over the training mesh, or replicated here.
 """
