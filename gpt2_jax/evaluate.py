@@ -124,6 +124,8 @@ def main(argv=None):
     tasks = args.tasks.split(",")
     if set(tasks) - set(TASKS) or ("val_loss" in tasks and not args.data_dir):
         raise UserError(f"--tasks takes {','.join(TASKS)}; val_loss needs --data-dir")
+    if args.val_tokens < 0:
+        raise UserError(f"--val-tokens {args.val_tokens}: give a count of tokens, or 0 for the whole val split")
     results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size,
                                      args.val_tokens) for model in args.model}
     print(results_table(results, tasks))

@@ -159,6 +159,8 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(tmp_path / "none.jsonl")], "no such file"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bad)], "bad.jsonl:2: not a HellaSwag example"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss"], "val_loss needs --data-dir"),
+        (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--val-tokens",
+          "-5"], "--val-tokens -5: give a count"),
     ]
     for args, message in cases:
         assert_one_line_error(run_evaluate(*args), message)
