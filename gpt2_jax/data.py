@@ -1,9 +1,27 @@
-"""The input pipeline: windows of block_size + 1 tokens from the shards.
+"""The input pipeline: windows of block_size + 1 tokens, from the shards or from the validation text.
 
 Training reads the windows shuffled by grain (a new permutation each epoch, fixed by the
 seed), each process its own slice, in batches; the grain iterator's state is saved with every
 checkpoint (checkpoint.py), so a resumed run continues the same order. Evaluation reads every
 window of a split once, in order.
+
+Models of different tokenizers are compared on the validation *text*, the same bytes for
+every model (`read_documents`, `TextWindows`):
+- The text is the val split's tokens (its first `max_tokens`, or all) decoded to bytes
+  (both tokenizers are lossless), cut at each `<|endoftext|>` into documents, each decoded as
+  UTF-8; only a character cut in two where the split (or `max_tokens`) begins or ends is
+  left out. The first document is whatever precedes the split's first `<|endoftext|>`.
+- Each model encodes every document with its own tokenizer and reads one stream:
+  `<|endoftext|>`, document 1, `<|endoftext|>`, document 2, ... (GPT-2's separator, as in the
+  shards; the first document is read after it too). Context runs on across documents, as in
+  training: a window may hold the end of one and the start of the next.
+- Windows are the model's full context: n_positions + 1 tokens, window i starting at token
+  i * n_positions, so every token after the leading `<|endoftext|>` is a target exactly
+  once; the last window is padded (-1: no target). The first tokens of each window are
+  predicted from a shorter context than the last ones, for every model alike.
+- val_loss is the mean over all targets (`<|endoftext|>` included, as in training); val_bpb
+  is the nats of the targets that are text over (ln 2 x their UTF-8 bytes): `<|endoftext|>`
+  is no text and counts in neither, and every byte of the text is in exactly one target.
 """
 
 from __future__ import annotations
@@ -16,6 +34,7 @@ import numpy as np
 
 from gpt2_jax import shards
 from gpt2_jax.shards import DataError
+from gpt2_jax.tokenizer import Tokenizer, get_tokenizer
 
 
 class WindowSource:
@@ -62,19 +81,44 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
-def eval_batches(source: WindowSource, batch_per_process: int, max_windows: int = 0,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(windows [B, block_size + 1], weights [B]) over the first `max_windows` windows (0: all), in order.
+def read_documents(data_dir: str | Path, max_tokens: int = 0) -> list[str]:
+    """The text of the val split's first `max_tokens` tokens (0: all), as documents (module docstring)."""
+    meta, opened = shards.open_split(data_dir, "val")
+    tokens = np.concatenate([np.asarray(t[s.start : s.stop]) for t, s in opened])[: max_tokens or None]
+    pieces = np.split(tokens, np.flatnonzero(tokens == meta["eot_token"]))  # each after the first: eot + document
+    decode = get_tokenizer(meta["tokenizer"]).decode_bytes
+    return [decode(piece[i > 0 :].tolist()).decode("utf-8", errors="ignore") for i, piece in enumerate(pieces)]
 
-    The last batch is padded with weight-0 rows, so every batch has one shape (one compile)
-    and the weighted mean is exact. Every process yields the same number of batches.
+
+class TextWindows:
+    """A tokenizer's windows over documents (module docstring): int32 [block_size + 1], -1 past the end."""
+
+    def __init__(self, documents: list[str], tokenizer: Tokenizer, block_size: int):
+        parts = [np.asarray([tokenizer.eot_token, *tokenizer.encode(text)], np.int32) for text in documents]
+        self.stream = np.concatenate(parts or [np.zeros(0, np.int32)])
+        self.block_size = block_size
+        if len(self.stream) < 2:
+            raise DataError("no validation text to score")
+
+    def __len__(self) -> int:
+        return -(-(len(self.stream) - 1) // self.block_size)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        window = self.stream[index * self.block_size : (index + 1) * self.block_size + 1]
+        return np.pad(window, (0, self.block_size + 1 - len(window)), constant_values=-1)
+
+
+def eval_batches(source: WindowSource | TextWindows, batch_per_process: int, max_windows: int = 0,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[np.ndarray]:
+    """Windows [B, block_size + 1] over the first `max_windows` windows (0: all), in order.
+
+    The last batch is padded with rows of -1 (no target), so every batch has one shape (one
+    compile). Every process yields the same number of batches.
     """
     n_windows = min(len(source), max_windows) if max_windows else len(source)
     global_batch = batch_per_process * process_count
-    padding = np.zeros(source.block_size + 1, np.int32)
+    padding = np.full(source.block_size + 1, -1, np.int32)
     for b in range(-(-n_windows // global_batch)):
         first = b * global_batch + process_index * batch_per_process
         indices = range(first, min(first + batch_per_process, n_windows))
-        windows = [source[i] for i in indices] + [padding] * (batch_per_process - len(indices))
-        weights = np.asarray([1.0] * len(indices) + [0.0] * (batch_per_process - len(indices)), np.float32)
-        yield np.stack(windows), weights
+        yield np.stack([source[i] for i in indices] + [padding] * (batch_per_process - len(indices)))

@@ -1,4 +1,6 @@
-"""Training curves as a PNG: train/val loss and HellaSwag against steps, baselines as lines."""
+"""Training curves as a PNG: train/val loss, val bits per byte and HellaSwag against steps (or any
+logged quantity), baselines as lines. Per-token losses of different tokenizers are on different
+scales: runs of different tokenizers are drawn on the bits-per-byte axis only (per_token=False)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,24 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-PANELS = (("loss", ("train_loss", "val_loss")), ("HellaSwag acc_norm", ("hellaswag_acc_norm",)))
+PANELS = (("loss (nats per token)", ("train_loss", "val_loss")), ("val bits per byte", ("val_bpb",)),
+          ("HellaSwag acc_norm", ("hellaswag_acc_norm",)))
 
 
-def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict[str, dict] | None = None) -> Path:
-    """One panel per metric family that any run logged; each run a line per metric.
+def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict[str, dict] | None = None,
+              x: str = "step", per_token: bool = True) -> Path:
+    """One panel per metric family that any run logged; each run a line per metric, against row[x].
 
-    runs: {label: metrics.jsonl rows}; baselines: {label: {"val_loss": x, "hellaswag_acc_norm": y}},
-    drawn as horizontal lines on the matching panel.
+    runs: {label: metrics.jsonl rows}; baselines: {label: {"val_loss": value, "val_bpb": value, ...}},
+    drawn as horizontal lines on the matching panel; per_token=False leaves the loss panel out.
     """
-    panels = [(title, names) for title, names in PANELS
+    panels = [(title, names) for title, names in PANELS[0 if per_token else 1 :]
               if any(name in row for rows in runs.values() for row in rows for name in names)]
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for axis, (title, names) in zip(axes[0], panels):
         for label, rows in runs.items():
             for name in names:
-                points = [(row["step"], row[name]) for row in rows if name in row]
+                points = [(row[x], row[name]) for row in rows if name in row]
                 if points:
                     noisy = name == "train_loss"  # every logged step: a thin line; evaluations: dots
                     axis.plot(*zip(*points), label=f"{label} {name}", marker=None if noisy else "o", markersize=3,
@@ -33,7 +37,7 @@ def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict
             for name in names:
                 if name in values:
                     axis.axhline(values[name], linestyle="--", color="black", linewidth=1.2, label=f"{label} {name}")
-        axis.set(title=title, xlabel="step")
+        axis.set(title=title, xlabel=x.replace("_", " "))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()

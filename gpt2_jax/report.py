@@ -3,7 +3,9 @@
 Evaluates the baseline (hub name, HF directory, params directory or workdir) on the run's own
 validation windows (the ones its evaluations used) and, if the run scored HellaSwag, on the
 same HellaSwag examples; then writes DIR/report.md (a table: the run's last evaluation against
-the baseline) and DIR/report.png (the run's curves, the baseline as dashed lines).
+the baseline) and DIR/report.png (the run's curves, the baseline as dashed lines). A baseline
+of another tokenizer (or a shorter context) is compared in bits per byte only, over the text of
+those windows read with its own tokenizer and context (data.py's TextWindows).
 """
 
 from __future__ import annotations
@@ -13,30 +15,37 @@ import json
 from pathlib import Path
 
 from gpt2_jax import hellaswag
-from gpt2_jax.data import WindowSource
+from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.evaluate import LossEvaluator, load_replicated
+from gpt2_jax.evaluate import load_replicated
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
+from gpt2_jax.validation import LossEvaluator
 
-METRICS = (("val_loss", "val loss", "lower"), ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
+METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
+           ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
 
 
 def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
-    """The baseline's val_loss / hellaswag_acc_norm on what the run measured, and notes on what it could not."""
+    """The baseline's val_loss / val_bpb / hellaswag_acc_norm on what the run measured, and notes on the rest."""
     loaded, model, mesh, params = load_replicated(reference)
     notes, values = [], {}
-    data_tokenizer = read_meta(run_config["data_dir"])["tokenizer"]
-    if data_tokenizer != loaded.tokenizer.name:
-        notes.append(f"val loss not compared: {reference} reads {loaded.tokenizer.name} tokens, "
-                     f"the run {data_tokenizer} tokens")
-    elif run_config["block_size"] > loaded.config.n_positions:
-        notes.append(f"val loss not compared: the run's block_size exceeds {reference}'s context")
+    data_dir, block_size = run_config["data_dir"], run_config["block_size"]
+    data_tokenizer = read_meta(data_dir)["tokenizer"]
+    windows = run_config["eval_batches"] * run_config["batch_size"]
+    evaluator = LossEvaluator(model, mesh, run_config["batch_size"], loaded.tokenizer)
+    if data_tokenizer == loaded.tokenizer.name and block_size <= loaded.config.n_positions:
+        scores = evaluator.evaluate(params, WindowSource(data_dir, "val", block_size), windows)
+        values.update(val_loss=scores["loss"], val_bpb=scores["bpb"])
     else:
-        source = WindowSource(run_config["data_dir"], "val", run_config["block_size"])
-        windows = run_config["eval_batches"] * run_config["batch_size"]
-        values["val_loss"] = LossEvaluator(model, mesh, run_config["batch_size"]).mean_loss(params, source, windows)
+        text = read_documents(data_dir, windows * block_size + 1 if windows else 0)
+        source = TextWindows(text, loaded.tokenizer, loaded.config.n_positions)
+        values["val_bpb"] = evaluator.evaluate(params, source)["bpb"]
+        why = (f"{reference} reads {loaded.tokenizer.name} tokens, the run {data_tokenizer} tokens"
+               if data_tokenizer != loaded.tokenizer.name else f"the run's block_size exceeds {reference}'s context")
+        notes.append(f"val loss not compared ({why}); val bpb of {reference} over the text of the run's windows, "
+                     "read with its own tokenizer and context")
     if run_config["hellaswag"]:
         examples = hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
         scorer = hellaswag.HellaSwagScorer(model, mesh, run_config["batch_size"])

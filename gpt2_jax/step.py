@@ -59,7 +59,12 @@ def train_step(model: GPT2, optimizer: optax.GradientTransformation, state: Trai
     return TrainState(params, opt_state), metrics
 
 
-def eval_step(model: GPT2, params, windows_BxL: jax.Array, weights_B: jax.Array):
-    """(sum of weighted token losses, number of weighted tokens): sums, so batches add up exactly."""
-    losses_BxT = token_losses(model, params, windows_BxL)
-    return jnp.sum(losses_BxT * weights_B[:, None]), jnp.sum(weights_B) * losses_BxT.shape[1]
+def eval_step(model: GPT2, params, token_bytes_V: jax.Array, windows_BxL: jax.Array):
+    """Sums over a batch, so batches add up exactly: (nats, target tokens, nats of the targets that are
+    text, their UTF-8 bytes). Token -1 marks padding (no target); token_bytes_V gives each id's bytes."""
+    targets_BxT = windows_BxL[:, 1:]
+    scored_BxT = targets_BxT >= 0
+    bytes_BxT = jnp.where(scored_BxT, token_bytes_V[jnp.maximum(targets_BxT, 0)], 0)
+    losses_BxT = token_losses(model, params, jnp.maximum(windows_BxL, 0))
+    return (jnp.sum(jnp.where(scored_BxT, losses_BxT, 0)), jnp.sum(scored_BxT, dtype=jnp.int32),
+            jnp.sum(jnp.where(bytes_BxT > 0, losses_BxT, 0)), jnp.sum(bytes_BxT, dtype=jnp.int32))

@@ -7,6 +7,8 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from gpt2_jax.errors import UserError
 
 TOKENIZERS = ("gpt2", "byte")
@@ -30,6 +32,13 @@ class Tokenizer:
     eot_token: int
     encode: Callable[[str], list[int]]  # plain text; `<|endoftext|>` is not parsed
     decode: Callable[[Sequence[int]], str]
+    decode_bytes: Callable[[Sequence[int]], bytes]  # lossless: every id but end-of-text is a byte string
+
+    def token_bytes(self) -> np.ndarray:
+        """int32 [vocab_size]: how many UTF-8 bytes of text each id stands for; end-of-text is none."""
+        lengths = np.asarray([len(self.decode_bytes([i])) for i in range(self.vocab_size)], np.int32)
+        lengths[self.eot_token] = 0
+        return lengths
 
 
 def get_tokenizer(name: str, hf_dir: str | Path | None = None) -> Tokenizer:
@@ -38,12 +47,19 @@ def get_tokenizer(name: str, hf_dir: str | Path | None = None) -> Tokenizer:
         return Tokenizer(
             "byte", VOCAB_SIZES["byte"], BYTE_EOT,
             encode=lambda text: list(text.encode("utf-8")),
-            decode=lambda ids: bytes(i for i in ids if i < BYTE_EOT).decode("utf-8", errors="replace"),
+            decode=lambda ids: _bytes_of(ids).decode("utf-8", errors="replace"),
+            decode_bytes=_bytes_of,
         )
     if name == "gpt2":
         encoding = _gpt2_encoding(hf_dir)
-        return Tokenizer("gpt2", encoding.n_vocab, encoding.eot_token, encoding.encode_ordinary, encoding.decode)
+        return Tokenizer("gpt2", encoding.n_vocab, encoding.eot_token, encoding.encode_ordinary, encoding.decode,
+                         encoding.decode_bytes)
     raise TokenizerError(f"unknown tokenizer {name!r}; choose one of {TOKENIZERS}")
+
+
+def _bytes_of(ids: Sequence[int]) -> bytes:
+    ids = np.asarray(ids, np.int64)
+    return ids[ids < BYTE_EOT].astype(np.uint8).tobytes()
 
 
 def tokenizer_for_vocab(vocab_size: int, hf_dir: str | Path | None = None) -> Tokenizer:

@@ -37,6 +37,7 @@ flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the
 COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
            "param_norm": ("param norm", ".1f"),
            "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"), "val_loss": ("val loss", ".4f"),
+           "val_bpb": ("val bpb", ".4f"),
            "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
 
 

@@ -1,13 +1,24 @@
 """Draw the loss curves of one or more training workdirs to a PNG.
 
     python scripts/plot.py runs/shakespeare_byte [runs/other ...] --out loss.png
+
+Runs of different tokenizers (a byte model beside a GPT-2 BPE one) are drawn in bits per byte
+only: their per-token losses are on different scales.
 """
 
 import argparse
 from pathlib import Path
 
+from gpt2_jax.config import GPT2Config
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
+from gpt2_jax.tokenizer import VOCAB_SIZES
+
+
+def tokenizer_name(workdir: str) -> str:
+    """The tokenizer of a workdir's model, from its config.json's vocabulary."""
+    vocab_size = GPT2Config.from_json(Path(workdir) / "config.json").vocab_size
+    return next((name for name, size in VOCAB_SIZES.items() if size == vocab_size), f"vocab {vocab_size}")
 
 
 def main():
@@ -19,7 +30,12 @@ def main():
     empty = [name for name, rows in runs.items() if not rows]
     if empty:
         parser.error(f"no metrics.jsonl rows in {empty}")
-    print(f"wrote {plot_runs(runs, args.out)}")
+    tokenizers = {tokenizer_name(w) for w in args.workdirs}
+    if len(tokenizers) > 1:
+        if not all(any("val_bpb" in row for row in rows) for rows in runs.values()):
+            parser.error(f"the runs use different tokenizers ({', '.join(sorted(tokenizers))}) and not all logged val_bpb")
+        print(f"different tokenizers ({', '.join(sorted(tokenizers))}): drawing bits per byte, not per-token losses")
+    print(f"wrote {plot_runs(runs, args.out, per_token=len(tokenizers) == 1)}")
 
 
 if __name__ == "__main__":

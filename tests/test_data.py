@@ -9,7 +9,7 @@ import pytest
 from conftest import SHAKESPEARE, assert_one_line_error
 
 from gpt2_jax import shards
-from gpt2_jax.data import WindowSource, eval_batches, train_iterator
+from gpt2_jax.data import TextWindows, WindowSource, eval_batches, read_documents, train_iterator
 from gpt2_jax.prepare import prepare
 from gpt2_jax.tokenizer import get_tokenizer
 
@@ -111,12 +111,63 @@ def test_train_iterator_is_deterministic_resumable_and_split_across_processes(sh
 
 def test_eval_batches_cover_every_window_once_with_padding(shakespeare_dir):
     source = WindowSource(shakespeare_dir, "val", 64)
-    batches = list(eval_batches(source, 12))
-    weights = np.concatenate([w for _, w in batches])
-    assert weights.sum() == len(source) == (111540 - 1) // 64
-    windows = np.concatenate([b for b, _ in batches])[: len(source)]
-    np.testing.assert_array_equal(windows[5], source[5])
-    assert [w.sum() for _, w in eval_batches(source, 12, max_windows=30)] == [12, 12, 6]
+    rows = np.concatenate(list(eval_batches(source, 12)))
+    assert len(rows) % 12 == 0 and (rows[len(source) :] == -1).all()  # padding: no target
+    assert (rows[: len(source)] >= 0).all() and len(source) == (111540 - 1) // 64
+    np.testing.assert_array_equal(rows[5], source[5])
+    assert [(b[:, 0] >= 0).sum() for b in eval_batches(source, 12, max_windows=30)] == [12, 12, 6]
+
+
+@pytest.fixture(scope="module")
+def documents_dirs(tmp_path_factory):
+    """Twelve documents with 2- and 4-byte characters, prepared as bytes (the val split starting inside a
+    4-byte character) and as GPT-2 BPE, in shards of ~200 tokens."""
+    path = tmp_path_factory.mktemp("documents")
+    texts = [f"doc {i}: naïve café 😀 " * (i + 3) for i in range(12)]
+    for i, text in enumerate(texts):
+        (path / f"{i:02d}.txt").write_text(text)
+    inputs = [str(path / f"{i:02d}.txt") for i in range(12)]
+    total = sum(len(t.encode()) for t in texts) + 11
+    assert texts[9].endswith("😀 ")
+    cut = total - len(texts[11].encode()) - 1 - len(texts[10].encode()) - 1 - 4  # 1 byte into texts[9]'s last 😀
+    prepare(inputs, path / "byte", tokenizer="byte", val_fraction=(total - cut - 0.5) / total, shard_tokens=200)
+    prepare(inputs, path / "gpt2", tokenizer="gpt2", val_fraction=0.3, shard_tokens=200)
+    return texts, path / "byte", path / "gpt2"
+
+
+def test_val_text_is_documents_cut_at_end_of_text_with_split_characters_left_out(documents_dirs):
+    texts, byte_dir, bpe_dir = documents_dirs
+    documents = read_documents(byte_dir)  # the split starts 1 byte into the last 😀 of texts[9]
+    assert documents == [" ", texts[10], texts[11]]
+    assert len(shards.read_meta(byte_dir)["splits"]["val"]) > 1  # across shards
+    bpe_documents = read_documents(bpe_dir)
+    first = 12 - len(bpe_documents)
+    assert bpe_documents[1:] == texts[first + 1 :] and texts[first].endswith(bpe_documents[0])
+    head = "doc 11: naïve café "  # then a 😀, cut after its first byte:
+    max_tokens = 4 + 1 + len(texts[10].encode()) + 1 + len(head.encode()) + 1  # 4: the split's "\x9f\x98\x80 "
+    assert read_documents(byte_dir, max_tokens) == [" ", texts[10], head]  # the halves of 😀 left out
+
+
+@pytest.mark.parametrize("name", ["byte", "gpt2"])
+def test_text_windows_score_every_byte_once_in_order(documents_dirs, name):
+    texts, byte_dir, _ = documents_dirs
+    documents = read_documents(byte_dir)
+    tokenizer = get_tokenizer(name)
+    windows = TextWindows(documents, tokenizer, 16)
+    rows = np.stack([windows[i] for i in range(len(windows))])
+    assert rows[0, 0] == tokenizer.eot_token and (rows[1:, 0] == rows[:-1, -1]).all()  # windows share one token
+    assert (rows[:-1] >= 0).all() and (rows[-1, 1:] == -1).any()  # only the last one is padded
+    targets = rows[:, 1:].ravel()
+    targets = targets[targets >= 0]
+    pieces = np.split(targets, np.flatnonzero(targets == tokenizer.eot_token))
+    assert [tokenizer.decode_bytes(p[i > 0 :].tolist()).decode() for i, p in enumerate(pieces)] == documents
+    assert tokenizer.token_bytes()[targets].sum() == sum(len(d.encode()) for d in documents)
+
+
+def test_text_windows_of_the_data_tokenizer_are_its_tokens(shakespeare_dir):
+    stream = TextWindows(read_documents(shakespeare_dir), get_tokenizer("byte"), 64).stream
+    _, opened = shards.open_split(shakespeare_dir, "val")
+    np.testing.assert_array_equal(stream, [256, *opened[0][0][opened[0][1].start :]])
 
 
 def copy_data(src, dst):

@@ -1,26 +1,29 @@
-"""Evaluation: HellaSwag and val_loss against independent transformers computations, the CLI,
-evaluations inside a training run, and the report."""
+"""Evaluation: HellaSwag, val_loss and val_bpb against independent transformers computations, the CLI,
+evaluations inside a training run, the report and the plots."""
 
 import json
 import logging
+import math
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+import tiktoken
 import torch
 import transformers
-from conftest import assert_one_line_error, tiny_run_config
+from conftest import SHAKESPEARE, assert_one_line_error, tiny_run_config
 
-from gpt2_jax import hellaswag, sharding
-from gpt2_jax.data import WindowSource
-from gpt2_jax.evaluate import evaluate_model
+from gpt2_jax import GPT2Config, hellaswag, sharding
+from gpt2_jax.data import TextWindows
+from gpt2_jax.evaluate import evaluate_model, load_replicated
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2
 from gpt2_jax.report import write_report
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train import train
+from gpt2_jax.validation import LossEvaluator
 
 WORDS = "the a man woman dog runs jumps slowly into water after before ball red green house".split()
 
@@ -73,28 +76,78 @@ def test_hellaswag_matches_an_independent_transformers_scoring(bpe_model_dir, he
     assert evaluate_model(str(bpe_model_dir), ["hellaswag"], None, str(hellaswag_file), limit=7)["hellaswag"]["n"] == 7
 
 
-def test_val_loss_equals_transformers_on_the_same_windows(byte_model_dir, shakespeare_bytes):
-    ours = evaluate_model(str(byte_model_dir), ["val_loss"], str(shakespeare_bytes), None, limit=50, batch_size=6)
-    source = WindowSource(shakespeare_bytes, "val", 64)
-    windows = torch.from_numpy(np.stack([source[i] for i in range(50)])).long()
-    model = transformers.GPT2LMHeadModel.from_pretrained(byte_model_dir).eval()
-    with torch.no_grad():
-        logits = model(windows[:, :-1]).logits
-    theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, 257), windows[:, 1:].reshape(-1)).item()
-    assert ours["val_loss"]["loss"] == pytest.approx(theirs, rel=1e-5)
+VAL_BYTES = 3000  # the text of Tiny Shakespeare's first 3,000 val bytes (ASCII: 3,000 characters)
+
+
+def shakespeare_val_text(n_bytes):
+    data = open(SHAKESPEARE, "rb").read()
+    return data[int(len(data) * 0.9) :][:n_bytes].decode()  # nanoGPT's 90/10 split, as prepare.py makes it
+
+
+def torch_losses(model_dir, ids, context):
+    """transformers' fp32 next-token losses of `ids`, read as windows of context + 1 tokens sharing one
+    (the last one shorter): every token but the first a target once."""
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    losses = []
+    for start in range(0, len(ids) - 1, context):
+        window = torch.tensor(ids[start : start + context + 1])
+        with torch.no_grad():
+            logits = model(window[None, :-1]).logits[0]
+        losses.append(torch.nn.functional.cross_entropy(logits, window[1:], reduction="none"))
+    return torch.cat(losses).double()
+
+
+def test_val_loss_and_bpb_of_a_byte_model_equal_transformers_and_each_other(byte_model_dir, shakespeare_bytes):
+    ours = evaluate_model(str(byte_model_dir), ["val_loss"], str(shakespeare_bytes), None, batch_size=6,
+                          val_tokens=VAL_BYTES)["val_loss"]
+    theirs = torch_losses(byte_model_dir, [256, *shakespeare_val_text(VAL_BYTES).encode()], context=64)
+    assert ours["loss"] == pytest.approx(theirs.mean().item(), rel=1e-5)
+    assert ours["bytes"] == ours["tokens"] == VAL_BYTES
+    assert ours["bpb"] == ours["loss"] / math.log(2)  # the same nats over the same count: exactly
+
+
+def test_bpb_of_a_bpe_model_on_byte_data_equals_transformers_over_the_same_text(bpe_model_dir, shakespeare_bytes):
+    ours = evaluate_model(str(bpe_model_dir), ["val_loss"], str(shakespeare_bytes), None, batch_size=5,
+                          val_tokens=VAL_BYTES)["val_loss"]
+    text = shakespeare_val_text(VAL_BYTES)
+    ids = [50256, *tiktoken.get_encoding("gpt2").encode_ordinary(text)]  # one document: no <|endoftext|> target
+    theirs = torch_losses(bpe_model_dir, ids, context=64).sum().item() / (math.log(2) * len(text.encode()))
+    assert "loss" not in ours  # per-token loss only for the data's own tokenizer
+    assert ours["bytes"] == VAL_BYTES and ours["tokens"] == len(ids) - 1
+    assert ours["bpb"] == pytest.approx(theirs, rel=1e-5)
+
+
+def test_end_of_text_is_a_target_of_val_loss_but_no_text_in_val_bpb(bpe_model_dir):
+    loaded, model, mesh, params = load_replicated(str(bpe_model_dir))
+    documents = ["First Citizen:\nBefore we proceed", "", "any further, hear me speak. 😀 naïve"]
+    scores = LossEvaluator(model, mesh, 3, loaded.tokenizer).evaluate(params, TextWindows(documents, loaded.tokenizer, 8))
+    encoding = tiktoken.get_encoding("gpt2")
+    ids = [token for document in documents for token in (50256, *encoding.encode_ordinary(document))]
+    theirs = torch_losses(bpe_model_dir, ids, context=8)
+    text = torch.tensor(ids[1:]) != 50256
+    assert scores["loss"] == pytest.approx(theirs.mean().item(), rel=1e-5) and scores["tokens"] == len(ids) - 1
+    n_bytes = len("".join(documents).encode())
+    assert scores["bytes"] == n_bytes
+    assert scores["bpb"] == pytest.approx(theirs[text].sum().item() / (math.log(2) * n_bytes), rel=1e-5)
 
 
 def run_evaluate(*args):
     return subprocess.run([sys.executable, "-m", "gpt2_jax.evaluate", *args], capture_output=True, text=True)
 
 
-def test_cli_compares_models_and_writes_json(bpe_model_dir, byte_model_dir, hellaswag_file, tmp_path):
-    result = run_evaluate("--model", str(bpe_model_dir), "--model", str(byte_model_dir), "--tasks", "hellaswag",
-                          "--hellaswag", str(hellaswag_file), "--limit", "4", "--out", str(tmp_path / "eval.json"))
+def test_cli_compares_a_bpe_and_a_byte_model_on_the_same_bytes_and_writes_json(
+        bpe_model_dir, byte_model_dir, shakespeare_bytes, hellaswag_file, tmp_path):
+    result = run_evaluate("--model", str(bpe_model_dir), "--model", str(byte_model_dir), "--tasks", "val_loss,hellaswag",
+                          "--data-dir", str(shakespeare_bytes), "--val-tokens", "2000", "--hellaswag", str(hellaswag_file),
+                          "--limit", "4", "--out", str(tmp_path / "eval.json"))
     assert result.returncode == 0, result.stderr
-    assert f"| {bpe_model_dir} |" in result.stdout and f"| {byte_model_dir} |" in result.stdout
     saved = json.loads((tmp_path / "eval.json").read_text())
+    bpe, byte = saved[str(bpe_model_dir)], saved[str(byte_model_dir)]
     assert set(saved) == {str(bpe_model_dir), str(byte_model_dir)}
+    assert bpe["val_loss"]["bytes"] == byte["val_loss"]["bytes"] == 2000  # the same text, each its own tokens
+    assert set(bpe["val_loss"]) == {"bpb", "bytes", "tokens"} and byte["val_loss"]["tokens"] == 2000
+    assert f"| {bpe_model_dir} | - | {bpe['val_loss']['bpb']:.4f} | 2,000 | " in result.stdout
+    assert f"| {byte_model_dir} | {byte['val_loss']['loss']:.4f} | {byte['val_loss']['bpb']:.4f} | 2,000 | " in result.stdout
     assert all(set(result["hellaswag"]) == {"acc", "acc_norm", "n"} for result in saved.values())
 
 
@@ -105,9 +158,9 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         (["--model", str(tmp_path), "--tasks", "hellaswag", "--hellaswag", str(hellaswag_file)], "not a model directory"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(tmp_path / "none.jsonl")], "no such file"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bad)], "bad.jsonl:2: not a HellaSwag example"),
-        (["--model", str(bpe_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes)],
-         "uses gpt2 tokens but"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss"], "val_loss needs --data-dir"),
+        (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--val-tokens",
+          "-5"], "--val-tokens -5: give a count"),
     ]
     for args, message in cases:
         assert_one_line_error(run_evaluate(*args), message)
@@ -125,19 +178,51 @@ def test_val_loss_hellaswag_and_samples_run_inside_training_without_recompiling_
         jax.config.update("jax_log_compiles", False)
     evaluations = [row for row in logged if "val_loss" in row]
     assert [row["step"] for row in evaluations] == [10, 20, 30]
+    assert all(row["val_bpb"] == row["val_loss"] / math.log(2) for row in evaluations)  # bytes, one document
     assert all(0 <= row["hellaswag_acc_norm"] <= 1 and "hellaswag_acc" in row for row in evaluations)
-    assert capsys.readouterr().out.count("> ROMEO:") == 3 * 2
+    out = capsys.readouterr().out
+    assert out.count("> ROMEO:") == 3 * 2 and out.count(" | val bpb ") == 3
     train_step_compiles = [r for r in caplog.records if "Compiling" in r.getMessage() and "train_step" in r.getMessage()]
     assert len(train_step_compiles) == 1
 
 
-def test_report_compares_the_run_with_its_baseline(shakespeare_bytes, byte_model_dir, hellaswag_file, tmp_path):
-    train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=10, hellaswag=str(hellaswag_file),
-                          hellaswag_limit=8, block_size=64, tokens_per_step=8 * 64), tmp_path)
+def test_report_compares_the_run_with_its_baseline(shakespeare_bytes, byte_model_dir, bpe_model_dir, hellaswag_file,
+                                                   tmp_path):
+    logged = train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=10, hellaswag=str(hellaswag_file),
+                                   hellaswag_limit=8, block_size=64, tokens_per_step=8 * 64), tmp_path)
     markdown, picture = write_report(tmp_path, str(byte_model_dir))
     text = markdown.read_text()
-    assert "| val loss | lower |" in text and "| HellaSwag acc_norm | higher |" in text
+    assert "| val loss | lower |" in text and "| val bpb | lower |" in text and "| HellaSwag acc_norm | higher |" in text
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A baseline of another tokenizer: bits per byte over the text of the run's 2 x 8 windows of 64 bytes.
+    text = write_report(tmp_path, str(bpe_model_dir))[0].read_text()
+    run_text = shakespeare_val_text(16 * 64 + 1)
+    ids = [50256, *tiktoken.get_encoding("gpt2").encode_ordinary(run_text)]
+    theirs = torch_losses(bpe_model_dir, ids, context=64).sum().item() / (math.log(2) * len(run_text))
+    assert "| val loss |" not in text and "val loss not compared" in text
+    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (30) | {theirs:.4f} |" in text
     result = subprocess.run([sys.executable, "-m", "gpt2_jax.report", "--workdir", str(tmp_path), "--baseline",
                              str(tmp_path / "nothing")], capture_output=True, text=True)
     assert_one_line_error(result, "no such directory")
+
+
+def fake_run(workdir, vocab_size, val_bpb=True):
+    workdir.mkdir()
+    GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2).to_json(workdir / "config.json")
+    rows = [{"step": s, "train_loss": 5.0 - s / 100, **({"val_loss": 4.0, "val_bpb": 1.5} if s % 50 == 0 else {})}
+            for s in range(10, 110, 10)]
+    rows = [{k: v for k, v in row.items() if val_bpb or k != "val_bpb"} for row in rows]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(workdir)
+
+
+def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
+    plot = [sys.executable, "scripts/plot.py", "--out", str(tmp_path / "curves.png")]
+    byte, bpe = fake_run(tmp_path / "byte", 257), fake_run(tmp_path / "bpe", 50257)
+    same = subprocess.run([*plot, byte, fake_run(tmp_path / "byte2", 257)], capture_output=True, text=True)
+    assert same.returncode == 0 and "bits per byte" not in same.stdout, same.stderr
+    mixed = subprocess.run([*plot, byte, bpe], capture_output=True, text=True)
+    assert mixed.returncode == 0 and "different tokenizers (byte, gpt2): drawing bits per byte" in mixed.stdout
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    old = subprocess.run([*plot, byte, fake_run(tmp_path / "old", 50257, val_bpb=False)], capture_output=True, text=True)
+    assert old.returncode == 2 and "not all logged val_bpb" in old.stderr

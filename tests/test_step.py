@@ -50,10 +50,14 @@ def test_accumulating_micro_batches_equals_one_big_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), small_state.params, big_state.params)
 
 
-def test_eval_step_sums_weighted_token_losses():
+def test_eval_step_sums_the_losses_and_bytes_of_its_targets():
     model, _, state = setup()
-    batch = windows((3, 9), seed=2)
-    losses = token_losses(model, state.params, batch)
-    total, count = eval_step(model, state.params, batch, jnp.asarray([1.0, 0.0, 1.0]))
-    np.testing.assert_allclose(total, losses[0].sum() + losses[2].sum(), rtol=1e-6)
-    assert float(count) == 2 * 8
+    batch = np.array(windows((3, 9), seed=2))
+    losses = np.asarray(token_losses(model, state.params, jnp.asarray(batch)))
+    batch[1, 4:] = -1  # padding: row 1 keeps its first 3 targets
+    token_bytes = np.arange(CONFIG.vocab_size) % 3  # ids with 0 bytes: like <|endoftext|>, no text
+    nats, count, text_nats, n_bytes = eval_step(model, state.params, jnp.asarray(token_bytes), jnp.asarray(batch))
+    scored = np.arange(8)[None, :] < np.asarray([[8], [3], [8]])
+    np.testing.assert_allclose(nats, losses[scored].sum(), rtol=1e-6)
+    assert int(count) == 8 + 3 + 8 and int(n_bytes) == token_bytes[batch[:, 1:][scored]].sum()
+    np.testing.assert_allclose(text_nats, losses[scored & (token_bytes[np.maximum(batch[:, 1:], 0)] > 0)].sum(), rtol=1e-6)

@@ -40,3 +40,13 @@ def test_tokenizer_follows_the_vocabulary_size():
         tokenizer_for_vocab(101)
     with pytest.raises(TokenizerError, match="unknown tokenizer 'sentencepiece'"):
         get_tokenizer("sentencepiece")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "byte"])
+def test_every_token_stands_for_its_bytes_and_end_of_text_for_none(name):
+    tokenizer = get_tokenizer(name)
+    ids = tokenizer.encode(TEXT)  # GPT-2 BPE splits 😀's four bytes over tokens: byte strings, not characters
+    token_bytes = tokenizer.token_bytes()
+    assert b"".join(tokenizer.decode_bytes([i]) for i in ids) == tokenizer.decode_bytes(ids) == TEXT.encode("utf-8")
+    assert token_bytes[ids].sum() == len(TEXT.encode("utf-8")) and token_bytes[tokenizer.eot_token] == 0
+    assert token_bytes.shape == (tokenizer.vocab_size,) and token_bytes[: tokenizer.eot_token].min() >= 1

@@ -1,0 +1,50 @@
+"""Validation loss and bits per byte of a model over windows (data.py), on the devices of a mesh.
+
+val_loss = nats / target tokens; val_bpb = nats of the targets that are text / (ln 2 x their UTF-8
+bytes), each token's bytes from its tokenizer (`Tokenizer.token_bytes`; `<|endoftext|>` has none).
+The sums run on the devices in fp32 (counts in int32), batch after batch, and are divided once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gpt2_jax import sharding, step
+from gpt2_jax.data import TextWindows, WindowSource, eval_batches
+from gpt2_jax.model import GPT2
+from gpt2_jax.tokenizer import Tokenizer
+
+
+class LossEvaluator:
+    """Next-token loss and bits per byte of a model over windows, batched and split over the mesh's devices."""
+
+    def __init__(self, model: GPT2, mesh: jax.sharding.Mesh, batch_size: int, tokenizer: Tokenizer):
+        self.batch_size = -(-batch_size // mesh.size) * mesh.size  # padded rows hold no target
+        self.windows_sharding = sharding.batch_sharding(mesh)
+        self.token_bytes = jax.device_put(tokenizer.token_bytes(), NamedSharding(mesh, P()))
+        self.accumulate = jax.jit(functools.partial(_accumulate_losses, model))
+
+    def evaluate(self, params, source: WindowSource | TextWindows, max_windows: int = 0, progress=None) -> dict:
+        """{"loss": nats per target token, "bpb": bits per byte of the targets' text, "tokens", "bytes"}
+        over the first `max_windows` windows of `source` (0: all of them)."""
+        process, processes = jax.process_index(), jax.process_count()
+        batches = eval_batches(source, self.batch_size // processes, max_windows, process, processes)
+        totals = (np.float32(0), np.int32(0), np.float32(0), np.int32(0))  # kept on the devices
+        for windows_BxL in batches if progress is None else progress(batches):
+            windows = jax.make_array_from_process_local_data(self.windows_sharding, windows_BxL)
+            totals = self.accumulate(totals, params, self.token_bytes, windows)
+        totals = jax.block_until_ready(totals)  # every device done (see train.py)
+        nats, tokens, text_nats, n_bytes = (np.asarray(total).item() for total in totals)
+        return {"loss": nats / tokens, "bpb": text_nats / n_bytes / math.log(2), "tokens": tokens, "bytes": n_bytes}
+
+
+def _accumulate_losses(model: GPT2, totals, params, token_bytes_V, windows_BxL):
+    """totals + this batch's sums (step.eval_step). Each batch depends on the one before: on a CPU host,
+    independent programs with collectives can run out of order on different devices and deadlock."""
+    batch = step.eval_step(model, params, token_bytes_V, windows_BxL)
+    return tuple(total + value for total, value in zip(totals, batch))
