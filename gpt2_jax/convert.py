@@ -74,6 +74,10 @@ def params_from_state_dict(config: GPT2Config, state_dict: dict[str, np.ndarray]
             raise ConversionError(f"unexpected key {key!r} in checkpoint (not a GPT-2 parameter)")
         if tuple(value.shape) != expected[path].shape:
             raise ConversionError(f"{key}: shape {tuple(value.shape)} does not match config ({expected[path].shape})")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ConversionError(f"{key}: holds {value.dtype} values, not floating-point weights")
+        if not np.isfinite(value).all():
+            raise ConversionError(f"{key}: holds {np.count_nonzero(~np.isfinite(value))} NaN or infinite values")
         flat[path] = jnp.asarray(value, dtype=jnp.float32)
     missing = sorted(path_to_hf_key(p) for p in expected.keys() - flat.keys())
     if missing:
@@ -97,7 +101,10 @@ def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict
     """Load an HF GPT-2 (hub name or local directory) as (GPT2Config, params)."""
     model_dir = hf_files.resolve(name_or_path)
     config = GPT2Config.from_json(model_dir / "config.json")
-    return config, params_from_state_dict(config, hf_files.load_state_dict(model_dir), progress)
+    try:
+        return config, params_from_state_dict(config, hf_files.load_state_dict(model_dir), progress)
+    except ConversionError as error:
+        raise ConversionError(f"{model_dir}: {error}") from None
 
 
 def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: str | Path | None = None,

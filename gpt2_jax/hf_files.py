@@ -7,6 +7,7 @@ nothing about what the tensors mean: that is `convert.py`.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -70,9 +71,22 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
         try:
             state_dict = torch.load(bin_file, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variants
-            raise CheckpointFileError(
-                f"{bin_file}: unreadable checkpoint ({type(error).__name__}: {first_line(error)})") from None
-        return {key: tensor.float().numpy() for key, tensor in state_dict.items()}
+            # torch's message advises weights_only=False, which would run the file's code: never repeat it.
+            objects = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            if objects:
+                raise CheckpointFileError(f"{bin_file}: refused: it holds Python objects, not only tensors "
+                                          f"({objects.group(1)}); save it as model.safetensors where it was made"
+                                          ) from None
+            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(error))
+            raise CheckpointFileError(f"{bin_file}: unreadable checkpoint ({type(error).__name__}: "
+                                      f"{detail.group(1) if detail else first_line(error)})") from None
+        if not isinstance(state_dict, dict):
+            raise CheckpointFileError(f"{bin_file}: not a state dict of tensors ({type(state_dict).__name__})")
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointFileError(f"{bin_file}: {key!r} is not a tensor ({type(value).__name__})")
+        return {key: tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor.float().numpy()
+                for key, tensor in state_dict.items()}
     raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
 
 

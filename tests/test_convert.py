@@ -1,6 +1,7 @@
 """HF checkpoints <-> params: both file formats, the export round-trip, the CLI and its errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -104,9 +105,17 @@ def test_cli_round_trip(hf_dir, tmp_path, ids):
     ("missing_key", "missing 1 parameter"),
     ("bad_config", "not valid JSON"),
     ("unsupported_config", "scale_attn_by_inverse_layer_idx"),
+    ("config_wrong_type", "layer_norm_epsilon='abc' must be a positive number"),
+    ("config_a_list", "a config must be a JSON object"),
+    ("config_null_eos", "eos_token_id=None must be a token id"),
+    ("bin_a_list", "not a state dict of tensors (list)"),
+    ("bin_not_tensors", "'transformer.wte.weight' is not a tensor (int)"),
+    ("bin_python_objects", "refused: it holds Python objects, not only tensors (print)"),
+    ("nan_values", "transformer.h.1.mlp.c_fc.weight: holds 1 NaN or infinite values"),
+    ("int_values", "transformer.wpe.weight: holds int32 values, not floating-point weights"),
 ])
 def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, message):
-    weights = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    weights = {k: v.numpy().copy() for k, v in hf_model.state_dict().items()}
     config_text = (hf_dir / "config.json").read_text()
     (tmp_path / "config.json").write_text(config_text)
     if case == "missing_dir":
@@ -127,9 +136,33 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
     elif case == "unsupported_config":
         (tmp_path / "config.json").write_text(json.dumps({**json.loads(config_text), "scale_attn_by_inverse_layer_idx": True}))
         save_file(weights, tmp_path / "model.safetensors")
-    with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=message):
+    elif case.startswith("config_"):
+        changes = {"config_wrong_type": {"layer_norm_epsilon": "abc"}, "config_null_eos": {"eos_token_id": None}}
+        config = [1, 2] if case == "config_a_list" else {**json.loads(config_text), **changes[case]}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        save_file(weights, tmp_path / "model.safetensors")
+    elif case.startswith("bin_"):
+        content = {"bin_a_list": [1, 2, 3], "bin_not_tensors": {"transformer.wte.weight": 3},
+                   "bin_python_objects": {"transformer.wte.weight": PythonObject()}}[case]
+        torch.save(content, tmp_path / "pytorch_model.bin")
+    elif case.endswith("_values"):
+        if case == "nan_values":
+            weights["transformer.h.1.mlp.c_fc.weight"][3, 4] = np.nan
+        else:
+            weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"].astype(np.int32)
+        save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=re.escape(message)):
         from_hf(str(tmp_path))
-    assert_one_line_error(run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out")), message)
+    result = run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, message)
+    assert "weights_only=False" not in result.stderr  # never advise running a checkpoint's code
+
+
+class PythonObject:
+    """What a pickle can hold besides tensors: loading it would run code (here, print)."""
+
+    def __reduce__(self):
+        return print, ("this ran",)
 
 
 def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_model_dir, tmp_path):
