@@ -103,3 +103,12 @@ def byte_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_byte")
     random_hf_model(seed=2, vocab_size=257, n_positions=64, n_embd=24, n_layer=2, n_head=3, n_inner=None).save_pretrained(path)
     return path
+
+
+def snapshot(directory, skip=("tensorboard", "train.lock")):
+    """{relative path: bytes} of every file under `directory` (a workdir: checkpoints, metrics, configs)."""
+    from pathlib import Path
+
+    root = Path(directory)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in skip}
