@@ -11,24 +11,30 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from gpt2_jax import integrity
+from gpt2_jax import integrity, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.train_checkpoints import CHECKPOINTS, CheckpointError, TrainCheckpoints
 
 PARAMS = "params"
+PARAMS_DIR = "params directory (config.json + params/)"
 
 
-def save_params(out_dir: str | Path, config: GPT2Config, params) -> None:
-    """Write DIR/config.json and DIR/params (an orbax checkpoint of the param tree)."""
-    out_dir = Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config.to_json(out_dir / "config.json")
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(out_dir / PARAMS, params, force=True)
+def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool = False) -> None:
+    """Write DIR/config.json and DIR/params (an orbax checkpoint of the param tree), replacing DIR whole."""
+    def write(directory: Path) -> None:
+        config.to_json(directory / "config.json")
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(directory / PARAMS, params)
+
+    outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR, overwrite)
 
 
 def is_flax_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and ((path / PARAMS).is_dir() or (path / CHECKPOINTS).is_dir())
+
+
+def is_params_dir(path: Path) -> bool:
+    return is_flax_dir(path) and not (path / CHECKPOINTS).exists()
 
 
 def load_params(path: str | Path) -> tuple[GPT2Config, dict]:

@@ -12,6 +12,7 @@ PyTorch weights only.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from flax import traverse_util
 from tqdm import tqdm
 
-from gpt2_jax import checkpoint, hf_files
+from gpt2_jax import checkpoint, hf_files, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.model import GPT2
@@ -108,15 +109,16 @@ def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict
 
 
 def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-          progress: bool = False) -> None:
+          progress: bool = False, overwrite: bool = False) -> None:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel opens.
 
     Like transformers, no `lm_head.weight` is stored: the head is tied to `wte`. Tokenizer
-    files (vocab.json, merges.txt, ...) are copied from `tokenizer_dir` if given.
+    files (vocab.json, merges.txt, ...) are copied from `tokenizer_dir` if given. `out_dir` is
+    written whole; one that holds something other than an HF model is refused unless `overwrite`.
     """
     hf_files.write_hf_dir(
         Path(out_dir), config.to_dict(), state_dict_from_params(config, params, progress),
-        Path(tokenizer_dir) if tokenizer_dir else None,
+        Path(tokenizer_dir) if tokenizer_dir else None, overwrite,
     )
 
 
@@ -129,15 +131,22 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--tokenizer-dir", help="with --to-hf: copy vocab.json/merges.txt from here "
                         "(default for GPT-2's vocabulary: tiktoken's files)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds something else (a training workdir, other files)")
     args = parser.parse_args(argv)
+    kind = (checkpoint.is_params_dir, checkpoint.PARAMS_DIR) if args.from_hf else (hf_files.is_hf_export, hf_files.HF_DIR)
+    outdir.refuse_other_kind(args.out, *kind, args.overwrite)  # before any work
     if args.from_hf:
         config, params = from_hf(args.from_hf, progress=True)
-        checkpoint.save_params(args.out, config, params)
+        checkpoint.save_params(args.out, config, params, args.overwrite)
     else:
         config, params = checkpoint.load_params(args.to_hf)
-        to_hf(config, params, args.out, args.tokenizer_dir, progress=True)
-        if not args.tokenizer_dir and config.vocab_size == VOCAB_SIZES["gpt2"]:
-            write_gpt2_files(args.out)
+        with tempfile.TemporaryDirectory() as gpt2_files:
+            tokenizer_dir = args.tokenizer_dir
+            if not tokenizer_dir and config.vocab_size == VOCAB_SIZES["gpt2"]:
+                write_gpt2_files(gpt2_files)
+                tokenizer_dir = gpt2_files
+            to_hf(config, params, args.out, tokenizer_dir, progress=True, overwrite=args.overwrite)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"wrote {args.out}: {config.n_layer} layers, {config.n_embd} wide, {n_params:,} params")
 

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2_jax import outdir
 from gpt2_jax.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+EXTRA_FILES = ("generation_config.json",)
+HF_DIR = "Hugging Face model directory"
 
 
 class CheckpointFileError(UserError):
@@ -90,17 +93,28 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
     raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
 
 
-def write_hf_dir(
-    out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None
-) -> None:
-    """config.json, model.safetensors, generation_config.json and, if found, tokenizer files."""
+def is_hf_export(path: Path) -> bool:
+    """A directory that holds an HF model and nothing else: what write_hf_dir writes (and may replace)."""
+    names = {p.name for p in path.iterdir()}
+    return "config.json" in names and names <= {"config.json", *WEIGHT_FILES, *EXTRA_FILES, *TOKENIZER_FILES}
+
+
+def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None,
+                 overwrite: bool = False) -> None:
+    """config.json, model.safetensors, generation_config.json and, if found, tokenizer files, as a new directory.
+
+    An existing `out_dir` is replaced whole if it is empty or an HF model directory, else refused unless
+    `overwrite` (outdir.py): no file of an earlier export (a tokenizer of another vocabulary) survives.
+    """
     from safetensors.numpy import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    save_file(state_dict, out_dir / WEIGHT_FILES[0], metadata={"format": "pt"})
-    generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    for name in TOKENIZER_FILES if tokenizer_dir else ():
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, out_dir / name)
+    def write(directory: Path) -> None:
+        (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})
+        generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
+        (directory / EXTRA_FILES[0]).write_text(json.dumps(generation, indent=2) + "\n")
+        for name in TOKENIZER_FILES if tokenizer_dir else ():
+            if (tokenizer_dir / name).is_file():
+                shutil.copy(tokenizer_dir / name, directory / name)
+
+    outdir.write_dir(out_dir, write, is_hf_export, HF_DIR, overwrite)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import assert_one_line_error, rel_error
+from conftest import assert_one_line_error, rel_error, snapshot
 from safetensors.numpy import save_file
 
 from gpt2_jax import GPT2, GPT2Config, from_hf, to_hf
@@ -175,3 +175,35 @@ def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_mod
     text = "Hello, I'm a language model, naïve café"
     assert tokenizer(text)["input_ids"] == get_tokenizer("gpt2").encode(text)
     assert tokenizer.eos_token_id == 50256
+
+
+def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path):
+    workdir = tmp_path / "run"  # what a training run leaves: its config.json must survive a mistyped --out
+    (workdir / "checkpoints" / "10").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"n_layer": 2}')
+    (workdir / "checkpoints" / "10" / "params").write_bytes(b"weights")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    (tmp_path / "file").write_text("a file")
+    before = snapshot(tmp_path)
+    for out, message in [(workdir, "is not empty and not a params directory"),
+                         (tmp_path / "notes", "is not empty and not a params directory"),
+                         (tmp_path / "file", "is a file")]:
+        assert_one_line_error(run_cli("--from-hf", str(hf_dir), "--out", str(out)), f"{out} {message}")
+    assert_one_line_error(run_cli("--to-hf", str(hf_dir / "no"), "--out", str(tmp_path / "notes")),
+                          "is not empty and not a Hugging Face model directory")
+    assert snapshot(tmp_path) == before
+    result = run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "notes"), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["config.json", "params"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "run"]  # no temporary left beside it
+
+
+def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
+    out = tmp_path / "hf"
+    for model in (bpe_model_dir, byte_model_dir):  # GPT-2 BPE first (tokenizer files), then bytes (none)
+        assert run_cli("--from-hf", str(model), "--out", str(tmp_path / "flax")).returncode == 0  # same kind: replaced
+        result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert transformers.GPT2Config.from_pretrained(out).vocab_size == 257
