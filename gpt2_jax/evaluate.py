@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -131,6 +133,11 @@ def main(argv=None):
     tasks = args.tasks.split(",")
     if set(tasks) - set(TASKS) or ("val_loss" in tasks and not args.data_dir):
         raise UserError(f"--tasks takes {','.join(TASKS)}; val_loss needs --data-dir")
+    if args.batch_size < 1 or args.limit < 0:
+        raise UserError(f"--batch-size {args.batch_size} must be >= 1 and --limit {args.limit} >= 0 (0: all)")
+    if args.out and (Path(args.out).is_dir() or not os.access(Path(args.out).absolute().parent, os.W_OK)):
+        raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only; "
+                        "give a file to write (checked before evaluating)")
     results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size)
                for model in args.model}
     headers = {"val_loss": "val loss", "hellaswag": "hellaswag acc | acc_norm | n"}

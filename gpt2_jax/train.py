@@ -83,7 +83,7 @@ def _train(config, lock: WorkdirLock) -> list[dict]:
     if config.distributed:
         jax.distributed.initialize()
     processes, process = jax.process_count(), jax.process_index()
-    train_config.validate(config, jax.device_count(), processes)
+    train_config.validate(config, jax.device_count(), processes, jax.default_backend())
     meta = shards.read_meta(config.data_dir)
     model_config = train_config.model_config(config, meta["vocab_size"], meta["eot_token"])
     workdir = lock.workdir
@@ -223,6 +223,10 @@ def parse_flags(argv: list[str]):
         raise UserError(str(error)) from None
     except OSError as error:  # config_flags reports a config file it cannot load this way
         raise UserError(f"cannot load --config: {str(error).splitlines()[-1].strip()}") from None
+    except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
+        if isinstance(error, AttributeError) and "get_config" in str(error):
+            raise UserError("cannot load --config: the file defines no get_config()") from None
+        raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
     if len(rest) > 1 or config is None or workdir is None:
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
     return config, workdir

@@ -149,7 +149,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(shakespeare_by
 
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint(shakespeare_bytes, tmp_path):
     train(tiny_run_config(shakespeare_bytes, max_steps=10, eval_every=0), tmp_path)
-    process = start_run(tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=0, learning_rate=float("nan")), tmp_path)
+    process = start_run(tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=0, learning_rate=1e38), tmp_path)
     output = process.communicate()[0]
     result = subprocess.CompletedProcess(process.args, process.returncode, "", output)
     assert_one_line_error(result, "at step 11: stopped; the last good checkpoint is step 10")
@@ -167,12 +167,41 @@ def run_cli(*args):
     (["--config.batch_size=12", "--config.tokens_per_step=384"], "batch_size=12 does not split over 8 devices"),
     (["--config.tokens_per_step=100"], "tokens_per_step=100 is not a multiple of batch_size * block_size"),
     (["--config=configs/no_such.py"], "cannot load --config"),
+    (["--config.batch_size=0"], "batch_size=0 must be at least 1"),
+    (["--config.block_size=0"], "block_size=0 must be at least 1"),
+    (["--config.learning_rate=-0.001"], "learning_rate=-0.001 must be a positive number"),
+    (["--config.learning_rate=nan"], "learning_rate=nan must be a positive number"),
+    (["--config.attention_impl=cudnn"], "attention_impl='cudnn' needs an NVIDIA GPU, not cpu"),
 ])
 def test_bad_input_is_one_line(shakespeare_bytes, tmp_path, args, message):
     config = tiny_run_config(shakespeare_bytes)
     overridden = {a.split("=")[0] for a in args}
     flags = [f for f in config_flags_of(config) if f.split("=")[0] not in overridden]
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *flags, *args), message)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("x = 1\n", "cannot load --config: the file defines no get_config()"),
+    ("def get_config(:\n", "cannot load --config: SyntaxError: invalid syntax"),
+    ("def get_config():\n    return 1 / 0\n", "cannot load --config: ZeroDivisionError: division by zero"),
+])
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, message):
+    (tmp_path / "config.py").write_text(text)
+    assert_one_line_error(run_cli(f"--config={tmp_path / 'config.py'}", f"--workdir={tmp_path / 'run'}"), message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"complete": True}, "meta.json: no tokenizer, vocab_size, eot_token, shards, splits; prepare the data again"),
+    ([1, 2], "meta.json: not a JSON object"),
+])
+def test_a_meta_json_without_its_keys_is_one_line(shakespeare_bytes, tmp_path, meta, message):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text(json.dumps(meta))
+    flags = config_flags_of(tiny_run_config(tmp_path / "data"))
+    assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path / 'run'}", *flags),
+                          message)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_corrupt_shard_is_one_line(shakespeare_bytes, tmp_path):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config
+from conftest import assert_one_line_error, config_flags_of, read_only, snapshot, tiny_run_config
 
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.workdir import WorkdirError, WorkdirLock
@@ -63,15 +63,6 @@ def test_a_second_trainer_on_the_same_workdir_exits_and_changes_nothing(shakespe
     assert first.returncode == 0, output
     assert_one_line_error(second, f"{tmp_path} is in use by another trainer (pid {first.pid} on {socket.gethostname()})")
     assert [row["step"] for row in read_metrics(tmp_path)] == list(range(1, 61))  # no duplicate rows
-
-
-def read_only(path):
-    """Make `path` read-only for this user, root included (root ignores permission bits, not `chattr +i`)."""
-    if os.geteuid() != 0:
-        path.chmod(0o555)
-    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("running as root where chattr +i is unavailable: no read-only directory to test with")
-    return lambda: subprocess.run(["chattr", "-i", str(path)]) if os.geteuid() == 0 else path.chmod(0o755)
 
 
 def test_a_read_only_workdir_is_one_line(shakespeare_bytes, tmp_path):
