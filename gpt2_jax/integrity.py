@@ -108,3 +108,9 @@ def failure_reason(error: BaseException) -> str:
         return error.strerror
     code = re.search(r"os_error_code='?(\d+)", str(error))
     return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {str(error).strip()[:200]}"
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
+    return not (isinstance(error, (MemoryError, PermissionError)) or "RESOURCE_EXHAUSTED" in str(error)
+                or "Permission denied" in str(error))

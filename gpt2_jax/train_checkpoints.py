@@ -127,6 +127,9 @@ class TrainCheckpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            if not integrity.is_damage(error):  # out of memory, no permission: the files are fine
+                raise CheckpointError(f"cannot restore checkpoint step {step} of {self.directory.parent}: "
+                                      f"{integrity.failure_reason(error)}") from None
             raise Damaged(f"unreadable, {type(error).__name__}") from None
         for name in targets if "checksum" in args else ():
             corrupt = integrity.first_corrupt_leaf(restored[name], restored["checksum"][name])

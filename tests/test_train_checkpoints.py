@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config
 
+from gpt2_jax.checkpoint import CheckpointError, load_params
 from gpt2_jax.train import train
 
 ROOT = Path(__file__).parent.parent
@@ -153,3 +154,16 @@ def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained,
     assert 30 <= steps[-1] < 40  # stopped at once, not at the next save
     resumed = run_train(config, workdir)
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
+
+
+def test_a_restore_that_runs_out_of_memory_sets_nothing_aside(trained, tmp_path, monkeypatch):
+    workdir = copy_of(trained, tmp_path)
+    before = snapshot(workdir)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("RESOURCE_EXHAUSTED: Out of memory allocating 1.5GB")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
+    with pytest.raises(CheckpointError, match="cannot restore checkpoint step 20 of .*: MemoryError"):
+        load_params(workdir)
+    assert snapshot(workdir) == before
