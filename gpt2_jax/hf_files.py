@@ -108,6 +108,9 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
     """
     from safetensors.numpy import save_file
 
+    if tokenizer_dir and not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointFileError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+
     def write(directory: Path) -> None:
         (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
         save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})

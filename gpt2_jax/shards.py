@@ -68,6 +68,8 @@ def read_meta(data_dir: str | Path, complete: bool = True) -> dict:
         raise DataError(f"{data_dir}: no {META}; prepare it first with python -m gpt2_jax.prepare") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:  # a data_dir that is a file, a meta.json that cannot be read
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
     if not isinstance(meta, dict):
         raise DataError(f"{path}: not a JSON object")
     if complete and not meta.get("complete"):

@@ -85,6 +85,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1,
          "log_every, checkpoint_every and keep_checkpoints must be >= 1"),
         (c.eval_every >= 0 and c.eval_batches >= 0, "eval_every and eval_batches must be >= 0 (0: never / all)"),
+        (min(c.num_samples, c.sample_tokens, c.hellaswag_limit, c.cpu_devices, c.peak_flops) >= 0,
+         "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
+        (c.sample_prompt or not c.num_samples, "sample_prompt is empty; give one, or set num_samples=0"),
     ]
     for ok, message in checks:
         if not ok:

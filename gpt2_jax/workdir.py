@@ -34,6 +34,8 @@ class WorkdirLock:
         self.workdir, self.file = Path(workdir), None
 
     def acquire(self) -> None:
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise WorkdirError(f"{self.workdir} is a file, not a workdir; give a directory")
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.workdir, os.W_OK):

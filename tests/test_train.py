@@ -172,6 +172,11 @@ def run_cli(*args):
     (["--config.learning_rate=-0.001"], "learning_rate=-0.001 must be a positive number"),
     (["--config.learning_rate=nan"], "learning_rate=nan must be a positive number"),
     (["--config.attention_impl=cudnn"], "attention_impl='cudnn' needs an NVIDIA GPU, not cpu"),
+    # Found by trying: each failed only at the first evaluation, after training, or with a traceback.
+    (["--config.num_samples=-1"], "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
+    (["--config.sample_tokens=-1"], "num_samples, sample_tokens, hellaswag_limit"),
+    (["--config.num_samples=1", "--config.sample_prompt="], "sample_prompt is empty"),
+    (["--config.data_dir=README.md"], "README.md/meta.json: cannot be read (Not a directory)"),
 ])
 def test_bad_input_is_one_line(shakespeare_bytes, tmp_path, args, message):
     config = tiny_run_config(shakespeare_bytes)

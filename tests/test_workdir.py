@@ -29,6 +29,13 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path):
     second.release()
 
 
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("notes")
+    with pytest.raises(WorkdirError, match="run is a file, not a workdir"):
+        WorkdirLock(tmp_path / "run").acquire()
+    assert (tmp_path / "run").read_text() == "notes"
+
+
 def test_a_lock_left_by_a_killed_process_is_not_in_the_way(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gpt2_jax.workdir import WorkdirLock; "
                                "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)",
