@@ -108,8 +108,8 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
     """
     from safetensors.numpy import save_file
 
-    if tokenizer_dir and not any((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointFileError(f"{tokenizer_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if tokenizer_dir and not tokenizer_dir.is_dir():
+        raise CheckpointFileError(f"{tokenizer_dir}: no such directory to copy tokenizer files from")
 
     def write(directory: Path) -> None:
         (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")

@@ -73,10 +73,13 @@ def train(config, workdir: str | Path) -> list[dict]:
     read or written until this returns.
     """
     lock = WorkdirLock(Path(workdir).absolute())
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         return _train(config, lock)
     finally:
         lock.release()
+        for signum, handler in handlers.items():  # Ctrl-C raises KeyboardInterrupt again after a call from Python
+            signal.signal(signum, handler)
 
 
 def _train(config, lock: WorkdirLock) -> list[dict]:

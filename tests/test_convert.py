@@ -209,8 +209,8 @@ def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, 
     assert transformers.GPT2Config.from_pretrained(out).vocab_size == 257
 
 
-def test_a_tokenizer_dir_without_tokenizer_files_is_one_line(hf_dir, tmp_path):
+def test_a_missing_tokenizer_dir_is_one_line(hf_dir, tmp_path):
     assert run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
     result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", "/no/such")
-    assert_one_line_error(result, "/no/such: no tokenizer files (vocab.json, merges.txt")
+    assert_one_line_error(result, "/no/such: no such directory to copy tokenizer files from")
     assert not (tmp_path / "hf").exists()

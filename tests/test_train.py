@@ -35,6 +35,7 @@ def test_a_tiny_run_learns_and_writes_its_workdir(shakespeare_bytes, tmp_path):
     assert json.loads((tmp_path / "train_config.json").read_text())["max_steps"] == 60
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["40", "50", "60"]
     assert any((tmp_path / "tensorboard").iterdir())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C raises again after train()
 
 
 def start_run(config, workdir, code=None):
