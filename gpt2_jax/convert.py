@@ -134,8 +134,10 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds something else (a training workdir, other files)")
     args = parser.parse_args(argv)
-    kind = (checkpoint.is_params_dir, checkpoint.PARAMS_DIR) if args.from_hf else (hf_files.is_hf_export, hf_files.HF_DIR)
-    outdir.refuse_other_kind(args.out, *kind, args.overwrite)  # before any work
+    if args.from_hf:  # before any work
+        outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR, args.overwrite)
+    else:
+        outdir.refuse_other_kind(args.out, hf_files.is_hf_export, hf_files.HF_DIR, args.overwrite)
     if args.from_hf:
         config, params = from_hf(args.from_hf, progress=True)
         checkpoint.save_params(args.out, config, params, args.overwrite)

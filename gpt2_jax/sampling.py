@@ -104,7 +104,7 @@ def generate(
         while made < max_new_tokens and not interrupted.signal:
             began = time.perf_counter()
             state = decode(*state, stop=min(made + chunk, max_new_tokens))
-            made, finished = int(state[0]), bool(np.all(state[4]))  # waits: Ctrl-C is seen here, between chunks
+            made, finished = int(state[0]), bool(np.asarray(state[4]).all())  # waits; Ctrl-C is seen here
             if finished:
                 break
             # Chunks of ~0.1-0.4 s: the compiled loop's speed, and Ctrl-C answered well within a second.
