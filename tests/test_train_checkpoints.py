@@ -144,7 +144,7 @@ def test_readers_fall_back_in_one_line_and_never_move_a_step(trained, tmp_path):
 def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained, shakespeare_bytes, tmp_path):
     workdir = copy_of(trained, tmp_path)
     before = snapshot(workdir / "checkpoints")
-    config = tiny_run_config(shakespeare_bytes, max_steps=60, eval_every=0)
+    config = tiny_run_config(shakespeare_bytes, max_steps=40, eval_every=0)
     result = run_train(config, workdir, FULL_DISK_AT_30)
     assert_one_line_error(result, f"saving checkpoint step 30 in {workdir / 'checkpoints'} failed (No space left "
                                   "on device); the last good checkpoint is step 20")
