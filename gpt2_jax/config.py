@@ -49,9 +49,17 @@ class GPT2Config:
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            if not _is_int(getattr(self, name), 1):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("bos_token_id", "eos_token_id"):
+            if not _is_int(getattr(self, name), 0):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a token id (an integer >= 0)")
+        if self.n_inner is not None and not _is_int(self.n_inner, 1):
+            raise ConfigError(f"n_inner={self.n_inner!r} must be a positive integer or null")
+        for name in ("layer_norm_epsilon", "initializer_range"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a positive integer")
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+                raise ConfigError(f"{name}={value!r} must be a positive number")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.activation_function not in TANH_GELU_NAMES:
@@ -81,6 +89,8 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, values: dict) -> GPT2Config:
         """From a transformers config dict; its other HF fields (dropout, summary_*) are ignored."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a JSON object of GPT-2 fields, not a {type(values).__name__}")
         if values.get("model_type", "gpt2") != "gpt2":
             raise ConfigError(f"model_type={values['model_type']!r} is not gpt2")
         for key, supported in UNSUPPORTED_HF_SETTINGS.items():
@@ -97,7 +107,10 @@ class GPT2Config:
             raise ConfigError(f"{path}: no such file") from None
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON ({error})") from None
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
 
     def to_dict(self) -> dict:
         """A transformers-compatible config dict (GPT2LMHeadModel, tied head)."""
@@ -110,3 +123,7 @@ class GPT2Config:
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

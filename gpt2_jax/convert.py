@@ -12,6 +12,7 @@ PyTorch weights only.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 from flax import traverse_util
 from tqdm import tqdm
 
-from gpt2_jax import checkpoint, hf_files
+from gpt2_jax import checkpoint, hf_files, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.model import GPT2
@@ -74,6 +75,10 @@ def params_from_state_dict(config: GPT2Config, state_dict: dict[str, np.ndarray]
             raise ConversionError(f"unexpected key {key!r} in checkpoint (not a GPT-2 parameter)")
         if tuple(value.shape) != expected[path].shape:
             raise ConversionError(f"{key}: shape {tuple(value.shape)} does not match config ({expected[path].shape})")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise ConversionError(f"{key}: holds {value.dtype} values, not floating-point weights")
+        if not np.isfinite(value).all():
+            raise ConversionError(f"{key}: holds {np.count_nonzero(~np.isfinite(value))} NaN or infinite values")
         flat[path] = jnp.asarray(value, dtype=jnp.float32)
     missing = sorted(path_to_hf_key(p) for p in expected.keys() - flat.keys())
     if missing:
@@ -97,19 +102,23 @@ def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict
     """Load an HF GPT-2 (hub name or local directory) as (GPT2Config, params)."""
     model_dir = hf_files.resolve(name_or_path)
     config = GPT2Config.from_json(model_dir / "config.json")
-    return config, params_from_state_dict(config, hf_files.load_state_dict(model_dir), progress)
+    try:
+        return config, params_from_state_dict(config, hf_files.load_state_dict(model_dir), progress)
+    except ConversionError as error:
+        raise ConversionError(f"{model_dir}: {error}") from None
 
 
 def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
-          progress: bool = False) -> None:
+          progress: bool = False, overwrite: bool = False) -> None:
     """Write config.json + model.safetensors that transformers' GPT2LMHeadModel opens.
 
     Like transformers, no `lm_head.weight` is stored: the head is tied to `wte`. Tokenizer
-    files (vocab.json, merges.txt, ...) are copied from `tokenizer_dir` if given.
+    files (vocab.json, merges.txt, ...) are copied from `tokenizer_dir` if given. `out_dir` is
+    written whole; one that holds something other than an HF model is refused unless `overwrite`.
     """
     hf_files.write_hf_dir(
         Path(out_dir), config.to_dict(), state_dict_from_params(config, params, progress),
-        Path(tokenizer_dir) if tokenizer_dir else None,
+        Path(tokenizer_dir) if tokenizer_dir else None, overwrite,
     )
 
 
@@ -122,15 +131,24 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--tokenizer-dir", help="with --to-hf: copy vocab.json/merges.txt from here "
                         "(default for GPT-2's vocabulary: tiktoken's files)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out even if it holds something else (a training workdir, other files)")
     args = parser.parse_args(argv)
+    if args.from_hf:  # before any work
+        outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR, args.overwrite)
+    else:
+        outdir.refuse_other_kind(args.out, hf_files.is_hf_export, hf_files.HF_DIR, args.overwrite)
     if args.from_hf:
         config, params = from_hf(args.from_hf, progress=True)
-        checkpoint.save_params(args.out, config, params)
+        checkpoint.save_params(args.out, config, params, args.overwrite)
     else:
         config, params = checkpoint.load_params(args.to_hf)
-        to_hf(config, params, args.out, args.tokenizer_dir, progress=True)
-        if not args.tokenizer_dir and config.vocab_size == VOCAB_SIZES["gpt2"]:
-            write_gpt2_files(args.out)
+        with tempfile.TemporaryDirectory() as gpt2_files:
+            tokenizer_dir = args.tokenizer_dir
+            if not tokenizer_dir and config.vocab_size == VOCAB_SIZES["gpt2"]:
+                write_gpt2_files(gpt2_files)
+                tokenizer_dir = gpt2_files
+            to_hf(config, params, args.out, tokenizer_dir, progress=True, overwrite=args.overwrite)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     print(f"wrote {args.out}: {config.n_layer} layers, {config.n_embd} wide, {n_params:,} params")
 

@@ -7,15 +7,19 @@ nothing about what the tensors mean: that is `convert.py`.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
+from gpt2_jax import outdir
 from gpt2_jax.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
+EXTRA_FILES = ("generation_config.json",)
+HF_DIR = "Hugging Face model directory"
 
 
 class CheckpointFileError(UserError):
@@ -70,23 +74,50 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
         try:
             state_dict = torch.load(bin_file, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variants
-            raise CheckpointFileError(
-                f"{bin_file}: unreadable checkpoint ({type(error).__name__}: {first_line(error)})") from None
-        return {key: tensor.float().numpy() for key, tensor in state_dict.items()}
+            # torch's message advises weights_only=False, which would run the file's code: never repeat it.
+            objects = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+            if objects:
+                raise CheckpointFileError(f"{bin_file}: refused: it holds Python objects, not only tensors "
+                                          f"({objects.group(1)}); save it as model.safetensors where it was made"
+                                          ) from None
+            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(error))
+            raise CheckpointFileError(f"{bin_file}: unreadable checkpoint ({type(error).__name__}: "
+                                      f"{detail.group(1) if detail else first_line(error)})") from None
+        if not isinstance(state_dict, dict):
+            raise CheckpointFileError(f"{bin_file}: not a state dict of tensors ({type(state_dict).__name__})")
+        for key, value in state_dict.items():
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointFileError(f"{bin_file}: {key!r} is not a tensor ({type(value).__name__})")
+        return {key: tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor.float().numpy()
+                for key, tensor in state_dict.items()}
     raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
 
 
-def write_hf_dir(
-    out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None
-) -> None:
-    """config.json, model.safetensors, generation_config.json and, if found, tokenizer files."""
+def is_hf_export(path: Path) -> bool:
+    """A directory that holds an HF model and nothing else: what write_hf_dir writes (and may replace)."""
+    names = {p.name for p in path.iterdir()}
+    return "config.json" in names and names <= {"config.json", *WEIGHT_FILES, *EXTRA_FILES, *TOKENIZER_FILES}
+
+
+def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None,
+                 overwrite: bool = False) -> None:
+    """config.json, model.safetensors, generation_config.json and, if found, tokenizer files, as a new directory.
+
+    An existing `out_dir` is replaced whole if it is empty or an HF model directory, else refused unless
+    `overwrite` (outdir.py): no file of an earlier export (a tokenizer of another vocabulary) survives.
+    """
     from safetensors.numpy import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-    save_file(state_dict, out_dir / WEIGHT_FILES[0], metadata={"format": "pt"})
-    generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    for name in TOKENIZER_FILES if tokenizer_dir else ():
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, out_dir / name)
+    if tokenizer_dir and not tokenizer_dir.is_dir():
+        raise CheckpointFileError(f"{tokenizer_dir}: no such directory to copy tokenizer files from")
+
+    def write(directory: Path) -> None:
+        (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})
+        generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
+        (directory / EXTRA_FILES[0]).write_text(json.dumps(generation, indent=2) + "\n")
+        for name in TOKENIZER_FILES if tokenizer_dir else ():
+            if (tokenizer_dir / name).is_file():
+                shutil.copy(tokenizer_dir / name, directory / name)
+
+    outdir.write_dir(out_dir, write, is_hf_export, HF_DIR, overwrite)

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.errors import UserError
 
 # Dense bf16 peak FLOP/s per device, by a substring of jax's device_kind. Override with
 # --config.peak_flops for anything else.
@@ -80,7 +81,7 @@ class MetricsWriter:
 
         self.path = Path(workdir) / "metrics.jsonl"
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            kept = [line for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
 
@@ -102,4 +103,17 @@ class MetricsWriter:
 def read_metrics(workdir: str | Path) -> list[dict]:
     """The rows of DIR/metrics.jsonl."""
     path = Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [row for _, row in _lines_and_rows(path)] if path.exists() else []
+
+
+def _lines_and_rows(path: Path) -> list[tuple[str, dict]]:
+    """(line, row) for each line of a metrics.jsonl; a last line cut short (a run killed mid-write) is dropped."""
+    lines = path.read_text().splitlines()
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        try:
+            pairs.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise UserError(f"{path}:{number}: not a JSON object; a metrics file is one per line") from None
+    return pairs

@@ -42,9 +42,11 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
     """Tokenize `inputs` into shards in `out_dir` (see the module docstring); returns meta.json's content."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
+    if shard_tokens < 1 or workers < 1:
+        raise DataError(f"shard_tokens={shard_tokens} and workers={workers} must be at least 1")
     eot = get_tokenizer(tokenizer).eot_token
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = _make_output_dir(out_dir)
     settings = dict(inputs=list(inputs), tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
     vocab_size = get_tokenizer(tokenizer).vocab_size
     meta = {**settings, "vocab_size": vocab_size, "eot_token": eot, "documents": 0, "shards": []}
@@ -54,12 +56,31 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
             raise DataError(f"{out_dir} holds another preparation ({shards.META} differs); choose another --out")
         meta = previous
     if not meta.get("complete"):
-        _tokenize(meta, out_dir, workers, eot)
+        try:
+            _tokenize(meta, out_dir, workers, eot)
+        except BaseException:
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # a failure before the first shard leaves nothing behind
+            raise
     total = sum(shard["tokens"] for shard in meta["shards"])
     splits = shards.split_segments(meta["shards"], total - int(total * (1 - val_fraction)))  # nanoGPT's split
     meta.update(complete=True, val_fraction=val_fraction, splits={k: [vars(s) for s in v] for k, v in splits.items()})
     shards.write_meta(out_dir, meta)
     return meta
+
+
+def _make_output_dir(out_dir: Path) -> bool:
+    """Create `out_dir` if needed (True if it was); a file there or no right to write is a DataError."""
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise PermissionError(13, "read-only")
+    except FileExistsError:
+        raise DataError(f"--out {out_dir} is a file; give a directory") from None
+    except OSError as error:
+        raise DataError(f"--out {out_dir}: cannot write there ({error.strerror or error})") from None
+    return created
 
 
 def _tokenize(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
@@ -69,18 +90,21 @@ def _tokenize(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
     if pool is None:
         _start_worker(meta["tokenizer"])
     pending, pending_tokens, count = [], 0, meta["documents"]
-    with tqdm(desc="tokenize", unit="doc", initial=count) as progress:
-        for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
-            if count:  # <|endoftext|> between documents
-                tokens = np.concatenate([np.asarray([eot], shards.TOKEN_DTYPE), tokens])
-            pending.append(tokens)
-            pending_tokens, count = pending_tokens + tokens.size, count + 1
-            progress.update()
-            if pending_tokens >= meta["shard_tokens"]:
-                _flush(meta, out_dir, pending, count)
-                pending, pending_tokens = [], 0
-    if pool:
-        pool.close()
+    try:
+        with tqdm(desc="tokenize", unit="doc", initial=count) as progress:
+            for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
+                if count:  # <|endoftext|> between documents
+                    tokens = np.concatenate([np.asarray([eot], shards.TOKEN_DTYPE), tokens])
+                pending.append(tokens)
+                pending_tokens, count = pending_tokens + tokens.size, count + 1
+                progress.update()
+                if pending_tokens >= meta["shard_tokens"]:
+                    _flush(meta, out_dir, pending, count)
+                    pending, pending_tokens = [], 0
+    finally:  # on an error too: a pool left to the garbage collector fails loudly at exit
+        if pool:
+            pool.terminate()
+            pool.join()
     if pending:
         _flush(meta, out_dir, pending, count)
     if not meta["shards"]:

@@ -13,11 +13,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2
-from gpt2_jax.sampling import generate
+from gpt2_jax.sampling import GenerationInterrupted, generate
 
 
 class StreamPrinter:
@@ -56,24 +57,52 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     args = parser.parse_args(argv)
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples {args.num_samples}: must be at least 1")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as error:  # bytes that are not UTF-8 arrive as lone surrogates
+        raise UserError(f"--prompt is not valid UTF-8 (at character {error.start})") from None
 
     loaded = load_model(args.model)
     prompt_ids = loaded.tokenizer.encode(args.prompt)
-    prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
     stream = StreamPrinter(loaded.tokenizer, prompt_ids) if args.num_samples == 1 else None
-    tokens_BxL = generate(
-        loaded.config, loaded.params, prompt_BxT, args.max_new_tokens,
-        temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-        rng=jax.random.key(args.seed), model=GPT2(loaded.config, dtype=jnp.dtype(args.dtype)),
-        on_token=stream,
-    )
+    progress = None
+
+    def count(tokens_B):  # several samples print when done: until then, a progress bar
+        progress.update()
+
+    try:
+        prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
+        progress = None if stream else tqdm(total=args.max_new_tokens, desc="sample", unit="token", leave=False)
+        tokens_BxL = generate(
+            loaded.config, loaded.params, prompt_BxT, args.max_new_tokens,
+            temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+            rng=jax.random.key(args.seed), model=GPT2(loaded.config, dtype=jnp.dtype(args.dtype)),
+            on_token=stream or count,
+        )
+    except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
+        print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
+        raise
+    except (MemoryError, jax.errors.JaxRuntimeError) as error:
+        if not isinstance(error, MemoryError) and "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        raise UserError(f"out of memory for {args.num_samples} x {len(prompt_ids) + args.max_new_tokens} tokens; "
+                        "lower --num-samples or --max-new-tokens") from None
+    print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress)
+
+
+def print_samples(tokenizer, prompt_ids, tokens_BxL, stream: StreamPrinter | None, progress) -> None:
+    """The rest of a streamed sample, or each sample on a `> ` line, cut at end-of-text."""
+    if progress is not None:
+        progress.close()
     if stream:
         stream.finish()
         return
-    eot = loaded.tokenizer.eot_token
+    eot = tokenizer.eot_token
     for row in np.asarray(tokens_BxL).tolist():
         new = row[len(prompt_ids):]
-        print(f"> {loaded.tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None])}")
+        print(f"> {tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None])}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Autoregressive sampling: KV-cached, the whole decode loop compiled as one XLA program.
+"""Autoregressive sampling: KV-cached, the decode loop compiled as one XLA program.
 
+The program runs a chunk of new tokens per call (sized to take ~0.1-0.4 s), so that Ctrl-C
+stops a long generation within a second, keeping what was made, at the compiled loop's speed.
 Past the model's context (prompt + new tokens > n_positions) each step instead reruns the
 model on the last n_positions tokens, as nanoGPT does: learned absolute positions cannot
 slide a KV cache.
@@ -8,6 +10,8 @@ slide a KV cache.
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Callable
 
 import jax
@@ -17,7 +21,11 @@ from jax.experimental import io_callback
 
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError
+from gpt2_jax.interrupt import CtrlC
 from gpt2_jax.model import GPT2, init_cache
+
+
+MAX_NEW_TOKENS = 1_000_000  # the token buffer is [B, prompt + new] int32: 4 MB a row here
 
 
 class SamplingError(UserError):
@@ -47,6 +55,14 @@ def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: f
     return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `generate`: `tokens_BxL` holds the prompt and what was made before it."""
+
+    def __init__(self, tokens_BxL: np.ndarray):
+        super().__init__()
+        self.tokens_BxL = tokens_BxL
+
+
 def generate(
     config: GPT2Config,
     params,
@@ -65,7 +81,8 @@ def generate(
     temperature 0.0 is greedy. A row that emits `eos_token_id` is filled with it from then
     on, and the loop stops once every row has. `on_token`, if given, is called on the host
     with each step's [B] tokens as they are generated (for streaming). The prompt must fit
-    the context; the continuation may run past it (see the module docstring).
+    the context; the continuation may run past it (see the module docstring). Ctrl-C (when
+    Python's own handler is in place) stops within a chunk: GenerationInterrupted.
     Returns [B, T + max_new_tokens] token ids (prompt included).
     """
     prompt_BxT = jnp.atleast_2d(jnp.asarray(prompt_ids, dtype=jnp.int32))
@@ -74,53 +91,76 @@ def generate(
         raise SamplingError("the prompt is empty")
     if T > config.n_positions:
         raise SamplingError(f"the prompt of {T} tokens is longer than the context of {config.n_positions} tokens")
-    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
-        raise SamplingError(f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1 (got {temperature}, {top_k}, {top_p})")
-    rng = jax.random.key(0) if rng is None else rng
-    return _generate(
-        model or GPT2(config), params, prompt_BxT, rng, max_new_tokens, temperature, top_k, top_p, on_token
-    )
+    if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise SamplingError(f"max_new_tokens={max_new_tokens} must be in [0, {MAX_NEW_TOKENS:,}]")
+    if not (0 <= temperature < math.inf and (top_p is None or 0 < top_p <= 1) and (top_k is None or top_k >= 1)):
+        raise SamplingError(f"need 0 <= temperature < inf, top_k >= 1, 0 < top_p <= 1 "
+                            f"(got {temperature}, {top_k}, {top_p})")
+    model = model or GPT2(config)
+    state = _start(model, params, prompt_BxT, jax.random.key(0) if rng is None else rng, max_new_tokens)
+    decode = functools.partial(_decode, model, params, T=T, sampling=(temperature, top_k, top_p), on_token=on_token)
+    chunk, made = 16, 0
+    with CtrlC() as interrupted:
+        while made < max_new_tokens and not interrupted.signal:
+            began = time.perf_counter()
+            state = decode(*state, stop=min(made + chunk, max_new_tokens))
+            made, finished = int(state[0]), bool(np.asarray(state[4]).all())  # waits; Ctrl-C is seen here
+            if finished:
+                break
+            # Chunks of ~0.1-0.4 s: the compiled loop's speed, and Ctrl-C answered well within a second.
+            seconds = time.perf_counter() - began
+            chunk = chunk * 2 if seconds < 0.1 else max(chunk // 2, 1) if seconds > 0.4 else chunk
+    if interrupted.signal:
+        raise GenerationInterrupted(np.asarray(state[1])[:, : T + made])
+    return jnp.where(jnp.arange(state[1].shape[1]) < T + made, state[1], model.config.eos_token_id)  # rows ended early
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7, 8))
-def _generate(model, params, prompt_BxT, rng, max_new_tokens, temperature, top_k, top_p, on_token):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _start(model, params, prompt_BxT, rng, max_new_tokens):
+    """The decoding state after the prompt: (steps done, tokens [B, L], cache, next logits [B, V], done [B], rng)."""
     B, T = prompt_BxT.shape
-    P, L, eos = model.config.n_positions, T + max_new_tokens, model.config.eos_token_id
-    windowed = L > P
+    L = T + max_new_tokens
     # Not-yet-sampled positions hold token 0: a window reads them (causally masked), so they must be real ids.
     tokens_BxL = jnp.concatenate([prompt_BxT, jnp.zeros((B, max_new_tokens), jnp.int32)], axis=1)
-
-    def logits_after(tokens_BxL, cache, position):
-        """The logits [B, V] that predict position + 1, and the cache that has seen `position`."""
-        if windowed:
-            start = jnp.clip(position + 1 - P, 0, L - P)
-            logits_BxPxV = model.apply({"params": params}, jax.lax.dynamic_slice_in_dim(tokens_BxL, start, P, axis=1))
-            return jax.lax.dynamic_index_in_dim(logits_BxPxV, position - start, axis=1, keepdims=False), cache
-        token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxL, position, 1, axis=1)
-        logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, cache, position, method=GPT2.decode)
-        return logits_Bx1xV[:, 0], cache
-
-    if windowed:
-        logits_BxV, cache = logits_after(tokens_BxL, None, T - 1)
+    if L > model.config.n_positions:  # windowed: no cache
+        logits_BxV, cache = _logits_after(model, params, tokens_BxL, None, T - 1)
     else:  # the prompt in one pass fills the cache
         cache = init_cache(model.config, B, L, model.dtype)
         logits_BxTxV, cache = model.apply({"params": params}, prompt_BxT, cache, 0, method=GPT2.decode)
         logits_BxV = logits_BxTxV[:, -1]
+    return jnp.int32(0), tokens_BxL, cache, logits_BxV, jnp.zeros(B, bool), rng
+
+
+def _logits_after(model, params, tokens_BxL, cache, position):
+    """The logits [B, V] that predict position + 1, and the cache that has seen `position`."""
+    P, L = model.config.n_positions, tokens_BxL.shape[1]
+    if L > P:  # windowed: the model over the last P tokens
+        start = jnp.clip(position + 1 - P, 0, L - P)
+        logits_BxPxV = model.apply({"params": params}, jax.lax.dynamic_slice_in_dim(tokens_BxL, start, P, axis=1))
+        return jax.lax.dynamic_index_in_dim(logits_BxPxV, position - start, axis=1, keepdims=False), cache
+    token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxL, position, 1, axis=1)
+    logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, cache, position, method=GPT2.decode)
+    return logits_Bx1xV[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("model", "T", "sampling", "on_token"), donate_argnames=("cache",))
+def _decode(model, params, i, tokens_BxL, cache, logits_BxV, done_B, rng, *, stop, T, sampling, on_token):
+    """Steps i..stop-1 (fewer if every row ends): one compiled loop over a chunk of new tokens."""
+    eos = model.config.eos_token_id
 
     def step(state):
         i, tokens_BxL, cache, logits_BxV, done_B, rng = state
         rng, key = jax.random.split(rng)
-        next_B = jnp.where(done_B, eos, sample_next(logits_BxV, key, temperature, top_k, top_p))
+        next_B = jnp.where(done_B, eos, sample_next(logits_BxV, key, *sampling))
         tokens_BxL = jax.lax.dynamic_update_slice(tokens_BxL, next_B[:, None], (0, T + i))
         if on_token is not None:
             io_callback(on_token, None, next_B, ordered=True)
-        logits_BxV, cache = logits_after(tokens_BxL, cache, T + i)
+        logits_BxV, cache = _logits_after(model, params, tokens_BxL, cache, T + i)
         return i + 1, tokens_BxL, cache, logits_BxV, done_B | (next_B == eos), rng
 
     def not_finished(state):
         i, *_, done_B, _ = state
-        return (i < max_new_tokens) & ~jnp.all(done_B)
+        return (i < stop) & ~jnp.all(done_B)
 
-    state = (0, tokens_BxL, cache, logits_BxV, jnp.zeros(B, bool), rng)
-    steps, tokens_BxL, *_ = jax.lax.while_loop(not_finished, step, state)
-    return jnp.where(jnp.arange(L) < T + steps, tokens_BxL, eos)  # rows ended early: end-of-text after
+    return jax.lax.while_loop(not_finished, step, (i, tokens_BxL, cache, logits_BxV, done_B, rng))
+

@@ -21,6 +21,7 @@ from gpt2_jax.errors import UserError
 
 META = "meta.json"
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids and the 257 byte ids both fit
+COMPLETE_KEYS = ("tokenizer", "vocab_size", "eot_token", "shards", "splits")  # what readers of meta.json use
 
 
 class DataError(UserError):
@@ -67,8 +68,15 @@ def read_meta(data_dir: str | Path, complete: bool = True) -> dict:
         raise DataError(f"{data_dir}: no {META}; prepare it first with python -m gpt2_jax.prepare") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:  # a data_dir that is a file, a meta.json that cannot be read
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not a JSON object")
     if complete and not meta.get("complete"):
         raise DataError(f"{data_dir}: preparation did not finish; rerun the same prepare command to resume it")
+    missing = [key for key in (COMPLETE_KEYS if complete else ()) if key not in meta]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)}; prepare the data again with python -m gpt2_jax.prepare")
     return meta
 
 

@@ -8,7 +8,6 @@ newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import signal
 import sys
@@ -21,7 +20,6 @@ from ml_collections import config_flags
 
 from gpt2_jax import accelerator, data, shards, sharding, train_config
 from gpt2_jax.checkpoint import TrainCheckpoints
-from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluate import TrainingEvaluation
 from gpt2_jax.metrics import MetricsWriter, ThroughputClock, peak_flops_per_device, train_flops_per_token
@@ -29,6 +27,7 @@ from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
+from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
 config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
@@ -67,29 +66,36 @@ class StopRequest:
         signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
 
 
-def prepare_workdir(workdir: Path, model_config: GPT2Config, config) -> None:
-    """Write config.json and train_config.json; refuse a workdir that trained another model."""
-    if (workdir / "config.json").exists() and GPT2Config.from_json(workdir / "config.json") != model_config:
-        raise TrainingError(f"{workdir} holds a run of another model (config.json differs); use a new --workdir")
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        model_config.to_json(workdir / "config.json")
-        (workdir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-
 def train(config, workdir: str | Path) -> list[dict]:
-    """Train until config.max_steps (or a stop signal); returns the metrics logged by this call."""
-    if config.distributed:
-        jax.distributed.initialize()
+    """Train until config.max_steps (or a stop signal); returns the metrics logged by this call.
+
+    One trainer at a time: the workdir is locked (workdir.py) from before anything in it is
+    read or written until this returns.
+    """
+    lock = WorkdirLock(Path(workdir).absolute())
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if config.distributed:
+            jax.distributed.initialize()
+        mesh = sharding.make_mesh(config.fsdp)
+        with jax.set_mesh(mesh):  # Pallas attention splits its kernel over it (attention.py)
+            return _train(config, lock, mesh)
+    finally:
+        lock.release()
+        for signum, handler in handlers.items():  # Ctrl-C raises KeyboardInterrupt again after a call from Python
+            signal.signal(signum, handler)
+
+
+def _train(config, lock: WorkdirLock, mesh) -> list[dict]:
     processes, process = jax.process_count(), jax.process_index()
-    train_config.validate(config, jax.device_count(), processes)
+    train_config.validate(config, jax.device_count(), processes, jax.default_backend())
     meta = shards.read_meta(config.data_dir)
     model_config = train_config.model_config(config, meta["vocab_size"], meta["eot_token"])
-    workdir = Path(workdir).absolute()
-    prepare_workdir(workdir, model_config, config)
+    workdir = lock.workdir
+    if process == 0:
+        lock.acquire()
+    check_settings(workdir, model_config, config)
 
-    mesh = sharding.make_mesh(config.fsdp)
-    jax.set_mesh(mesh)  # Pallas attention splits its kernel over it (attention.py)
     attention = accelerator.attention_impl(config.attention_impl, config.dtype)
     model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
                  attention_impl=attention, remat=config.remat)
@@ -116,6 +122,8 @@ def train(config, workdir: str | Path) -> list[dict]:
               + (f": already at max_steps={config.max_steps}, nothing to do" if start >= config.max_steps else ""))
     else:
         start, state = 0, jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
+    if process == 0:  # only now: a refused or failed restore leaves the workdir's files as they were
+        write_settings(workdir, model_config, config)
 
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     print(f"{n_params / 1e6:.2f}M params | {config.tokens_per_step:,} tokens/step = {accumulation} x "
@@ -163,6 +171,7 @@ def train(config, workdir: str | Path) -> list[dict]:
     try:
         for step in range(start + 1, config.max_steps + 1):
             state, metrics = compiled_step(state, next_windows())
+            checkpoints.check()  # a background save that failed stops the run now
             if to_log:
                 log(to_log[0], pull(*to_log), finished=(step, metrics))
                 to_log = None
@@ -217,6 +226,10 @@ def parse_flags(argv: list[str]):
         raise UserError(str(error)) from None
     except OSError as error:  # config_flags reports a config file it cannot load this way
         raise UserError(f"cannot load --config: {str(error).splitlines()[-1].strip()}") from None
+    except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
+        if isinstance(error, AttributeError) and "get_config" in str(error):
+            raise UserError("cannot load --config: the file defines no get_config()") from None
+        raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
     if len(rest) > 1 or config is None or workdir is None:
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
     return config, workdir

@@ -7,6 +7,8 @@ The defaults are GPT-2 124M as build-nanogpt trains it.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from gpt2_jax.accelerator import ATTENTION_IMPLS
@@ -59,10 +61,16 @@ def accumulation_steps(c: ml_collections.ConfigDict) -> int:
     return c.tokens_per_step // (c.batch_size * c.block_size)
 
 
-def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int) -> None:
-    """Raise ConfigError naming the first key that cannot work, and what would."""
+def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, platform: str = "") -> None:
+    """Raise ConfigError naming the first key that cannot work, and what would (`platform`: jax's backend)."""
+    for key in ("batch_size", "block_size", "tokens_per_step", "max_steps", "n_layer", "n_head", "n_embd"):
+        if c[key] < 1:
+            raise ConfigError(f"{key}={c[key]} must be at least 1")
     micro_tokens = c.batch_size * c.block_size
     checks = [
+        (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
+        (c.attention_impl != "cudnn" or platform in ("", "gpu", "cuda"),
+         f"attention_impl='cudnn' needs an NVIDIA GPU, not {platform}; use '' (jax picks) or 'xla'"),
         (c.data_dir, "data_dir is not set; pass --config.data_dir=DIR (from python -m gpt2_jax.prepare)"),
         (c.dtype in DTYPES, f"dtype={c.dtype!r}; choose one of {DTYPES}"),
         (c.attention_impl in ATTENTION_IMPLS, f"attention_impl={c.attention_impl!r}; choose one of {ATTENTION_IMPLS}"),
@@ -77,6 +85,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int) -> 
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1,
          "log_every, checkpoint_every and keep_checkpoints must be >= 1"),
         (c.eval_every >= 0 and c.eval_batches >= 0, "eval_every and eval_batches must be >= 0 (0: never / all)"),
+        (min(c.num_samples, c.sample_tokens, c.hellaswag_limit, c.cpu_devices, c.peak_flops) >= 0,
+         "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
+        (c.sample_prompt or not c.num_samples, "sample_prompt is empty; give one, or set num_samples=0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random transformers GPT-2 checkpoints, and the fake 8-device CPU mesh."""
 
 import os
+import subprocess
 
 # Before jax is imported anywhere: 8 fake CPU devices for the sharding tests.
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -103,3 +104,21 @@ def byte_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_byte")
     random_hf_model(seed=2, vocab_size=257, n_positions=64, n_embd=24, n_layer=2, n_head=3, n_inner=None).save_pretrained(path)
     return path
+
+
+def snapshot(directory, skip=("tensorboard", "train.lock")):
+    """{relative path: bytes} of every file under `directory` (a workdir: checkpoints, metrics, configs)."""
+    from pathlib import Path
+
+    root = Path(directory)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.relative_to(root).parts[0] not in skip}
+
+
+def read_only(path):
+    """Make `path` read-only for this user, root included (root ignores permission bits, not `chattr +i`)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is unavailable: no read-only directory to test with")
+    return lambda: subprocess.run(["chattr", "-i", str(path)]) if os.geteuid() == 0 else path.chmod(0o755)

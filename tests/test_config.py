@@ -34,6 +34,13 @@ def test_config_json_round_trips_through_transformers(tmp_path):
     (lambda: GPT2Config.from_dict({"model_type": "llama"}), "model_type='llama' is not gpt2"),
     (lambda: GPT2Config.from_dict({"add_cross_attention": True}), "add_cross_attention=True is not supported"),
     (lambda: GPT2Config.from_json("/no/such/config.json"), "no such file"),
+    # Wrong types in a config.json: each one line here, never a traceback from deep in the model.
+    (lambda: GPT2Config.from_dict({"layer_norm_epsilon": "abc"}), "layer_norm_epsilon='abc' must be a positive number"),
+    (lambda: GPT2Config.from_dict([1, 2]), "a config must be a JSON object of GPT-2 fields, not a list"),
+    (lambda: GPT2Config.from_dict({"eos_token_id": None}), "eos_token_id=None must be a token id"),
+    (lambda: GPT2Config.from_dict({"n_layer": True}), "n_layer=True must be a positive integer"),
+    (lambda: GPT2Config.from_dict({"n_inner": 3.5}), "n_inner=3.5 must be a positive integer or null"),
+    (lambda: GPT2Config.from_dict({"initializer_range": float("nan")}), "initializer_range=nan must be a positive"),
 ])
 def test_errors_name_the_key_and_value(make, message):
     with pytest.raises(ConfigError, match=message):
@@ -43,3 +50,9 @@ def test_errors_name_the_key_and_value(make, message):
 def test_from_dict_ignores_transformers_only_fields():
     config = json.loads(transformers.GPT2Config(n_layer=2).to_json_string())
     assert GPT2Config.from_dict(config).n_layer == 2
+
+
+def test_a_config_json_error_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"layer_norm_epsilon": "abc"}')
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'config.json'}: layer_norm_epsilon='abc'"):
+        GPT2Config.from_json(tmp_path / "config.json")

@@ -1,6 +1,7 @@
 """HF checkpoints <-> params: both file formats, the export round-trip, the CLI and its errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import assert_one_line_error, rel_error
+from conftest import assert_one_line_error, rel_error, snapshot
 from safetensors.numpy import save_file
 
 from gpt2_jax import GPT2, GPT2Config, from_hf, to_hf
@@ -104,9 +105,17 @@ def test_cli_round_trip(hf_dir, tmp_path, ids):
     ("missing_key", "missing 1 parameter"),
     ("bad_config", "not valid JSON"),
     ("unsupported_config", "scale_attn_by_inverse_layer_idx"),
+    ("config_wrong_type", "layer_norm_epsilon='abc' must be a positive number"),
+    ("config_a_list", "a config must be a JSON object"),
+    ("config_null_eos", "eos_token_id=None must be a token id"),
+    ("bin_a_list", "not a state dict of tensors (list)"),
+    ("bin_not_tensors", "'transformer.wte.weight' is not a tensor (int)"),
+    ("bin_python_objects", "refused: it holds Python objects, not only tensors (print)"),
+    ("nan_values", "transformer.h.1.mlp.c_fc.weight: holds 1 NaN or infinite values"),
+    ("int_values", "transformer.wpe.weight: holds int32 values, not floating-point weights"),
 ])
 def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, message):
-    weights = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    weights = {k: v.numpy().copy() for k, v in hf_model.state_dict().items()}
     config_text = (hf_dir / "config.json").read_text()
     (tmp_path / "config.json").write_text(config_text)
     if case == "missing_dir":
@@ -127,9 +136,33 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
     elif case == "unsupported_config":
         (tmp_path / "config.json").write_text(json.dumps({**json.loads(config_text), "scale_attn_by_inverse_layer_idx": True}))
         save_file(weights, tmp_path / "model.safetensors")
-    with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=message):
+    elif case.startswith("config_"):
+        changes = {"config_wrong_type": {"layer_norm_epsilon": "abc"}, "config_null_eos": {"eos_token_id": None}}
+        config = [1, 2] if case == "config_a_list" else {**json.loads(config_text), **changes[case]}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        save_file(weights, tmp_path / "model.safetensors")
+    elif case.startswith("bin_"):
+        content = {"bin_a_list": [1, 2, 3], "bin_not_tensors": {"transformer.wte.weight": 3},
+                   "bin_python_objects": {"transformer.wte.weight": PythonObject()}}[case]
+        torch.save(content, tmp_path / "pytorch_model.bin")
+    elif case.endswith("_values"):
+        if case == "nan_values":
+            weights["transformer.h.1.mlp.c_fc.weight"][3, 4] = np.nan
+        else:
+            weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"].astype(np.int32)
+        save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=re.escape(message)):
         from_hf(str(tmp_path))
-    assert_one_line_error(run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out")), message)
+    result = run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, message)
+    assert "weights_only=False" not in result.stderr  # never advise running a checkpoint's code
+
+
+class PythonObject:
+    """What a pickle can hold besides tensors: loading it would run code (here, print)."""
+
+    def __reduce__(self):
+        return print, ("this ran",)
 
 
 def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_model_dir, tmp_path):
@@ -142,3 +175,42 @@ def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_mod
     text = "Hello, I'm a language model, naïve café"
     assert tokenizer(text)["input_ids"] == get_tokenizer("gpt2").encode(text)
     assert tokenizer.eos_token_id == 50256
+
+
+def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path):
+    workdir = tmp_path / "run"  # what a training run leaves: its config.json must survive a mistyped --out
+    (workdir / "checkpoints" / "10").mkdir(parents=True)
+    (workdir / "config.json").write_text('{"n_layer": 2}')
+    (workdir / "checkpoints" / "10" / "params").write_bytes(b"weights")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    (tmp_path / "file").write_text("a file")
+    before = snapshot(tmp_path)
+    for out, message in [(workdir, "is not empty and not a params directory"),
+                         (tmp_path / "notes", "is not empty and not a params directory"),
+                         (tmp_path / "file", "is a file")]:
+        assert_one_line_error(run_cli("--from-hf", str(hf_dir), "--out", str(out)), f"{out} {message}")
+    assert_one_line_error(run_cli("--to-hf", str(hf_dir / "no"), "--out", str(tmp_path / "notes")),
+                          "is not empty and not a Hugging Face model directory")
+    assert snapshot(tmp_path) == before
+    result = run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "notes"), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["config.json", "params"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "run"]  # no temporary left beside it
+
+
+def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
+    out = tmp_path / "hf"
+    for model in (bpe_model_dir, byte_model_dir):  # GPT-2 BPE first (tokenizer files), then bytes (none)
+        assert run_cli("--from-hf", str(model), "--out", str(tmp_path / "flax")).returncode == 0  # same kind: replaced
+        result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert transformers.GPT2Config.from_pretrained(out).vocab_size == 257
+
+
+def test_a_missing_tokenizer_dir_is_one_line(hf_dir, tmp_path):
+    assert run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
+    result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", "/no/such")
+    assert_one_line_error(result, "/no/such: no such directory to copy tokenizer files from")
+    assert not (tmp_path / "hf").exists()

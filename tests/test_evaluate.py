@@ -161,6 +161,14 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         (["--model", str(byte_model_dir), "--tasks", "val_loss"], "val_loss needs --data-dir"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--val-tokens",
           "-5"], "--val-tokens -5: give a count"),
+        (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--batch-size",
+          "0"], "--batch-size 0 must be >= 1"),
+        (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--limit",
+          "-1"], "--limit -1 >= 0"),
+        # --out is checked before anything is evaluated: here the model would fail to load after it.
+        (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(tmp_path)], f"--out {tmp_path}: a directory"),
+        (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(tmp_path / "no" / "x.json")],
+         "in a directory that is missing or read-only"),
     ]
     for args, message in cases:
         assert_one_line_error(run_evaluate(*args), message)

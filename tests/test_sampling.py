@@ -1,8 +1,13 @@
 """Sampling: the KV cache, greedy parity with transformers, seeds, top-k/top-p, end-of-text, the CLI."""
 
 import dataclasses
+import os
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +18,7 @@ from conftest import assert_one_line_error, rel_error
 
 from gpt2_jax import GPT2, from_hf, generate
 from gpt2_jax.model import init_cache
-from gpt2_jax.sampling import SamplingError, sample_next
+from gpt2_jax.sampling import GenerationInterrupted, SamplingError, sample_next
 from gpt2_jax.tokenizer import get_tokenizer
 
 
@@ -156,6 +161,77 @@ def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     (["--prompt", "word " * 70], "longer than the context of 64 tokens"),
     (["--model", "/no/such/model"], "no such directory"),
     (["--top-p", "0"], "top_p"),
+    (["--max-new-tokens", "-5"], "max_new_tokens=-5 must be in [0, 1,000,000]"),
+    (["--max-new-tokens", "1e12"], "argument --max-new-tokens: invalid int value: '1e12'"),
+    (["--max-new-tokens", str(10**12)], "max_new_tokens=1000000000000 must be in [0, 1,000,000]"),
+    (["--num-samples", "-2"], "--num-samples -2: must be at least 1"),
+    (["--num-samples", "0"], "--num-samples 0: must be at least 1"),
+    (["--num-samples", str(10**12)], "out of memory for 1000000000000 x 38 tokens"),
+    (["--temperature", "nan"], "need 0 <= temperature < inf"),
+    (["--temperature", "inf"], "need 0 <= temperature < inf"),
 ])
 def test_cli_errors_are_one_line(bpe_model_dir, args, message):
     assert_one_line_error(run_sample("--model", str(bpe_model_dir), *args), message)
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(byte_model_dir):
+    result = subprocess.run([sys.executable, "-m", "gpt2_jax.sample", "--model", str(byte_model_dir), "--prompt",
+                             b"ROMEO\xff\xfe:"], capture_output=True, text=True)
+    assert_one_line_error(result, "--prompt is not valid UTF-8 (at character 5)")
+
+
+def test_ctrl_c_stops_generate_between_chunks_with_what_was_made(tiny):
+    config, params = tiny
+    config = dataclasses.replace(config, eos_token_id=config.vocab_size)  # no early stop
+    made = []
+
+    def press_ctrl_c_at_the_fifth_token(tokens_B):
+        made.append(np.asarray(tokens_B))
+        if len(made) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    prompt = np.random.RandomState(7).randint(0, config.vocab_size, (2, 6))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as in a CLI or a notebook
+    with pytest.raises(GenerationInterrupted) as interrupted:
+        generate(config, params, prompt, 20_000, temperature=0.0, on_token=press_ctrl_c_at_the_fifth_token)
+    tokens = interrupted.value.tokens_BxL
+    assert 5 <= tokens.shape[1] - 6 == len(made) < 20_000
+    np.testing.assert_array_equal(tokens[:, 6:], np.stack(made, axis=1))
+    greedy = np.asarray(generate(config, params, prompt, len(made), temperature=0.0))
+    np.testing.assert_array_equal(tokens, greedy)  # what was made is what an uninterrupted run makes
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def interrupt_sampling(model_dir, started, *args):
+    """Start a long sampling run, press Ctrl-C once stderr + stdout satisfy `started`; (result, seconds to exit)."""
+    process = subprocess.Popen([sys.executable, "-m", "gpt2_jax.sample", "--model", str(model_dir), "--prompt",
+                                "Hello", "--max-new-tokens", "1000000", "--seed", "3", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = {process.stdout: b"", process.stderr: b""}
+    try:
+        while not started(*seen.values()):
+            ready, _, _ = select.select(list(seen), [], [], 120)
+            assert ready and process.poll() is None, seen
+            for pipe in ready:
+                seen[pipe] += os.read(pipe.fileno(), 4096)
+        pressed = time.perf_counter()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        seconds = time.perf_counter() - pressed
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, seen[process.stdout] + stdout,
+                                       seen[process.stderr] + stderr), seconds
+
+
+def test_ctrl_c_stops_the_cli_within_a_second_printing_what_was_made(bpe_model_dir):
+    streamed, seconds = interrupt_sampling(bpe_model_dir, lambda out, err: len(out) > 40)
+    assert streamed.returncode == 130 and streamed.stderr.decode().endswith("interrupted\n"), streamed.stderr
+    assert seconds < 3  # ~0.6 s measured: a chunk of the compiled loop (<= 0.4 s) and the interpreter's exit
+    text = streamed.stdout.decode()
+    assert text.startswith("Hello") and len(text) > 40 and text.endswith("\n")
+    batch, _ = interrupt_sampling(bpe_model_dir, lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None,
+                                  "--num-samples", "2")
+    assert batch.returncode == 130, batch.stderr
+    lines = batch.stdout.decode().splitlines()
+    assert len(lines) == 2 and all(line.startswith("> Hello") and len(line) > len("> Hello") for line in lines)

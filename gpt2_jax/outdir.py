@@ -1,0 +1,67 @@
+"""An output directory written whole: into a temporary sibling first, then renamed into place.
+
+So a reader never sees it half-written, no file of an earlier version is left in it, and a
+directory of another kind (a training workdir, someone else's files) is never replaced
+unless the user says so (`--overwrite`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from gpt2_jax.errors import UserError
+
+
+class OutputError(UserError):
+    """An output path that holds something else, or that cannot be written."""
+
+
+def refuse_other_kind(out_dir: str | Path, same_kind: Callable[[Path], bool], kind: str, overwrite: bool) -> Path:
+    """`out_dir` as an absolute path, if it is missing, empty, a `kind` directory, or `overwrite` is set."""
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not overwrite:
+        if not out_dir.is_dir():
+            raise OutputError(f"{out_dir} is a file; choose another --out, or pass --overwrite to replace it")
+        if any(out_dir.iterdir()) and not same_kind(out_dir):
+            raise OutputError(f"{out_dir} is not empty and not a {kind}; choose another --out, "
+                              "or pass --overwrite to replace it")
+    return out_dir
+
+
+def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Callable[[Path], bool], kind: str,
+              overwrite: bool = False) -> None:
+    """Call `write(temporary_dir)`, then put that directory at `out_dir`.
+
+    `out_dir` may be missing, empty, or a `kind` directory (`same_kind(out_dir)`), which is replaced;
+    anything else is refused unless `overwrite`.
+    """
+    out_dir = refuse_other_kind(out_dir, same_kind, kind, overwrite)
+    temporary, previous = (out_dir.with_name(f".{out_dir.name}.{what}-{os.getpid()}") for what in ("tmp", "old"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        _remove(temporary)
+        temporary.mkdir()
+        write(temporary)
+        if out_dir.exists():
+            out_dir.rename(previous)
+        try:
+            temporary.rename(out_dir)
+        except OSError:
+            if previous.exists():
+                previous.rename(out_dir)  # put the old one back
+            raise
+        _remove(previous)
+    except OSError as error:
+        raise OutputError(f"cannot write {out_dir}: {error.strerror or error}") from None
+    finally:
+        _remove(temporary)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,157 @@
+"""A training workdir's checkpoints: orbax's CheckpointManager, with every failure a clear one.
+
+Each step holds params, opt_state, the grain iterator's position and the checksums of both
+states (integrity.py). A restore takes the newest whole step: one saved with other shapes stops
+the run (a setting changed; nothing is damaged); one that cannot be read or fails its checksums
+is set aside as `<step>.unreadable` (by process 0; readers never move anything) and the step
+before is tried. Saves run in the background; a failed one stops the run, naming the last good step.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from gpt2_jax import integrity
+from gpt2_jax.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+SET_ASIDE = ".unreadable"
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, that none of the saved steps can restore, or that cannot be saved."""
+
+
+class Damaged(Exception):
+    """A step whose files are unreadable or whose arrays fail their checksums."""
+
+
+class TrainCheckpoints:
+    """The orbax CheckpointManager of a training workdir: keep the last `keep` steps, save async."""
+
+    def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False):
+        self.read_only = read_only  # a reader never deletes, creates or sets aside anything
+        self.directory = Path(workdir).absolute() / CHECKPOINTS
+        self.pending, self.failed = None, False  # the step being written in the background; a save failed
+        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
+                                               enable_async_checkpointing=True)
+        handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+                    "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()}
+        integrity.quiet_orbax_failures()
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def save(self, step: int, params, opt_state, data_iterator, force: bool = False) -> None:
+        """Start writing step `step`; the arrays are copied off the device before this returns."""
+        self.wait()  # a failure of the previous save stops the run here
+        checksums = {"params": integrity.checksums(params), "opt_state": integrity.checksums(opt_state)}
+        try:
+            self.manager.save(step, force=force, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                data=grain.checkpoint.CheckpointSave(data_iterator), checksum=ocp.args.JsonSave(checksums)))
+        except Exception as error:  # orbax/tensorstore raise many types for a failed write
+            raise self._save_failed(step, error) from None
+        self.pending = step
+
+    def check(self) -> None:
+        """Raise CheckpointError if the background save has failed. Cheap; single-process runs only, so
+        that every process of a multi-host run stops at the same step (the next save)."""
+        if self.pending is not None and jax.process_count() == 1 and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the background save; raise CheckpointError if it failed."""
+        if self.failed:
+            return  # reported once already; orbax would raise it again
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # orbax/tensorstore raise many types for a failed write
+            raise self._save_failed(self.pending, error) from None
+        self.pending = None
+
+    def _save_failed(self, step: int, error: Exception) -> CheckpointError:
+        self.pending, self.failed = None, True
+        self.manager.reload()
+        good = [s for s in self.manager.all_steps() if s != step]
+        last = f"the last good checkpoint is step {max(good)}" if good else "no checkpoint was saved before it"
+        return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed "
+                               f"({integrity.failure_reason(error)}); {last}")
+
+    def restore_train_state(self, abstract_params, abstract_opt_state, data_iterator):
+        """(step, params, opt_state) from the newest whole step, the iterator moved there; or None if none saved."""
+        targets = {"params": abstract_params, "opt_state": abstract_opt_state}
+        restored = self.restore_latest(lambda metadata: targets, data_iterator)
+        return restored and (restored[0], restored[1]["params"], restored[1]["opt_state"])
+
+    def restore_latest(self, targets_for: Callable[[dict], dict], data_iterator=None):
+        """(step, {name: restored}) for the newest whole step; `targets_for(step's metadata)` gives the
+        abstract tree of each state to restore. None if no step was ever saved (a reader raises)."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return step, self._restore(step, targets_for, data_iterator)
+            except Damaged as damage:
+                kept = "" if self.read_only or jax.process_index() else f", set aside as {self._set_aside(step)}"
+                print(f"checkpoint step {step} is damaged ({damage}){kept}; restoring the one before", file=sys.stderr)
+        set_aside = ", ".join(sorted(p.name for p in self.directory.glob(f"*{SET_ASIDE}*")))
+        if not (steps or set_aside or self.read_only):
+            return None  # a new run
+        if not (steps or set_aside):
+            raise CheckpointError(f"{self.directory.parent}: no checkpoint saved yet")
+        start_over = "" if self.read_only else (f"; to start again from step 0, move them out of {self.directory}, "
+                                                "or use a new --workdir")  # never silently over them
+        raise CheckpointError(f"{self.directory.parent}: no readable checkpoint (set aside as damaged: "
+                              f"{set_aside}){start_over}")
+
+    def _restore(self, step: int, targets_for: Callable[[dict], dict], data_iterator) -> dict:
+        try:
+            metadata = self.manager.item_metadata(step)
+            targets = targets_for(metadata)
+            differences = [integrity.shape_difference(metadata[name], target) for name, target in targets.items()]
+        except Exception as error:  # orbax raises many types for damaged metadata
+            raise Damaged(f"unreadable metadata, {type(error).__name__}") from None
+        for difference in filter(None, differences):
+            raise CheckpointError(f"checkpoint step {step} of {self.directory.parent} {difference}: a setting "
+                                  "that changes the model's shapes differs from the run that saved it; use "
+                                  "that run's settings, or a new --workdir")
+        args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+        if data_iterator is not None:
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        if "checksum" in metadata:  # steps saved before checksums existed have none
+            args["checksum"] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            if not integrity.is_damage(error):  # out of memory, no permission: the files are fine
+                raise CheckpointError(f"cannot restore checkpoint step {step} of {self.directory.parent}: "
+                                      f"{integrity.failure_reason(error)}") from None
+            raise Damaged(f"unreadable, {type(error).__name__}") from None
+        for name in targets if "checksum" in args else ():
+            corrupt = integrity.first_corrupt_leaf(restored[name], restored["checksum"][name])
+            if corrupt:
+                raise Damaged(f"checksum mismatch in {name} {corrupt}")
+        return restored
+
+    def _set_aside(self, step: int) -> str:
+        """Rename a damaged step out of the way (kept for a person to look at); the run can write it again."""
+        aside = next(self.directory / f"{step}{SET_ASIDE}{n or ''}" for n in range(1000)
+                     if not (self.directory / f"{step}{SET_ASIDE}{n or ''}").exists())
+        (self.directory / str(step)).rename(aside)
+        self.manager.reload()
+        return aside.name
+
+    def close(self) -> None:
+        """Finish the pending save (raising CheckpointError if it failed) and release orbax's threads."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # after a failed save orbax raises that failure again; it was reported
+                if not self.failed:
+                    raise

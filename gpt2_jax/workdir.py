@@ -1,0 +1,89 @@
+"""A training workdir: one trainer at a time, and a resumed run that is the same run.
+
+The lock is `fcntl.flock` on DIR/train.lock rather than a lock file's existence (or the
+`filelock` package's, which adds nothing here): the kernel releases it when its process
+ends, however it ends (SIGKILL, a crash), so a dead process's lock is never in the way and
+needs no timeout. The file names the holder (pid and host) for the message the second
+trainer prints. It is advisory, so every trainer takes it; one process per run does (process 0).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from gpt2_jax.config import GPT2Config
+from gpt2_jax.errors import UserError
+
+LOCK, MODEL_CONFIG, TRAIN_CONFIG = "train.lock", "config.json", "train_config.json"
+# Settings that change the shapes of the saved state without changing the model's config.json.
+SHAPE_SETTINGS = ("vocab_pad_multiple",)
+
+
+class WorkdirError(UserError):
+    """A workdir that is in use, cannot be written, or holds a run with other settings."""
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir, held from `acquire()` to `release()` (or the process's end)."""
+
+    def __init__(self, workdir: str | Path):
+        self.workdir, self.file = Path(workdir), None
+
+    def acquire(self) -> None:
+        if self.workdir.exists() and not self.workdir.is_dir():
+            raise WorkdirError(f"{self.workdir} is a file, not a workdir; give a directory")
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.workdir, os.W_OK):
+                raise PermissionError(13, "read-only")
+            file = open(self.workdir / LOCK, "a+")
+        except OSError as error:
+            raise WorkdirError(f"{self.workdir}: cannot write there ({error.strerror or error})") from None
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise WorkdirError(f"{self.workdir} is in use by another trainer ({holder}); wait for it to finish, "
+                               "or stop it, or use another --workdir") from None
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
+        self.file = file
+
+    def release(self) -> None:
+        if self.file:
+            self.file.close()  # closing the file releases the lock
+            self.file = None
+
+
+def check_settings(workdir: Path, model_config: GPT2Config, config) -> None:
+    """Refuse a workdir whose run trained another model, or saved its state with other shapes."""
+    if (workdir / MODEL_CONFIG).exists():
+        saved = GPT2Config.from_json(workdir / MODEL_CONFIG).to_dict()
+        changed = [f"{key} {saved[key]} -> {value}" for key, value in model_config.to_dict().items()
+                   if saved.get(key) != value]
+        if changed:
+            raise WorkdirError(f"{workdir} holds a run of another model ({', '.join(changed)} in config.json); "
+                               "use a new --workdir")
+    if (workdir / TRAIN_CONFIG).exists():
+        try:
+            saved = json.loads((workdir / TRAIN_CONFIG).read_text())
+        except (OSError, ValueError) as error:
+            raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None
+        for key in SHAPE_SETTINGS:
+            if key in saved and saved[key] != config[key]:
+                raise WorkdirError(f"--config.{key}={config[key]} differs from the run in {workdir} "
+                                   f"({key}={saved[key]}) and changes the shapes of its checkpoints; rerun with "
+                                   f"--config.{key}={saved[key]}, or use a new --workdir")
+
+
+def write_settings(workdir: Path, model_config: GPT2Config, config) -> None:
+    """config.json (the model, HF schema) and train_config.json (this run's settings)."""
+    model_config.to_json(workdir / MODEL_CONFIG)
+    (workdir / TRAIN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")

@@ -1,0 +1,169 @@
+"""A workdir's checkpoints: damage is set aside and the step before restored, a changed setting is
+refused with the workdir left byte for byte as it was, and a failed save stops the run naming the
+last good step."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config
+
+from gpt2_jax.checkpoint import CheckpointError, load_params
+from gpt2_jax.train import train
+
+ROOT = Path(__file__).parent.parent
+
+# `python -m gpt2_jax.train` with the background write of step 30 failing the way a full disk fails it
+# (the checksum file is the last thing orbax writes before it renames the step into place).
+FULL_DISK_AT_30 = """
+import errno, os, sys
+import orbax.checkpoint as ocp
+write = ocp.JsonCheckpointHandler._save_fn
+async def write_or_fail(self, item, directory):
+    if "30.orbax-checkpoint-tmp" in str(directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    await write(self, item, directory)
+ocp.JsonCheckpointHandler._save_fn = write_or_fail
+from gpt2_jax.train import main
+sys.argv[0] = "train"
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(shakespeare_bytes, tmp_path_factory):
+    """A finished 20-step run: checkpoints 10 and 20."""
+    workdir = tmp_path_factory.mktemp("trained")
+    train(tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=0), workdir)
+    return workdir
+
+
+def copy_of(workdir, tmp_path):
+    return Path(shutil.copytree(workdir, tmp_path / "run"))
+
+
+def run_train(config, workdir, code=None):
+    command = ["-c", code] if code else ["-m", "gpt2_jax.train"]
+    return subprocess.run([sys.executable, *command, f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}",
+                           f"--workdir={workdir}", *config_flags_of(config)], capture_output=True, text=True, cwd=ROOT)
+
+
+def truncate_params(step_dir):
+    """Cut every params data file short: a step orbax cannot read."""
+    for file in (step_dir / "params" / "ocdbt.process_0" / "d").iterdir():
+        file.write_bytes(file.read_bytes()[:50])
+
+
+def flip_a_bit(step_dir):
+    """Rewrite the step's params with one bit of one weight flipped (an exponent bit: 0.02 becomes ~1e37),
+    in a valid file: damage that storage did not catch, which orbax restores as it is."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(step_dir / "params")
+        embedding = np.array(params["wte"]["embedding"])
+        embedding.view(np.uint32)[3, 4] ^= 1 << 29
+        params["wte"]["embedding"] = embedding
+        shutil.rmtree(step_dir / "params")
+        checkpointer.save(step_dir / "params", params)
+
+
+def test_a_setting_that_changes_shapes_is_refused_and_nothing_is_touched(trained, shakespeare_bytes, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    before = snapshot(workdir)
+    padded = tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0, vocab_pad_multiple=64)
+    assert_one_line_error(run_train(padded, workdir), "--config.vocab_pad_multiple=64 differs from the run in")
+    assert snapshot(workdir) == before  # no checkpoint renamed *.unreadable, metrics and configs as they were
+    # Without train_config.json to compare with, the checkpoint's own shapes say it.
+    (workdir / "train_config.json").unlink()
+    before = snapshot(workdir)
+    assert_one_line_error(run_train(padded, workdir), "checkpoint step 20 of")
+    assert "holds wte.embedding as float32[257, 32], this run's model needs float32[320, 32]" in \
+        run_train(padded, workdir).stderr
+    assert snapshot(workdir) == before
+    resumed = run_train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
+    assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
+
+
+def test_a_flipped_bit_fails_its_checksum_and_the_step_before_is_restored(trained, shakespeare_bytes, tmp_path,
+                                                                           capsys):
+    workdir = copy_of(trained, tmp_path)
+    flip_a_bit(workdir / "checkpoints" / "20")
+    damaged, step_10 = snapshot(workdir / "checkpoints" / "20"), snapshot(workdir / "checkpoints" / "10")
+    train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
+    output = capsys.readouterr()
+    assert "checkpoint step 20 is damaged (checksum mismatch in params " in output.err
+    assert ", set aside as 20.unreadable; restoring the one before" in output.err
+    assert "resuming from step 10" in output.out
+    assert snapshot(workdir / "checkpoints" / "20.unreadable") == damaged  # kept for a person to look at
+    assert snapshot(workdir / "checkpoints" / "10") == step_10
+
+
+def test_when_every_step_is_damaged_the_run_refuses_to_start_over(trained, shakespeare_bytes, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    for step in ("10", "20"):
+        truncate_params(workdir / "checkpoints" / step)
+    config = tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0)
+    result = run_train(config, workdir)
+    assert_one_line_error(result, "no readable checkpoint (set aside as damaged: 10.unreadable, 20.unreadable)")
+    assert result.stderr.count("is damaged") == 2
+    before = snapshot(workdir)
+    again = run_train(config, workdir)  # never a fresh run from step 0 over the set-aside steps
+    assert_one_line_error(again, "to start again from step 0, move them out of")
+    assert snapshot(workdir) == before
+
+
+LOAD_SIX_TIMES = """
+import sys
+from gpt2_jax.loading import load_model
+for _ in range(6):
+    load_model(sys.argv[1])
+"""
+
+
+def test_readers_fall_back_in_one_line_and_never_move_a_step(trained, tmp_path):
+    """sample, evaluate and convert --to-hf read the step before a damaged one, with one line on stderr
+    (orbax's abandoned reads printed hundreds of "Event loop is closed" tracebacks, some of the time)."""
+    workdir = copy_of(trained, tmp_path)
+    truncate_params(workdir / "checkpoints" / "20")
+    before = snapshot(workdir)
+    loads = subprocess.run([sys.executable, "-c", LOAD_SIX_TIMES, str(workdir)], capture_output=True, text=True)
+    assert loads.returncode == 0, loads.stderr
+    lines = loads.stderr.splitlines()
+    assert len(lines) == 6 and all(line.startswith("checkpoint step 20 is damaged (unreadable") and
+                                   line.endswith("; restoring the one before") for line in lines), loads.stderr
+    export = subprocess.run([sys.executable, "-m", "gpt2_jax.convert", "--to-hf", str(workdir), "--out",
+                             str(tmp_path / "hf")], capture_output=True, text=True)
+    messages = [line for line in export.stderr.splitlines() if line.strip() and not line.startswith("convert:")]
+    assert export.returncode == 0 and len(messages) == 1 and "is damaged" in messages[0], export.stderr
+    assert snapshot(workdir) == before
+
+
+def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained, shakespeare_bytes, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    before = snapshot(workdir / "checkpoints")
+    config = tiny_run_config(shakespeare_bytes, max_steps=40, eval_every=0)
+    result = run_train(config, workdir, FULL_DISK_AT_30)
+    assert_one_line_error(result, f"saving checkpoint step 30 in {workdir / 'checkpoints'} failed (No space left "
+                                  "on device); the last good checkpoint is step 20")
+    assert {name: data for name, data in snapshot(workdir / "checkpoints").items()
+            if not name.startswith("30")} == before  # steps 10 and 20 byte for byte
+    steps = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert 30 <= steps[-1] < 40  # stopped at once, not at the next save
+    resumed = run_train(config, workdir)
+    assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
+
+
+def test_a_restore_that_runs_out_of_memory_sets_nothing_aside(trained, tmp_path, monkeypatch):
+    workdir = copy_of(trained, tmp_path)
+    before = snapshot(workdir)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("RESOURCE_EXHAUSTED: Out of memory allocating 1.5GB")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
+    with pytest.raises(CheckpointError, match="cannot restore checkpoint step 20 of .*: MemoryError"):
+        load_params(workdir)
+    assert snapshot(workdir) == before

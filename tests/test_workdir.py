@@ -1,0 +1,87 @@
+"""The workdir: one trainer at a time (the lock, released however its holder ends), and a workdir that
+cannot be written is one line."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error, config_flags_of, read_only, snapshot, tiny_run_config
+
+from gpt2_jax.metrics import read_metrics
+from gpt2_jax.workdir import WorkdirError, WorkdirLock
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_lock_names_its_holder_and_is_released(tmp_path):
+    first = WorkdirLock(tmp_path / "run")
+    first.acquire()
+    with pytest.raises(WorkdirError, match=f"in use by another trainer \\(pid {os.getpid()} on "
+                                           f"{socket.gethostname()}\\)"):
+        WorkdirLock(tmp_path / "run").acquire()
+    first.release()
+    second = WorkdirLock(tmp_path / "run")
+    second.acquire()
+    second.release()
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "run").write_text("notes")
+    with pytest.raises(WorkdirError, match="run is a file, not a workdir"):
+        WorkdirLock(tmp_path / "run").acquire()
+    assert (tmp_path / "run").read_text() == "notes"
+
+
+def test_a_lock_left_by_a_killed_process_is_not_in_the_way(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gpt2_jax.workdir import WorkdirLock; "
+                               "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    with pytest.raises(WorkdirError, match=f"pid {holder.pid} on"):
+        WorkdirLock(tmp_path).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert f"pid {holder.pid}" in (tmp_path / "train.lock").read_text()  # the file stays; its lock went with it
+    lock = WorkdirLock(tmp_path)
+    lock.acquire()
+    lock.release()
+
+
+def train_cli(config, workdir):
+    return [sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}",
+            f"--workdir={workdir}", *config_flags_of(config)]
+
+
+def test_a_second_trainer_on_the_same_workdir_exits_and_changes_nothing(shakespeare_bytes, tmp_path):
+    config = tiny_run_config(shakespeare_bytes, max_steps=60, eval_every=0)
+    first = subprocess.Popen(train_cli(config, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = ""
+    for line in first.stdout:
+        output += line
+        if line.startswith("step     15 "):
+            break
+    second = subprocess.run(train_cli(config, tmp_path), capture_output=True, text=True, cwd=ROOT)
+    output += first.communicate()[0]
+    assert first.returncode == 0, output
+    assert_one_line_error(second, f"{tmp_path} is in use by another trainer (pid {first.pid} on {socket.gethostname()})")
+    assert [row["step"] for row in read_metrics(tmp_path)] == list(range(1, 61))  # no duplicate rows
+
+
+def test_a_read_only_workdir_is_one_line(shakespeare_bytes, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine")
+    before = snapshot(workdir)
+    writable_again = read_only(workdir)
+    try:
+        result = subprocess.run(train_cli(tiny_run_config(shakespeare_bytes), workdir), capture_output=True,
+                                text=True, cwd=ROOT)
+    finally:
+        writable_again()
+    assert_one_line_error(result, f"{workdir}: cannot write there")
+    assert snapshot(workdir) == before
