@@ -12,6 +12,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax.config import ConfigError
+
 # XLA flags by platform-independent name: XLA parses every backend's flags on every backend.
 XLA_FLAGS = (
     "--xla_gpu_enable_triton_gemm=false",  # cuBLAS beats Triton's GEMMs for GPT-2's shapes (+19% on an H200)
@@ -40,3 +42,12 @@ def attention_impl(requested: str, dtype, device=None) -> str:
     if device.platform == "gpu" and "nvidia" in device.device_kind.lower():
         return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
     return "pallas" if device.platform == "tpu" else "xla"
+
+
+def split_cpu(devices: int) -> None:
+    """Make a CPU host `devices` devices (experimental: train_config.py's cpu_devices says why); 0: leave it one."""
+    if devices:
+        try:
+            jax.config.update("jax_num_cpu_devices", devices)
+        except RuntimeError:
+            raise ConfigError("cpu_devices must be set before JAX computes anything in this process") from None

@@ -20,6 +20,19 @@ PEAK_FLOPS = {
 }
 
 
+class DivergedError(UserError):
+    """A loss, gradient or parameter norm that is not finite: the run stops before saving it."""
+
+
+def check_finite(step: int, metrics: dict, last_good: int | None) -> dict:
+    """`metrics` if every value is finite, else DivergedError naming the last good checkpoint."""
+    if all(math.isfinite(value) for value in metrics.values()):
+        return metrics
+    saved = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint was saved"
+    raise DivergedError(f"{', '.join(f'{k} {v}' for k, v in metrics.items())} at step {step}: stopped; {saved}. "
+                        "Lower learning_rate and rerun to resume")
+
+
 def train_flops_per_token(config: GPT2Config) -> float:
     """Forward + backward FLOPs per token: 6 per weight plus attention (PaLM's appendix B).
 

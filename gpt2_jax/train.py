@@ -1,16 +1,17 @@
 """Train GPT-2: `python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...]`.
 
 DIR holds everything a run writes: config.json (the model, HF schema), train_config.json,
-checkpoints/, metrics.jsonl and tensorboard/. Rerunning the same command resumes from the
-newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and exits.
+checkpoints/, metrics.jsonl, tensorboard/ and loss.png. Rerunning the same command resumes from
+the newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and exits.
+`--config.init_from=REF` fine-tunes a pretrained model instead of starting from GPT-2's init.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -18,39 +19,19 @@ import jax.numpy as jnp
 from absl import flags, logging
 from ml_collections import config_flags
 
-from gpt2_jax import accelerator, data, shards, sharding, train_config
+from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
 from gpt2_jax.checkpoint import TrainCheckpoints
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluate import TrainingEvaluation
-from gpt2_jax.metrics import MetricsWriter, ThroughputClock, peak_flops_per_device, train_flops_per_token
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
+from gpt2_jax.plot import plot_runs
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
 config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
-
-
-COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
-           "param_norm": ("param norm", ".1f"),
-           "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"), "val_loss": ("val loss", ".4f"),
-           "val_bpb": ("val bpb", ".4f"),
-           "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
-
-
-def format_row(step: int, row: dict) -> str:
-    """`step    100 | loss 2.6533 | lr 9.90e-04 | ...` for the console."""
-    cells = []
-    for name, value in row.items():
-        label, spec = COLUMNS.get(name, (name, ".4f"))
-        cells.append(f"{label} {value:{spec}}")
-    return f"step {step:6d} | " + " | ".join(cells)
-
-
-class TrainingError(UserError):
-    """A run that cannot go on: a diverged loss, or a workdir that holds another model."""
 
 
 class StopRequest:
@@ -67,156 +48,178 @@ class StopRequest:
 
 
 def train(config, workdir: str | Path) -> list[dict]:
-    """Train until config.max_steps (or a stop signal); returns the metrics logged by this call.
+    """Train until config.max_steps (or a stop signal); returns the metrics rows logged by this call.
 
-    One trainer at a time: the workdir is locked (workdir.py) from before anything in it is
-    read or written until this returns.
+    One trainer at a time: the workdir is locked (workdir.py) from before anything in it is read
+    or written until this returns. cpu_devices and distributed take effect here, before JAX computes.
     """
+    accelerator.split_cpu(config.cpu_devices)
+    if config.distributed:
+        jax.distributed.initialize()
     lock = WorkdirLock(Path(workdir).absolute())
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if config.distributed:
-            jax.distributed.initialize()
         mesh = sharding.make_mesh(config.fsdp)
         with jax.set_mesh(mesh):  # Pallas attention splits its kernel over it (attention.py)
-            return _train(config, lock, mesh)
+            return Run(config, lock, mesh).loop()
     finally:
         lock.release()
         for signum, handler in handlers.items():  # Ctrl-C raises KeyboardInterrupt again after a call from Python
             signal.signal(signum, handler)
 
 
-def _train(config, lock: WorkdirLock, mesh) -> list[dict]:
-    processes, process = jax.process_count(), jax.process_index()
-    train_config.validate(config, jax.device_count(), processes, jax.default_backend())
-    meta = shards.read_meta(config.data_dir)
-    model_config = train_config.model_config(config, meta["vocab_size"], meta["eot_token"])
-    workdir = lock.workdir
-    if process == 0:
-        lock.acquire()
-    check_settings(workdir, model_config, config)
+class Run:
+    """One call's training: built once (model, compiled step, data, state), then `loop()`."""
 
-    attention = accelerator.attention_impl(config.attention_impl, config.dtype)
-    model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
-                 attention_impl=attention, remat=config.remat)
-    optimizer = make_optimizer(config)
-    init = functools.partial(init_train_state, model, optimizer)
-    abstract_state = jax.eval_shape(init, jax.random.key(config.seed))
-    state_sharding = sharding.tree_shardings(mesh, abstract_state)
-    windows_sharding = sharding.batch_sharding(mesh, leading_dims=1)  # [accumulation, batch, time]
-    compiled_step = jax.jit(functools.partial(train_step, model, optimizer), donate_argnums=0,
-                            in_shardings=(state_sharding, windows_sharding), out_shardings=(state_sharding, None))
+    def __init__(self, config, lock: WorkdirLock, mesh):
+        c, self.config, self.process = config, config, jax.process_index()
+        train_config.validate(c, jax.device_count(), jax.process_count(), jax.default_backend())
+        meta, self.workdir = shards.read_meta(c.data_dir), lock.workdir
+        model_config = (pretrained.model_config(c, meta, self.workdir) if c.init_from
+                        else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
+        if self.process == 0:
+            lock.acquire()
+        check_settings(self.workdir, model_config, c)
 
-    accumulation = train_config.accumulation_steps(config)
-    local_batch = config.batch_size // processes
-    data_iterator = data.train_iterator(config.data_dir, config.block_size, accumulation * local_batch,
-                                        config.seed, process, processes)
-    checkpoints = TrainCheckpoints(workdir, config.keep_checkpoints)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract_state, state_sharding)
-    restored = checkpoints.restore_train_state(target.params, target.opt_state, data_iterator)
-    if restored:
-        start, params, opt_state = restored
-        state = TrainState(params, opt_state)
-        print(f"resuming from step {start} in {workdir}"
-              + (f": already at max_steps={config.max_steps}, nothing to do" if start >= config.max_steps else ""))
-    else:
-        start, state = 0, jax.jit(init, out_shardings=state_sharding)(jax.random.key(config.seed))
-    if process == 0:  # only now: a refused or failed restore leaves the workdir's files as they were
-        write_settings(workdir, model_config, config)
+        attention = accelerator.attention_impl(c.attention_impl, c.dtype)
+        model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
+                     attention_impl=attention, remat=c.remat)
+        optimizer = make_optimizer(c)
+        init = functools.partial(init_train_state, model, optimizer)
+        abstract = jax.eval_shape(init, jax.random.key(c.seed))
+        state_sharding = sharding.tree_shardings(mesh, abstract)
+        self.windows_sharding = sharding.batch_sharding(mesh, leading_dims=1)  # [accumulation, batch, time]
+        self.step_fn = jax.jit(functools.partial(train_step, model, optimizer), donate_argnums=0,
+                               in_shardings=(state_sharding, self.windows_sharding), out_shardings=(state_sharding, None))
+        self.accumulation = train_config.accumulation_steps(c)
+        self.local_batch = c.batch_size // jax.process_count()
+        self.data = data.train_iterator(c.data_dir, c.block_size, self.accumulation * self.local_batch, c.seed,
+                                        self.process, jax.process_count())
 
-    n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-    print(f"{n_params / 1e6:.2f}M params | {config.tokens_per_step:,} tokens/step = {accumulation} x "
-          f"{config.batch_size} x {config.block_size} | {jax.device_count()} {jax.devices()[0].platform} "
-          f"devices, mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention")
-    writer = MetricsWriter(workdir, start, enabled=process == 0)
-    tokenizer = get_tokenizer(meta["tokenizer"])
-    evaluation = TrainingEvaluation(config, model, mesh, tokenizer) if config.eval_every else None
-    schedule = learning_rate_schedule(config)
-    peak = peak_flops_per_device(config.peak_flops)
-    flops_per_step = train_flops_per_token(model_config) * config.tokens_per_step
-    stop, logged, last_good = StopRequest(), [], start if restored else None
-    clock = ThroughputClock()
+        self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+        restored = self.checkpoints.restore_train_state(target.params, target.opt_state, self.data)
+        if restored:
+            self.start, params, opt_state = restored
+            self.state, origin = TrainState(params, opt_state), f"resuming from step {self.start}"
+        elif c.init_from:  # fine-tuning: the pretrained params, a fresh optimizer
+            params = pretrained.initial_params(c.init_from, model_config, abstract.params)
+            self.start, origin = 0, f"fine-tuning {c.init_from}"
+            self.state = jax.jit(lambda p: TrainState(p, optimizer.init(p)), out_shardings=state_sharding)(params)
+        else:
+            self.start, origin = 0, "training from scratch"
+            self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
+        if self.process == 0:  # only now: a refused or failed restore leaves the workdir's files as they were
+            write_settings(self.workdir, model_config, c)
+        done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
+        print(f"{origin} in {self.workdir}{done}")
+        n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+        print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
+              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
+              f"{dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention")
 
-    def next_windows():
-        windows = next(data_iterator).reshape(accumulation, local_batch, config.block_size + 1)
-        return jax.make_array_from_process_local_data(windows_sharding, windows)
+        self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
+        self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
+        self.schedule = learning_rate_schedule(c)
+        self.peak = metrics.peak_flops_per_device(c.peak_flops)
+        self.flops_per_step = metrics.train_flops_per_token(model_config) * c.tokens_per_step
+        self.stop, self.clock, self.logged = StopRequest(), metrics.ThroughputClock(), []
+        self.last_good, self.began = (self.start if restored else None), time.perf_counter()
 
-    def pull(step: int, metrics) -> dict:
-        """One step's metrics on the host; a non-finite loss stops the run before anything is saved."""
-        metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-        if not all(math.isfinite(value) for value in metrics.values()):
-            checkpoints.wait()
-            saved = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint was saved"
-            raise TrainingError(f"{', '.join(f'{k} {v}' for k, v in metrics.items())} at step {step}: stopped; "
-                                f"{saved}. Lower learning_rate and rerun to resume")
-        return metrics
+    def loop(self) -> list[dict]:
+        """Dispatch each step; log the one before (the device never waits on Python); save; evaluate."""
+        c, pending, step = self.config, None, self.start
+        try:
+            for step in range(self.start + 1, c.max_steps + 1):
+                self.state, step_metrics = self.step_fn(self.state, self.next_windows())
+                self.checkpoints.check()  # a background save that failed stops the run now
+                if pending:
+                    self.log_train(*pending, newest=(step, step_metrics))
+                if step == self.start + 1:  # the first step compiles: throughput is measured from its end
+                    self.clock.start(step, step_metrics)
+                last = step == c.max_steps
+                pending = (step, step_metrics) if step % c.log_every == 0 or last else None
+                save = step % c.checkpoint_every == 0 or last or self.stop.signal
+                evaluate = self.evaluation and (step % c.eval_every == 0 or last)
+                if save or evaluate:  # never save or evaluate a state whose loss is not finite
+                    self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending))
+                    pending = None
+                if save:
+                    self.save(step)
+                if evaluate:
+                    self.evaluate(step)
+                if self.stop.signal:
+                    print(f"{self.stop.signal}: saved step {step} in {self.workdir}; rerun the same command to resume")
+                    break
+        finally:  # pending checkpoint writes finish, even on an error
+            self.checkpoints.close()
+            self.writer.close()
+        if self.process == 0 and step > self.start:
+            self.summarize(step)
+        return self.logged
 
-    def log(step: int, metrics: dict, finished=None, **row) -> None:
-        """Print a row and append it to metrics.jsonl / TensorBoard; `finished` (step, outputs) is the
-        newest dispatched step, which the throughput clock waits for."""
-        if metrics:
-            row = {"train_loss": metrics["loss"], "lr": float(schedule(step - 1)), "grad_norm": metrics["grad_norm"],
-                   "param_norm": metrics["param_norm"]}
-            rate = clock.steps_per_second(*finished)
-            if rate:
-                row["tokens_per_sec"] = rate * config.tokens_per_step
-                if peak:
-                    row["mfu"] = rate * flops_per_step / (peak * jax.device_count())
-        print(format_row(step, row))
-        writer.write(step, row)
-        logged.append({"step": step, **row})
+    def next_windows(self):
+        windows = next(self.data).reshape(self.accumulation, self.local_batch, self.config.block_size + 1)
+        return jax.make_array_from_process_local_data(self.windows_sharding, windows)
 
-    to_log = None  # (step, metrics on the device), pulled once the next step is queued
-    try:
-        for step in range(start + 1, config.max_steps + 1):
-            state, metrics = compiled_step(state, next_windows())
-            checkpoints.check()  # a background save that failed stops the run now
-            if to_log:
-                log(to_log[0], pull(*to_log), finished=(step, metrics))
-                to_log = None
-            if step == start + 1:  # the first step compiles: throughput is measured from its end
-                clock.start(step, metrics)
-            save = step % config.checkpoint_every == 0 or step == config.max_steps or stop.signal
-            run_eval = evaluation and (step % config.eval_every == 0 or step == config.max_steps)
-            if step % config.log_every == 0 or step == config.max_steps:
-                to_log = (step, metrics)
-            if save or run_eval:  # never save or evaluate a state whose loss is not finite
-                host_metrics = pull(step, metrics)
-                if to_log:
-                    log(step, host_metrics, finished=(step, metrics))
-                    to_log = None
-            if save:
-                checkpoints.save(step, state.params, state.opt_state, data_iterator, force=True)
-                last_good = step
-            if run_eval:
-                # Every device finishes the step before the evaluation's programs start: CPU devices share
-                # one thread pool, and programs with collectives that overlap on it can deadlock.
-                jax.block_until_ready(state)
-                row, samples = evaluation(state.params)
-                log(step, {}, **row)
-                for sample in samples if process == 0 else ():
-                    print(f"> {sample}")
-                clock.start(step, state)  # evaluation is not training throughput
-            if stop.signal:
-                print(f"{stop.signal}: saved step {step} in {workdir}; rerun the same command to resume")
-                break
-    finally:  # pending checkpoint writes finish, even on an error
-        checkpoints.close()
-        writer.close()
-    return logged
+    def log_train(self, step: int, step_metrics, newest, log: bool = True) -> None:
+        """Pull a step's metrics (DivergedError if not finite); if `log`, log them with the throughput since
+        the last row, measured to the newest dispatched step (the clock waits for it)."""
+        values = {name: float(value) for name, value in jax.device_get(step_metrics).items()}
+        try:
+            metrics.check_finite(step, values, self.last_good)
+        except metrics.DivergedError:
+            self.checkpoints.wait()  # the last good checkpoint is whole before the run stops
+            raise
+        if not log:
+            return
+        row = {"train_loss": values["loss"], "lr": float(self.schedule(step - 1)), "grad_norm": values["grad_norm"],
+               "param_norm": values["param_norm"]}
+        rate = self.clock.steps_per_second(*newest)
+        if rate:
+            row["tokens_per_sec"] = rate * self.config.tokens_per_step
+            if self.peak:
+                row["mfu"] = rate * self.flops_per_step / (self.peak * jax.device_count())
+        self.write(step, row, eta=(self.config.max_steps - step) / rate if rate else None)
+
+    def write(self, step: int, row: dict, eta: float | None = None) -> None:
+        print(console.format_row(step, self.config.max_steps, row, time.perf_counter() - self.began, eta))
+        self.writer.write(step, row)
+        self.logged.append({"step": step, **row})
+
+    def save(self, step: int) -> None:
+        self.checkpoints.save(step, self.state.params, self.state.opt_state, self.data, force=True)
+        self.last_good = step
+        print(f"step {step}/{self.config.max_steps} | checkpoint {self.workdir / 'checkpoints' / str(step)}")
+
+    def evaluate(self, step: int) -> None:
+        # Every device finishes the step before the evaluation's programs start: CPU devices share one
+        # thread pool, and programs with collectives that overlap on it can deadlock.
+        jax.block_until_ready(self.state)
+        row, samples = self.evaluation(self.state.params)
+        self.write(step, row)
+        for sample in samples if self.process == 0 else ():
+            print(f"> {sample}")
+        self.clock.start(step, self.state)  # evaluation is not training throughput
+
+    def summarize(self, step: int) -> None:
+        """The closing lines; draws DIR/loss.png."""
+        rows = metrics.read_metrics(self.workdir)
+        plot = plot_runs({self.workdir.name: rows}, self.workdir / "loss.png") if rows else None
+        print(console.summary(rows, self.start + 1, step, self.config.max_steps, time.perf_counter() - self.began,
+                              self.workdir, plot))
 
 
 def parse_flags(argv: list[str]):
     """(config, workdir) from the command line, every mistake a UserError naming the flag."""
     if {"-h", "--help"} & set(argv):
-        print(__doc__)
+        print(f"{__doc__}\nconfig keys (default, meaning):\n{train_config.describe()}")
         sys.exit(0)
     known = train_config.default_config().keys()
     for arg in argv[1:]:
         key = arg.removeprefix("--config.").split("=")[0]
         if arg.startswith("--config.") and key not in known:
-            raise UserError(f"unknown config key {key!r} in {arg}; the keys are in gpt2_jax/train_config.py")
+            raise UserError(f"unknown config key {key!r} in {arg}; python -m gpt2_jax.train --help lists them")
     try:
         rest = flags.FLAGS(argv)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
@@ -240,8 +243,6 @@ def main(argv=None):
     config, workdir = parse_flags(sys.argv if argv is None else argv)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     accelerator.set_xla_flags()  # before JAX starts its backends
-    if config.cpu_devices:  # must precede any JAX computation
-        jax.config.update("jax_num_cpu_devices", config.cpu_devices)
     train(config, workdir)
 
 

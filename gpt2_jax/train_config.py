@@ -16,45 +16,58 @@ from gpt2_jax.config import ConfigError, GPT2Config
 
 DTYPES = ("float32", "bfloat16")
 
+# (key, default, meaning): the defaults, and what `python -m gpt2_jax.train --help` lists.
+FIELDS = (
+    ("data_dir", "", "token shards from python -m gpt2_jax.prepare; their tokenizer sets the vocabulary"),
+    ("init_from", "", "start from this model (hub name, HF dir, params dir or workdir; its config.json sets "
+                      "the shape) instead of GPT-2's init: fine-tuning"),
+    ("n_layer", 12, "transformer blocks (GPT-2 124M unless init_from gives the shape)"),
+    ("n_head", 12, "attention heads per block"),
+    ("n_embd", 768, "width of the residual stream"),
+    ("block_size", 1024, "context in tokens (the model's n_positions)"),
+    ("vocab_pad_multiple", 64, "round the embedding rows up to a multiple (50257 -> 50304): faster, same results"),
+    ("dtype", "bfloat16", f"compute dtype, one of {DTYPES}; params and optimizer state stay float32"),
+    ("attention_impl", "", f"one of {ATTENTION_IMPLS}; '': the fastest exact kernel here (accelerator.py)"),
+    ("remat", False, "recompute activations in the backward pass to save memory"),
+    ("batch_size", 16, "windows per micro-batch, all devices together"),
+    ("tokens_per_step", 524_288, "tokens per optimizer step (2**19, GPT-3 small's); micro-batches accumulate to it"),
+    ("learning_rate", 6e-4, "peak learning rate, reached after warmup_steps"),
+    ("min_lr_ratio", 0.1, "cosine decay to learning_rate * this at max_steps (1.0: constant)"),
+    ("warmup_steps", 715, "linear warmup steps"),
+    ("max_steps", 19_073, "optimizer steps (19,073 x 2**19 tokens: one pass over FineWeb-Edu 10B)"),
+    ("b1", 0.9, "AdamW beta1"),
+    ("b2", 0.95, "AdamW beta2"),
+    ("eps", 1e-8, "AdamW epsilon"),
+    ("weight_decay", 0.1, "AdamW weight decay, on matrices only"),
+    ("grad_clip", 1.0, "clip the global gradient norm to this"),
+    ("seed", 0, "init and data order"),
+    ("log_every", 10, "steps between logged rows"),
+    ("eval_every", 250, "steps between evaluations (0: never)"),
+    ("eval_batches", 20, "val batches of batch_size windows per evaluation (0: the whole split)"),
+    ("checkpoint_every", 1000, "steps between checkpoints"),
+    ("keep_checkpoints", 3, "checkpoints kept"),
+    ("cpu_devices", 0, "experimental: split a CPU host into this many devices (0: one); XLA:CPU's collectives "
+                       "can wait forever under load and abort the run"),
+    ("fsdp", 1, "devices that split params and optimizer state (0: all); the rest are data parallel"),
+    ("distributed", False, "call jax.distributed.initialize() (TPU pods, multi-node GPU)"),
+    ("peak_flops", 0.0, "per device, for MFU (0: look the device up)"),
+    ("hellaswag", "", "path to hellaswag_val.jsonl, or 'official' (downloads once), scored at each evaluation"),
+    ("hellaswag_limit", 0, "HellaSwag examples per evaluation (0: all)"),
+    ("sample_prompt", "Hello, I'm a language model,", "prompt sampled at each evaluation"),
+    ("num_samples", 4, "samples at each evaluation (0: none)"),
+    ("sample_tokens", 32, "tokens per sample"),
+)
+
 
 def default_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.data_dir = ""  # written by python -m gpt2_jax.prepare; its tokenizer sets the vocabulary
-    # The model (GPT-2 124M). n_positions is block_size.
-    c.n_layer, c.n_head, c.n_embd, c.block_size = 12, 12, 768, 1024
-    c.vocab_pad_multiple = 64  # 50257 -> 50304 embedding rows: faster matmuls, same results
-    c.dtype = "bfloat16"  # compute dtype; params and optimizer state stay float32
-    c.attention_impl = ""  # "": the fastest exact kernel here (accelerator.py); or "xla", "cudnn", "pallas"
-    c.remat = False  # recompute activations in the backward pass to save memory
-    # Batch: micro-batches of batch_size windows (all devices together), accumulated to tokens_per_step.
-    c.batch_size = 16
-    c.tokens_per_step = 524_288  # 2**19, GPT-3 small's 0.5M
-    # AdamW with warmup and cosine decay (optim.py).
-    c.learning_rate, c.min_lr_ratio = 6e-4, 0.1
-    c.warmup_steps, c.max_steps = 715, 19_073  # 19,073 steps of 2**19 tokens: one pass over 10B
-    c.b1, c.b2, c.eps = 0.9, 0.95, 1e-8
-    c.weight_decay, c.grad_clip = 0.1, 1.0
-    # The loop.
-    c.seed = 0
-    c.log_every = 10
-    c.eval_every = 250  # 0: never
-    c.eval_batches = 20  # val batches of batch_size windows per evaluation; 0: the whole split
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 3
-    # Devices.
-    # Experimental: split a CPU host into this many devices (0: one). Faster for tiny models, but XLA:CPU
-    # runs every device's collectives on one shared thread pool, and under load (another busy process)
-    # an all-reduce can wait forever and abort the run; keep 0 for anything that must finish.
-    c.cpu_devices = 0
-    c.fsdp = 1  # devices that split params and optimizer state (0: all); the rest are data parallel
-    c.distributed = False  # call jax.distributed.initialize() (TPU pods, multi-node GPU)
-    c.peak_flops = 0.0  # per device, for MFU; 0: look the device up
-    # Extras at each evaluation (evaluate.py).
-    c.hellaswag = ""  # path to hellaswag_val.jsonl; "": skip
-    c.hellaswag_limit = 0  # examples per evaluation; 0: all
-    c.sample_prompt = "Hello, I'm a language model,"
-    c.num_samples, c.sample_tokens = 4, 32  # 0 samples: skip
-    return c
+    """GPT-2 124M as build-nanogpt trains it (FIELDS)."""
+    return ml_collections.ConfigDict({key: default for key, default, _ in FIELDS})
+
+
+def describe() -> str:
+    """The config keys with their defaults and meanings, for --help."""
+    width = max(len(key) for key, _, _ in FIELDS)
+    return "\n".join(f"  --config.{key:<{width}}  {default!r:<32} {meaning}" for key, default, meaning in FIELDS)
 
 
 def accumulation_steps(c: ml_collections.ConfigDict) -> int:

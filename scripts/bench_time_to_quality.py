@@ -59,7 +59,7 @@ def timed_run(command: list[str]):
     for line in process.stdout:
         output.append(line)
         if "| val loss " in line:
-            step = int(line.split("|")[0].split()[1])
+            step = int(line.split("|")[0].split()[1].split("/")[0])  # `step 250/2000 |` or `step    250 |`
             evaluations[step] = (time.perf_counter() - start, float(line.split("val loss ")[1].split()[0]))
     if process.wait():
         sys.exit("".join(output[-20:]))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The quickstart on a fresh machine: install, prepare Tiny Shakespeare as bytes, train the
-# small model (nanoGPT's CPU recipe, a few minutes on 2 cores), sample from it, plot its curves.
+# small model (nanoGPT's CPU recipe, a few minutes on 2 cores), sample from it (training draws its curves to runs/shakespeare_byte/loss.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -16,4 +16,3 @@ fi
 python -m gpt2_jax.prepare --input "$input" --out data/shakespeare_byte --tokenizer byte --val-fraction 0.1
 python -m gpt2_jax.train --config=configs/shakespeare_byte.py --workdir=runs/shakespeare_byte
 python -m gpt2_jax.sample --model runs/shakespeare_byte --prompt "ROMEO:" --max-new-tokens 500 --top-k 50 --seed 1
-python scripts/plot.py runs/shakespeare_byte --out runs/shakespeare_byte/loss.png

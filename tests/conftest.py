@@ -122,3 +122,19 @@ def read_only(path):
     elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
         pytest.skip("running as root where chattr +i is unavailable: no read-only directory to test with")
     return lambda: subprocess.run(["chattr", "-i", str(path)]) if os.geteuid() == 0 else path.chmod(0o755)
+
+
+def step_of(line):
+    """The step of a training console row (`step  33/150 | loss ...`), else None."""
+    words = line.split()
+    return int(words[1].split("/")[0]) if len(words) > 2 and words[0] == "step" and "/" in words[1] else None
+
+
+@pytest.fixture(scope="session")
+def shakespeare_bpe(tmp_path_factory):
+    """Tiny Shakespeare in GPT-2 BPE tokens, nanoGPT's 90/10 split."""
+    from gpt2_jax.prepare import prepare
+
+    path = tmp_path_factory.mktemp("shakespeare_bpe")
+    prepare([SHAKESPEARE], path, tokenizer="gpt2", val_fraction=0.1)
+    return path

@@ -38,7 +38,8 @@ def vocab_of(path):
 def test_config_loads_validates_and_shapes(path):
     config = load(path)
     assert set(config.keys()) == set(default_config().keys())  # no typo'd keys
-    validate(config, n_devices=2 if path.stem.startswith("shakespeare") else 8, n_processes=1)
+    cpu_sized = path.stem.startswith(("shakespeare", "finetune"))
+    validate(config, n_devices=2 if cpu_sized else 8, n_processes=1)
     vocab = vocab_of(path)
     model = GPT2(model_config(config, vocab, vocab - 1), vocab_pad_multiple=config.vocab_pad_multiple)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, config_flags_of, tiny_run_config
+from conftest import assert_one_line_error, config_flags_of, tiny_run_config, step_of
 
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.metrics import MetricsWriter, read_metrics
@@ -69,7 +69,7 @@ def straight(shakespeare_bytes, tmp_path_factory):
 def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_path):
     config, expected = straight
     process = start_run(config, tmp_path)
-    run_until(process, lambda line: line.startswith("step     33 "))
+    run_until(process, lambda line: step_of(line) == 33)
     process.send_signal(signal.SIGTERM)
     output = process.communicate()[0]
     assert process.returncode == 0, output
@@ -84,7 +84,7 @@ def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_
 def test_sigkill_loses_at_most_one_checkpoint_interval(straight, tmp_path):
     config, expected = straight
     process = start_run(config, tmp_path)
-    run_until(process, lambda line: line.startswith("step     47 "))
+    run_until(process, lambda line: step_of(line) == 47)
     process.kill()
     process.wait()
     saved = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -116,7 +116,7 @@ def test_sigkill_during_a_checkpoint_write_loses_less_than_two_intervals(shakesp
     step N is being written falls back to step N - checkpoint_every)."""
     config = tiny_run_config(shakespeare_bytes, max_steps=60, checkpoint_every=20, eval_every=0)
     process = start_run(config, tmp_path, SLOW_WRITE_OF_40)
-    run_until(process, lambda line: line.startswith("step     55 "))
+    run_until(process, lambda line: step_of(line) == 55)
     process.kill()
     process.wait()
     with open(tmp_path / "metrics.jsonl", "a") as file:
@@ -267,5 +267,5 @@ def test_the_quickstart_config_finishes_beside_a_busy_process(shakespeare_bytes,
         hog.kill()
         hog.wait()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 cpu devices" in result.stdout and "step    300 | val loss" in result.stdout
+    assert "1 cpu devices" in result.stdout and "step 300/300 | val loss" in result.stdout
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [100, 200, 300]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config
+from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config, step_of
 
 from gpt2_jax.checkpoint import CheckpointError, load_params
 from gpt2_jax.train import train
@@ -150,7 +150,7 @@ def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained,
                                   "on device); the last good checkpoint is step 20")
     assert {name: data for name, data in snapshot(workdir / "checkpoints").items()
             if not name.startswith("30")} == before  # steps 10 and 20 byte for byte
-    steps = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("step ")]
+    steps = [step_of(line) for line in result.stdout.splitlines() if step_of(line)]
     assert 30 <= steps[-1] < 40  # stopped at once, not at the next save
     resumed = run_train(config, workdir)
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, config_flags_of, read_only, snapshot, tiny_run_config
+from conftest import assert_one_line_error, config_flags_of, read_only, snapshot, tiny_run_config, step_of
 
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.workdir import WorkdirError, WorkdirLock
@@ -63,7 +63,7 @@ def test_a_second_trainer_on_the_same_workdir_exits_and_changes_nothing(shakespe
     output = ""
     for line in first.stdout:
         output += line
-        if line.startswith("step     15 "):
+        if step_of(line) == 15:
             break
     second = subprocess.run(train_cli(config, tmp_path), capture_output=True, text=True, cwd=ROOT)
     output += first.communicate()[0]

@@ -1,0 +1,37 @@
+"""What a training run prints: a row per logged step (with elapsed time and ETA), and its closing lines."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
+           "param_norm": ("param norm", ".1f"), "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"),
+           "val_loss": ("val loss", ".4f"), "val_bpb": ("val bpb", ".4f"),
+           "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
+
+
+def format_row(step: int, max_steps: int, row: dict, elapsed: float | None = None, eta: float | None = None) -> str:
+    """`step   100/2000 | loss 2.6533 | lr 9.90e-04 | ... | 0:00:12, ETA 0:02:31` for the console."""
+    cells = []
+    for name, value in row.items():
+        label, spec = COLUMNS.get(name, (name, ".4f"))
+        cells.append(f"{label} {value:{spec}}")
+    if elapsed is not None:
+        cells.append(duration(elapsed) + ("" if eta is None else f", ETA {duration(eta)}"))
+    return f"step {step:{len(str(max_steps))}d}/{max_steps} | " + " | ".join(cells)
+
+
+def duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def summary(rows: list[dict], first: int, last: int, max_steps: int, seconds: float, workdir: Path,
+            plot: Path | None) -> str:
+    """Two lines: the steps this call ran and the run's evaluations; where its files are."""
+    vals = [(row["val_loss"], row["step"]) for row in rows if "val_loss" in row]
+    evaluated = (f"; val loss {vals[-1][0]:.4f} at step {vals[-1][1]}, best {min(vals)[0]:.4f} at step "
+                 f"{min(vals)[1]}" if vals else "")
+    return (f"done: steps {first}-{last} of {max_steps} in {duration(seconds)}{evaluated}\n"
+            f"checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}"
+            + (f", curves in {plot}" if plot else ""))
