@@ -1,6 +1,6 @@
 """Hugging Face PyTorch GPT-2 checkpoints <-> Flax params. Knows the key map, nothing of training.
 
-The map is a rename (STYLE.md): strip `transformer.`, `h.{i}` -> `h_{i}`, and `weight` ->
+The map is a rename: strip `transformer.`, `h.{i}` -> `h_{i}`, and `weight` ->
 `kernel` (Conv1D, already [in, out] like a Dense kernel), `scale` (LayerNorm) or
 `embedding` (wte, wpe). HF's own *Flax* checkpoints store kernels transposed: we read
 PyTorch weights only.
@@ -11,7 +11,6 @@ PyTorch weights only.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from flax import traverse_util
 from tqdm import tqdm
 
 from gpt2_jax import checkpoint, hf_files, outdir
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.model import GPT2
@@ -124,13 +124,13 @@ def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: 
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("convert", __doc__)
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--from-hf", metavar="MODEL", help="HF hub name or directory to convert to Flax params")
     direction.add_argument("--to-hf", metavar="DIR", help="our params directory or training workdir to export")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="the directory to write (written whole)")
     parser.add_argument("--tokenizer-dir", help="with --to-hf: copy vocab.json/merges.txt from here "
-                        "(default for GPT-2's vocabulary: tiktoken's files)")
+                        "(default: for GPT-2's vocabulary, tiktoken's files)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds something else (a training workdir, other files)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Evaluation: validation loss and bits per byte, and HellaSwag, in training and from the CLI.
 
-    python -m gpt2_jax.evaluate --model gpt2 --model runs/gpt2_124m --tasks val_loss,hellaswag \
+    python -m gpt2_jax.evaluate --model gpt2 --model runs/gpt2_124m --tasks val_loss,hellaswag \\
         --data-dir data/fineweb_edu_10b [--val-tokens N] --hellaswag official [--limit N] [--out eval.json]
 
 Each --model is a hub name, an HF directory, a params directory or a training workdir, of any
@@ -12,7 +12,6 @@ and reads the params where they are: sharded over the training mesh, or replicat
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -24,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2_jax import hellaswag, shards, sharding
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
@@ -113,15 +113,16 @@ def results_table(results: dict, tasks: list[str]) -> str:
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="repeat to compare several models")
-    parser.add_argument("--tasks", default="val_loss,hellaswag", help=f"comma-separated, from {TASKS}")
-    parser.add_argument("--data-dir", help="prepared data whose val split val_loss reads")
+    parser = argument_parser("evaluate", __doc__)
+    parser.add_argument("--model", action="append", required=True,
+                        help="hub name, HF directory, params directory or workdir; repeat to compare several models")
+    parser.add_argument("--tasks", default="val_loss,hellaswag", help=f"comma-separated, from {','.join(TASKS)}")
+    parser.add_argument("--data-dir", help="prepared data whose val split val_loss reads (default: none; val_loss needs it)")
     parser.add_argument("--hellaswag", default="official", help="hellaswag_val.jsonl, or `official` to download it")
-    parser.add_argument("--limit", type=int, default=0, help="HellaSwag examples (0: all)")
-    parser.add_argument("--val-tokens", type=int, default=0, help="score the text of the first N val tokens (0: all)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--limit", type=int, default=0, help="HellaSwag examples to score, 0 for all")
+    parser.add_argument("--val-tokens", type=int, default=0, help="score the text of the first N val tokens, 0 for all")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows (val_loss) or examples (HellaSwag) a batch")
+    parser.add_argument("--out", help="also write the results here as JSON (default: the table only)")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if set(tasks) - set(TASKS) or ("val_loss" in tasks and not args.data_dir):

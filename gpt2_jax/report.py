@@ -10,11 +10,11 @@ those windows read with its own tokenizer and context (data.py's TextWindows).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from gpt2_jax import hellaswag
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluate import load_replicated
@@ -82,8 +82,8 @@ def write_report(workdir: str | Path, baseline: str) -> tuple[Path, Path]:
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True)
+    parser = argument_parser("report", __doc__)
+    parser.add_argument("--workdir", required=True, help="the training run to report on")
     parser.add_argument("--baseline", default="gpt2", help="hub name, HF directory, params directory or workdir")
     args = parser.parse_args(argv)
     markdown, picture = write_report(args.workdir, args.baseline)

@@ -7,7 +7,6 @@ sample streams as it is generated; several are printed when done. Generation sto
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import jax
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2
@@ -45,16 +45,17 @@ class StreamPrinter:
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("sample", __doc__)
     parser.add_argument("--model", default="gpt2", help="hub name, HF directory, params directory or workdir")
-    parser.add_argument("--prompt", default="Hello, I'm a language model,")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=30)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--prompt", default="Hello, I'm a language model,", help="the text to continue")
+    parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt, sampled together")
+    parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens to add to each (fewer at <|endoftext|>)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 is greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="sample from the most likely tokens whose probability adds up to p (default: all)")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the random seed: the same seed, the same samples")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     args = parser.parse_args(argv)
     if args.num_samples < 1:

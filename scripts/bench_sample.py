@@ -20,6 +20,7 @@ import torch
 import transformers
 
 from gpt2_jax import from_hf, generate
+from gpt2_jax.cli import HelpFormatter
 
 
 def best_time(fn, repeats):
@@ -32,12 +33,12 @@ def best_time(fn, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="gpt2")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--prompt-len", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--preset", default="gpt2", help="the model shape (GPT2Config.preset)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="samples generated together")
+    parser.add_argument("--prompt-len", type=int, default=8, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
     args = parser.parse_args()
 
     from gpt2_jax.config import PRESETS
