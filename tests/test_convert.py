@@ -1,7 +1,9 @@
 """HF checkpoints <-> params: both file formats, the export round-trip, the CLI and its errors."""
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from conftest import assert_one_line_error, rel_error, snapshot
 from safetensors.numpy import save_file
 
 from gpt2_jax import GPT2, GPT2Config, from_hf, to_hf
+from gpt2_jax.checkpoint import save_params
 from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
 from gpt2_jax.hf_files import CheckpointFileError
 
@@ -80,6 +83,22 @@ def test_export_cuts_a_padded_vocabulary(hf_dir, tmp_path, ids):
     padded = {**params, "wte": {"embedding": np.concatenate([params["wte"]["embedding"], padding])}}
     to_hf(config, padded, tmp_path)
     assert rel_error(hf_logits(tmp_path, ids), hf_logits(hf_dir, ids)) < 1e-6
+
+
+@pytest.mark.parametrize("umask, directory_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_exports_get_the_umasks_modes_not_private_ones(hf_dir, tmp_path, umask, directory_mode, file_mode):
+    config, params = from_hf(str(hf_dir))
+    previous = os.umask(umask)
+    try:
+        to_hf(config, params, tmp_path / "hf")  # safetensors writes its file 0600
+        save_params(tmp_path / "flax", config, params)
+    finally:
+        os.umask(previous)
+    for out in (tmp_path / "hf", tmp_path / "flax"):
+        paths = [out, *out.rglob("*")]
+        assert any(p.name == "model.safetensors" or p.name == "config.json" for p in paths)
+        assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()} == {directory_mode}
+        assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()} == {file_mode}
 
 
 def run_cli(*args):
