@@ -234,3 +234,14 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     old = subprocess.run([*plot, byte, fake_run(tmp_path / "old", 50257, val_bpb=False)], capture_output=True, text=True)
     assert old.returncode == 2 and "not all logged val_bpb" in old.stderr
+
+
+def test_every_panel_labels_both_axes():
+    from gpt2_jax.plot import figure
+
+    rows = [{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.5, "val_loss": 2.6, "val_bpb": 1.2,
+                                              "hellaswag_acc_norm": 0.3}]
+    drawn = figure({"run": rows}, {"gpt2": {"val_loss": 2.0, "val_bpb": 1.0}})
+    labels = [(axis.get_title(), axis.get_xlabel(), axis.get_ylabel()) for axis in drawn.axes]
+    assert labels == [("loss", "step", "nats per token"), ("val bits per byte", "step", "bits per byte"),
+                      ("HellaSwag", "step", "acc_norm")]
