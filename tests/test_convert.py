@@ -112,6 +112,9 @@ def test_cli_round_trip(hf_dir, tmp_path, ids):
     result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(hf_dir))
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(hf_logits(tmp_path / "hf", ids), hf_logits(hf_dir, ids))
+    result = run_cli("--to-hf", str(hf_dir), "--out", str(tmp_path / "hf_again"))  # any model reference
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(hf_logits(tmp_path / "hf_again", ids), hf_logits(hf_dir, ids))
 
 
 @pytest.mark.parametrize("case, message", [
