@@ -59,8 +59,8 @@ class TrainingEvaluation:
             row.update(hellaswag_acc=scores["acc"], hellaswag_acc_norm=scores["acc_norm"])
         samples = []
         if self.config.num_samples:
-            tokens = generate(self.model.config, params, self.prompt, self.config.sample_tokens, top_k=50,
-                              rng=jax.random.key(self.config.seed), model=self.model)
+            tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
+                              rng=jax.random.key(self.config.seed))
             tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
             samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
         return row, samples

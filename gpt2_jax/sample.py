@@ -77,10 +77,9 @@ def main(argv=None):
         prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
         progress = None if stream else tqdm(total=args.max_new_tokens, desc="sample", unit="token", leave=False)
         tokens_BxL = generate(
-            loaded.config, loaded.params, prompt_BxT, args.max_new_tokens,
+            GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
             temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-            rng=jax.random.key(args.seed), model=GPT2(loaded.config, dtype=jnp.dtype(args.dtype)),
-            on_token=stream or count,
+            rng=jax.random.key(args.seed), on_token=stream or count,
         )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)

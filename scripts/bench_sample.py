@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import transformers
 
-from gpt2_jax import from_hf, generate
+from gpt2_jax import GPT2, from_hf, generate
 from gpt2_jax.cli import HelpFormatter
 
 
@@ -48,14 +48,14 @@ def main():
     with tempfile.TemporaryDirectory() as model_dir:
         hf_model.save_pretrained(model_dir)
         config, params = from_hf(model_dir)
-    config = dataclasses.replace(config, eos_token_id=config.vocab_size)  # never emitted: no early stop
+    model = GPT2(dataclasses.replace(config, eos_token_id=config.vocab_size))  # never emitted: no early stop
     rows = []
     for batch in args.batch_sizes:
         prompt = np.random.RandomState(batch).randint(0, 50000, (batch, args.prompt_len))
         keys = iter(jax.random.split(jax.random.key(0), args.repeats + 1))
 
         def ours():
-            generate(config, params, prompt, args.new_tokens, top_k=50, rng=next(keys)).block_until_ready()
+            generate(model, params, prompt, args.new_tokens, top_k=50, rng=next(keys)).block_until_ready()
 
         def theirs():
             with torch.inference_mode():
