@@ -17,11 +17,11 @@ from gpt2_jax import hellaswag
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.evaluate import load_replicated
+from gpt2_jax.evaluate import Evaluator
+from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
-from gpt2_jax.validation import LossEvaluator
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
@@ -30,26 +30,28 @@ METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
 def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
     """The baseline's val_loss / val_bpb / hellaswag_acc_norm on what the run measured, and notes on the rest."""
     loaded, model, mesh, params = load_replicated(reference)
-    notes, values = [], {}
     data_dir, block_size = run_config["data_dir"], run_config["block_size"]
     data_tokenizer = read_meta(data_dir)["tokenizer"]
     windows = run_config["eval_batches"] * run_config["batch_size"]
-    evaluator = LossEvaluator(model, mesh, run_config["batch_size"], loaded.tokenizer)
-    if data_tokenizer == loaded.tokenizer.name and block_size <= loaded.config.n_positions:
-        scores = evaluator.evaluate(params, WindowSource(data_dir, "val", block_size), windows)
-        values.update(val_loss=scores["loss"], val_bpb=scores["bpb"])
-    else:
+    same_windows = data_tokenizer == loaded.tokenizer.name and block_size <= loaded.config.n_positions
+    if same_windows:
+        val = WindowSource(data_dir, "val", block_size)
+    else:  # the text of the run's windows, all of it
         text = read_documents(data_dir, windows * block_size + 1 if windows else 0)
-        source = TextWindows(text, loaded.tokenizer, loaded.config.n_positions)
-        values["val_bpb"] = evaluator.evaluate(params, source)["bpb"]
+        val, windows = TextWindows(text, loaded.tokenizer, loaded.config.n_positions), 0
+    examples = (hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
+                if run_config["hellaswag"] else ())
+    results = Evaluator(model, mesh, loaded.tokenizer, run_config["batch_size"], val, windows, examples)(params)
+    values, notes = {"val_bpb": results["val_loss"]["bpb"]}, []
+    if same_windows:
+        values["val_loss"] = results["val_loss"]["loss"]
+    else:
         why = (f"{reference} reads {loaded.tokenizer.name} tokens, the run {data_tokenizer} tokens"
                if data_tokenizer != loaded.tokenizer.name else f"the run's block_size exceeds {reference}'s context")
         notes.append(f"val loss not compared ({why}); val bpb of {reference} over the text of the run's windows, "
                      "read with its own tokenizer and context")
-    if run_config["hellaswag"]:
-        examples = hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
-        scorer = hellaswag.HellaSwagScorer(model, mesh, run_config["batch_size"])
-        values["hellaswag_acc_norm"] = scorer.score(params, examples, loaded.tokenizer)["acc_norm"]
+    if "hellaswag" in results:
+        values["hellaswag_acc_norm"] = results["hellaswag"]["acc_norm"]
     return values, notes
 
 
