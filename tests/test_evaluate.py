@@ -18,7 +18,7 @@ import torch
 import transformers
 from conftest import SHAKESPEARE, assert_one_line_error, tiny_run_config
 
-from gpt2_jax import GPT2Config, hellaswag, sharding
+from gpt2_jax import GPT2Config, hellaswag, report, sharding
 from gpt2_jax.data import TextWindows
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model, load_replicated
@@ -218,7 +218,8 @@ def test_val_loss_hellaswag_and_samples_run_inside_training_without_recompiling_
     assert len([m for m in compiles if "Compiling" in m and "train_step" in m]) == 1
 
 
-def test_report_compares_the_run_with_its_baseline(evaluated_run, byte_model_dir, bpe_model_dir):
+def test_report_compares_the_run_with_its_baseline_or_with_itself(evaluated_run, byte_model_dir, bpe_model_dir,
+                                                                  monkeypatch, capsys):
     workdir, logged, _, _ = evaluated_run
     markdown, picture = write_report(workdir, str(byte_model_dir))
     text = markdown.read_text()
@@ -231,6 +232,14 @@ def test_report_compares_the_run_with_its_baseline(evaluated_run, byte_model_dir
     theirs = torch_losses(bpe_model_dir, ids, context=64).sum().item() / (math.log(2) * len(run_text))
     assert "| val loss |" not in text and "val loss not compared" in text
     assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (30) | {theirs:.4f} |" in text
+    # No baseline: the run's own numbers and curves, and no model loaded (nothing from the hub).
+    monkeypatch.setattr(report, "load_replicated", lambda reference: pytest.fail(f"loaded {reference}"))
+    report.main(["--workdir", str(workdir)])
+    evaluations = [row for row in logged if "val_bpb" in row]
+    best = min(evaluations, key=lambda row: row["val_bpb"])
+    text = (workdir / "report.md").read_text()
+    assert text.startswith(f"# {workdir.name}\n") and text in capsys.readouterr().out
+    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (30) | {best['val_bpb']:.4f} ({best['step']}) |" in text
     result = subprocess.run([sys.executable, "-m", "gpt2_jax.report", "--workdir", str(workdir), "--baseline",
                              str(workdir / "nothing")], capture_output=True, text=True)
     assert_one_line_error(result, "no such directory")
