@@ -1,8 +1,8 @@
 """Sample from a GPT-2: `python -m gpt2_jax.sample --model gpt2 --prompt "Hello, I'm a language model,"`.
 
 --model is a hub name, an HF directory, a params directory or a training workdir. One
-sample streams as it is generated; several are printed when done. Generation stops at
-<|endoftext|>.
+sample streams as it is generated; several are printed when done, each under a
+`---- sample i/n ----` line. Generation stops at <|endoftext|>.
 """
 
 from __future__ import annotations
@@ -93,16 +93,18 @@ def main(argv=None):
 
 
 def print_samples(tokenizer, prompt_ids, tokens_BxL, stream: StreamPrinter | None, progress) -> None:
-    """The rest of a streamed sample, or each sample on a `> ` line, cut at end-of-text."""
+    """The rest of a streamed sample, or each sample under a `---- sample i/n ----` line, cut at end-of-text."""
     if progress is not None:
         progress.close()
     if stream:
         stream.finish()
         return
     eot = tokenizer.eot_token
-    for row in np.asarray(tokens_BxL).tolist():
+    rows = np.asarray(tokens_BxL).tolist()
+    for number, row in enumerate(rows, 1):
         new = row[len(prompt_ids):]
-        print(f"> {tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None])}")
+        print(f"---- sample {number}/{len(rows)} ----")
+        print(tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None]))
 
 
 if __name__ == "__main__":

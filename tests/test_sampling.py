@@ -145,16 +145,16 @@ def test_cli_greedy_prints_what_transformers_generates(bpe_model_dir):
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == expected + "\n"
     batch = run_sample("--model", str(bpe_model_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "20", "--num-samples", "3")
-    assert batch.stdout == f"> {expected}\n" * 3
+    assert batch.stdout == "".join(f"---- sample {i}/3 ----\n{expected}\n" for i in (1, 2, 3))
 
 
 def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     args = ["--model", str(bpe_model_dir), "--num-samples", "5", "--max-new-tokens", "10", "--top-k", "50", "--seed", "42"]
     first, again = run_sample(*args), run_sample(*args)
     assert first.returncode == 0 and first.stdout == again.stdout
-    lines = first.stdout.splitlines()
-    assert len(lines) == 5 and all(line.startswith("> Hello, I'm a language model,") for line in lines)
-    assert len(set(lines)) > 1
+    samples = re.split(r"^---- sample [1-5]/5 ----\n", first.stdout, flags=re.MULTILINE)
+    assert samples[0] == "" and len(samples) == 6 and all(s.startswith("Hello, I'm a language model,") for s in samples[1:])
+    assert len(set(samples[1:])) > 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -234,5 +234,6 @@ def test_ctrl_c_stops_the_cli_within_a_second_printing_what_was_made(bpe_model_d
     batch, _ = interrupt_sampling(bpe_model_dir, lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None,
                                   "--num-samples", "2")
     assert batch.returncode == 130, batch.stderr
-    lines = batch.stdout.decode().splitlines()
-    assert len(lines) == 2 and all(line.startswith("> Hello") and len(line) > len("> Hello") for line in lines)
+    samples = re.split(r"^---- sample [12]/2 ----\n", batch.stdout.decode(), flags=re.MULTILINE)
+    assert samples[0] == "" and len(samples) == 3
+    assert all(sample.startswith("Hello") and len(sample) > len("Hello\n") for sample in samples[1:])
