@@ -27,6 +27,8 @@ class LossEvaluator:
         self.batch_size = -(-batch_size // mesh.size) * mesh.size  # padded rows hold no target
         self.windows_sharding = sharding.batch_sharding(mesh)
         self.token_bytes = jax.device_put(tokenizer.token_bytes(), NamedSharding(mesh, P()))
+        # The sums start where each batch leaves them, replicated on the mesh: one compile, not two.
+        self.zeros = jax.device_put((np.float32(0), np.int32(0), np.float32(0), np.int32(0)), NamedSharding(mesh, P()))
         self.accumulate = jax.jit(functools.partial(_accumulate_losses, model))
 
     def evaluate(self, params, source: WindowSource | TextWindows, max_windows: int = 0, progress=None) -> dict:
@@ -37,7 +39,7 @@ class LossEvaluator:
         batches = eval_batches(source, self.batch_size // processes, max_windows, process, processes)
         if progress is not None:
             batches = progress(batches, total=-(-min(len(source), max_windows or len(source)) // self.batch_size))
-        totals = (np.float32(0), np.int32(0), np.float32(0), np.int32(0))  # kept on the devices
+        totals = self.zeros  # kept on the devices
         for windows_BxL in batches:
             windows = jax.make_array_from_process_local_data(self.windows_sharding, windows_BxL)
             totals = self.accumulate(totals, params, self.token_bytes, windows)

@@ -16,9 +16,9 @@ import pytest
 import tiktoken
 import torch
 import transformers
-from conftest import SHAKESPEARE, assert_one_line_error, tiny_run_config
+from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_config
 
-from gpt2_jax import GPT2Config, hellaswag, report, sharding
+from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding
 from gpt2_jax.data import TextWindows
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model, load_replicated
@@ -176,7 +176,7 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
          "in a directory that is missing or read-only"),
     ]
     for args, message in cases:
-        assert_one_line_error(run_evaluate(*args), message)
+        assert_one_line_error(run_main(evaluate.main, *args), message)
 
 
 class Messages(logging.Handler):
@@ -190,10 +190,10 @@ class Messages(logging.Handler):
 
 @pytest.fixture(scope="module")
 def evaluated_run(shakespeare_bytes, hellaswag_file, tmp_path_factory):
-    """(workdir, logged rows, console, compile log) of a 30-step run that evaluates val loss, HellaSwag and
+    """(workdir, logged rows, console, compile log) of a 20-step run that evaluates val loss, HellaSwag and
     samples every 10 steps: one run for the tests of evaluations in training and of the report."""
     workdir = tmp_path_factory.mktemp("evaluated_run")
-    config = tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=10, hellaswag=str(hellaswag_file),
+    config = tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=10, hellaswag=str(hellaswag_file),
                              hellaswag_limit=8, num_samples=2, sample_tokens=40, sample_prompt="ROMEO:",
                              block_size=64, tokens_per_step=8 * 64)
     compiles, console = Messages(), io.StringIO()
@@ -211,10 +211,10 @@ def evaluated_run(shakespeare_bytes, hellaswag_file, tmp_path_factory):
 def test_val_loss_hellaswag_and_samples_run_inside_training_without_recompiling_the_step(evaluated_run):
     _, logged, out, compiles = evaluated_run
     evaluations = [row for row in logged if "val_loss" in row]
-    assert [row["step"] for row in evaluations] == [10, 20, 30]
+    assert [row["step"] for row in evaluations] == [10, 20]  # training goes on after an evaluation
     assert all(row["val_bpb"] == row["val_loss"] / math.log(2) for row in evaluations)  # bytes, one document
     assert all(0 <= row["hellaswag_acc_norm"] <= 1 and "hellaswag_acc" in row for row in evaluations)
-    assert out.count("> ROMEO:") == 3 * 2 and out.count(" | val bpb ") == 3
+    assert out.count("> ROMEO:") == 2 * 2 and out.count(" | val bpb ") == 2
     assert len([m for m in compiles if "Compiling" in m and "train_step" in m]) == 1
 
 
@@ -231,7 +231,7 @@ def test_report_compares_the_run_with_its_baseline_or_with_itself(evaluated_run,
     ids = [50256, *tiktoken.get_encoding("gpt2").encode_ordinary(run_text)]
     theirs = torch_losses(bpe_model_dir, ids, context=64).sum().item() / (math.log(2) * len(run_text))
     assert "| val loss |" not in text and "val loss not compared" in text
-    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (30) | {theirs:.4f} |" in text
+    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (20) | {theirs:.4f} |" in text
     # No baseline: the run's own numbers and curves, and no model loaded (nothing from the hub).
     monkeypatch.setattr(report, "load_replicated", lambda reference: pytest.fail(f"loaded {reference}"))
     report.main(["--workdir", str(workdir)])
@@ -239,7 +239,7 @@ def test_report_compares_the_run_with_its_baseline_or_with_itself(evaluated_run,
     best = min(evaluations, key=lambda row: row["val_bpb"])
     text = (workdir / "report.md").read_text()
     assert text.startswith(f"# {workdir.name}\n") and text in capsys.readouterr().out
-    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (30) | {best['val_bpb']:.4f} ({best['step']}) |" in text
+    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (20) | {best['val_bpb']:.4f} ({best['step']}) |" in text
     result = subprocess.run([sys.executable, "-m", "gpt2_jax.report", "--workdir", str(workdir), "--baseline",
                              str(workdir / "nothing")], capture_output=True, text=True)
     assert_one_line_error(result, "no such directory")

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, rel_error
+from conftest import assert_one_line_error, rel_error, run_main
 
-from gpt2_jax import GPT2, from_hf, generate
+from gpt2_jax import GPT2, from_hf, generate, sample
 from gpt2_jax.model import init_cache
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError, sample_next
 from gpt2_jax.tokenizer import get_tokenizer
@@ -150,7 +150,7 @@ def test_cli_greedy_prints_what_transformers_generates(bpe_model_dir):
 
 def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     args = ["--model", str(bpe_model_dir), "--num-samples", "5", "--max-new-tokens", "10", "--top-k", "50", "--seed", "42"]
-    first, again = run_sample(*args), run_sample(*args)
+    first, again = run_main(sample.main, *args), run_main(sample.main, *args)
     assert first.returncode == 0 and first.stdout == again.stdout
     samples = re.split(r"^---- sample [1-5]/5 ----\n", first.stdout, flags=re.MULTILINE)
     assert samples[0] == "" and len(samples) == 6 and all(s.startswith("Hello, I'm a language model,") for s in samples[1:])
@@ -172,7 +172,7 @@ def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     (["--temperature", "inf"], "need 0 <= temperature < inf"),
 ])
 def test_cli_errors_are_one_line(bpe_model_dir, args, message):
-    assert_one_line_error(run_sample("--model", str(bpe_model_dir), *args), message)
+    assert_one_line_error(run_main(sample.main, "--model", str(bpe_model_dir), *args), message)
 
 
 def test_a_prompt_that_is_not_utf8_is_one_line(byte_model_dir):
