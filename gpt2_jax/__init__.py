@@ -5,12 +5,13 @@
 
 import importlib
 
-# Resolved on first use, so that `python -m gpt2_jax.convert` does not import itself twice.
+# Resolved on first use: importing the package imports none of its modules, so `python -m gpt2_jax.convert`
+# runs convert.py before anything else imports it (runpy warns otherwise).
 _PUBLIC = {
     "GPT2Config": "gpt2_jax.config",
     "GPT2": "gpt2_jax.model",
-    "from_hf": "gpt2_jax.convert",
-    "to_hf": "gpt2_jax.convert",
+    "from_hf": "gpt2_jax.loading",
+    "to_hf": "gpt2_jax.loading",
     "generate": "gpt2_jax.sampling",
 }
 __all__ = list(_PUBLIC)

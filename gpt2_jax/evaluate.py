@@ -1,18 +1,19 @@
-"""Evaluation: validation loss and bits per byte, and HellaSwag, in training and from the CLI.
+"""Evaluation: validation loss and bits per byte, and HellaSwag, of a model's params on a mesh; and its CLI.
 
-    python -m gpt2_jax.evaluate --model gpt2 --model runs/gpt2_124m --tasks val_loss,hellaswag \
+    python -m gpt2_jax.evaluate --model gpt2 --model runs/gpt2_124m --tasks val_loss,hellaswag \\
         --data-dir data/fineweb_edu_10b [--val-tokens N] --hellaswag official [--limit N] [--out eval.json]
 
 Each --model is a hub name, an HF directory, a params directory or a training workdir, of any
 tokenizer: every model scores the same text of the val split, each with its own tokens, in bits
-per byte (val_bpb; data.py says exactly how); val_loss where its tokenizer is the data's. Each
-evaluation is compiled for its own shapes, once, beside the train step (never recompiling it),
-and reads the params where they are: sharded over the training mesh, or replicated here.
+per byte (val_bpb; data.py says exactly how); val_loss where its tokenizer is the data's.
+
+One evaluator, three callers: the training run's evaluations (TrainingEvaluation, on the training
+mesh, its params sharded there), this command and report.py (params replicated on every device).
+Each task is compiled for its own shapes, once, beside the train step (never recompiling it).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -23,10 +24,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from gpt2_jax import hellaswag, shards, sharding
+from gpt2_jax import hellaswag, shards
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.loading import load_model
+from gpt2_jax.loading import load_replicated
 from gpt2_jax.model import GPT2
 from gpt2_jax.sampling import generate
 from gpt2_jax.tokenizer import Tokenizer
@@ -35,15 +37,41 @@ from gpt2_jax.validation import LossEvaluator
 TASKS = ("val_loss", "hellaswag")
 
 
+class Evaluator:
+    """val loss and bits per byte over `val`'s first `val_windows` windows (0: all), and HellaSwag over
+    `examples`, of one model on a mesh: built once (each task compiles once), called with params."""
+
+    def __init__(self, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer, batch_size: int,
+                 val: WindowSource | TextWindows | None = None, val_windows: int = 0,
+                 examples: list[hellaswag.Example] = ()):
+        self.tokenizer, self.val, self.val_windows, self.examples = tokenizer, val, val_windows, examples
+        self.loss = LossEvaluator(model, mesh, batch_size, tokenizer) if val is not None else None
+        self.scorer = hellaswag.HellaSwagScorer(model, mesh, batch_size) if examples else None
+
+    def __call__(self, params, progress: str = "") -> dict:
+        """{"val_loss": {"loss", "bpb", "tokens", "bytes"}, "hellaswag": {"acc", "acc_norm", "n"}}, of the tasks
+        it was given; `progress`, if given, labels a progress bar for each."""
+        def bar(task):
+            return functools.partial(tqdm, desc=f"{task} {progress}", unit="batch", leave=False) if progress else None
+
+        results = {}
+        if self.loss:
+            results["val_loss"] = self.loss.evaluate(params, self.val, self.val_windows, bar("val_loss"))
+        if self.scorer:
+            scores = self.scorer.score(params, self.examples, self.tokenizer, bar("hellaswag"))
+            results["hellaswag"] = {key: scores[key] for key in ("acc", "acc_norm", "n")}
+        return results
+
+
 class TrainingEvaluation:
     """What the train loop runs every eval_every steps: val loss, HellaSwag if configured, samples."""
 
     def __init__(self, config, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer):
         self.config, self.model, self.tokenizer = config, model, tokenizer
-        self.loss = LossEvaluator(model, mesh, config.batch_size, tokenizer)
-        self.val = WindowSource(config.data_dir, "val", config.block_size)
-        self.examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else []
-        self.scorer = hellaswag.HellaSwagScorer(model, mesh, config.batch_size) if self.examples else None
+        examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else ()
+        self.evaluate = Evaluator(model, mesh, tokenizer, config.batch_size,
+                                  WindowSource(config.data_dir, "val", config.block_size),
+                                  config.eval_batches * config.batch_size, examples)
         self.prompt = None
         if config.num_samples:
             prompt = np.tile(tokenizer.encode(config.sample_prompt), (config.num_samples, 1))
@@ -52,25 +80,17 @@ class TrainingEvaluation:
     def __call__(self, params) -> tuple[dict, list[str]]:
         """({"val_loss", "val_bpb", "hellaswag_acc", "hellaswag_acc_norm"}, sample texts); val_bpb is over
         val_loss's windows, the bytes of their target tokens."""
-        scores = self.loss.evaluate(params, self.val, self.config.eval_batches * self.config.batch_size)
-        row = {"val_loss": scores["loss"], "val_bpb": scores["bpb"]}
-        if self.scorer:
-            scores = self.scorer.score(params, self.examples, self.tokenizer)
-            row.update(hellaswag_acc=scores["acc"], hellaswag_acc_norm=scores["acc_norm"])
+        results = self.evaluate(params)
+        row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
+        if "hellaswag" in results:
+            row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])
         samples = []
         if self.config.num_samples:
-            tokens = generate(self.model.config, params, self.prompt, self.config.sample_tokens, top_k=50,
-                              rng=jax.random.key(self.config.seed), model=self.model)
+            tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
+                              rng=jax.random.key(self.config.seed))
             tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
             samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
         return row, samples
-
-
-def load_replicated(reference: str):
-    """(loaded model, GPT2, mesh over all local devices, params replicated on it) for a model reference."""
-    loaded = load_model(reference)
-    mesh = sharding.make_mesh(1)
-    return loaded, GPT2(loaded.config), mesh, jax.device_put(loaded.params, NamedSharding(mesh, P()))
 
 
 def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hellaswag_path: str | None,
@@ -82,20 +102,12 @@ def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hella
     per-token losses of different tokenizers are not comparable. HellaSwag: `limit` examples (0: all).
     """
     loaded, model, mesh, params = load_replicated(reference)
-    results = {}
-    if "val_loss" in tasks:
-        source = TextWindows(read_documents(data_dir, val_tokens), loaded.tokenizer, loaded.config.n_positions)
-        progress = functools.partial(tqdm, desc=f"val_loss {reference}", unit="batch", leave=False)
-        scores = LossEvaluator(model, mesh, batch_size, loaded.tokenizer).evaluate(params, source, progress=progress)
-        if shards.read_meta(data_dir)["tokenizer"] != loaded.tokenizer.name:
-            del scores["loss"]
-        results["val_loss"] = scores
-    if "hellaswag" in tasks:
-        examples = hellaswag.load_examples(hellaswag_path, limit)
-        progress = functools.partial(tqdm, desc=f"hellaswag {reference}", unit="batch", leave=False)
-        scorer = hellaswag.HellaSwagScorer(model, mesh, batch_size)
-        scores = scorer.score(params, examples, loaded.tokenizer, progress)
-        results["hellaswag"] = {key: scores[key] for key in ("acc", "acc_norm", "n")}
+    val = (TextWindows(read_documents(data_dir, val_tokens), loaded.tokenizer, loaded.config.n_positions)
+           if "val_loss" in tasks else None)
+    examples = hellaswag.load_examples(hellaswag_path, limit) if "hellaswag" in tasks else ()
+    results = Evaluator(model, mesh, loaded.tokenizer, batch_size, val, examples=examples)(params, progress=reference)
+    if val is not None and shards.read_meta(data_dir)["tokenizer"] != loaded.tokenizer.name:
+        del results["val_loss"]["loss"]
     return results
 
 
@@ -113,15 +125,17 @@ def results_table(results: dict, tasks: list[str]) -> str:
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, help="repeat to compare several models")
-    parser.add_argument("--tasks", default="val_loss,hellaswag", help=f"comma-separated, from {TASKS}")
-    parser.add_argument("--data-dir", help="prepared data whose val split val_loss reads")
+    parser = argument_parser("evaluate", __doc__)
+    parser.add_argument("--model", action="append", required=True,
+                        help="hub name, HF directory, params directory or workdir; repeat to compare several models")
+    parser.add_argument("--tasks", default="val_loss,hellaswag", help=f"comma-separated, from {','.join(TASKS)}")
+    parser.add_argument("--data-dir", help="prepared data whose val split val_loss reads "
+                        "(default: none; val_loss needs it)")
     parser.add_argument("--hellaswag", default="official", help="hellaswag_val.jsonl, or `official` to download it")
-    parser.add_argument("--limit", type=int, default=0, help="HellaSwag examples (0: all)")
-    parser.add_argument("--val-tokens", type=int, default=0, help="score the text of the first N val tokens (0: all)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", help="write the results here as JSON")
+    parser.add_argument("--limit", type=int, default=0, help="HellaSwag examples to score, 0 for all")
+    parser.add_argument("--val-tokens", type=int, default=0, help="score the text of the first N val tokens, 0 for all")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows (val_loss) or examples (HellaSwag) a batch")
+    parser.add_argument("--out", help="also write the results here as JSON (default: the table only)")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     if set(tasks) - set(TASKS) or ("val_loss" in tasks and not args.data_dir):

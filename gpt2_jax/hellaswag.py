@@ -17,9 +17,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from gpt2_jax import sharding
+from gpt2_jax import sharding, step
 from gpt2_jax.errors import UserError
 from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import Tokenizer
@@ -92,9 +91,8 @@ def render(example: Example, tokenizer: Tokenizer, max_len: int) -> tuple[list[l
 
 
 def ending_losses(model: GPT2, params, tokens_NxL: jax.Array, mask_NxL: jax.Array):
-    """(summed, mean) loss of each row's masked tokens [N]."""
-    logits_NxTxV = model.apply({"params": params}, tokens_NxL[:, :-1])
-    losses_NxT = optax.softmax_cross_entropy_with_integer_labels(logits_NxTxV, tokens_NxL[:, 1:])
+    """(summed, mean) loss of each row's masked tokens [N]: the next-token losses of training (step.py)."""
+    losses_NxT = step.token_losses(model, params, tokens_NxL)
     target_mask_NxT = mask_NxL[:, 1:]
     summed_N = jnp.sum(losses_NxT * target_mask_NxT, axis=-1)
     return summed_N, summed_N / jnp.maximum(jnp.sum(target_mask_NxT, axis=-1), 1)

@@ -1,35 +1,74 @@
-"""Any model reference -> (config, params, tokenizer).
+"""Models on disk as (config, params): any model reference in, Hugging Face directories both ways.
 
 A reference is a Hugging Face hub name (`gpt2`), a local HF directory (config.json +
 model.safetensors or pytorch_model.bin), a params directory written by
 `python -m gpt2_jax.convert --from-hf`, or a training workdir (its latest good checkpoint).
+The files are hf_files.py's and checkpoint.py's; the key map is convert.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
-from gpt2_jax import checkpoint, convert, hf_files
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gpt2_jax import checkpoint, convert, hf_files, sharding
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import Tokenizer, tokenizer_for_vocab
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     config: GPT2Config
-    params: dict
-    tokenizer: Tokenizer
+    params: dict  # the real vocabulary's rows only, whatever training padded
+    model_dir: Path  # where it was read from (a hub name's download)
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer of its vocabulary (tokenizer.py); GPT-2 BPE from the directory's files if it has them."""
+        return tokenizer_for_vocab(self.config.vocab_size, hf_dir=self.model_dir)
 
 
 def load_model(reference: str, progress: bool = False) -> LoadedModel:
-    """Load `reference` (see the module docstring); the tokenizer follows from the vocabulary size."""
+    """Load `reference` (see the module docstring); `progress` shows the conversion of an HF checkpoint."""
     if checkpoint.is_flax_dir(Path(reference)):
-        model_dir = Path(reference)
-        config, params = checkpoint.load_params(model_dir)
-        # Training may pad the embedding rows for speed; the real vocabulary is the first rows.
-        params = {**params, "wte": {"embedding": params["wte"]["embedding"][: config.vocab_size]}}
-    else:
-        model_dir = hf_files.resolve(reference)
-        config, params = convert.from_hf(str(model_dir), progress)
-    return LoadedModel(config, params, tokenizer_for_vocab(config.vocab_size, hf_dir=model_dir))
+        config, params = checkpoint.load_params(reference)
+        return LoadedModel(config, convert.without_vocab_padding(config, params), Path(reference))
+    model_dir = hf_files.resolve(reference)
+    return LoadedModel(*from_hf(str(model_dir), progress), model_dir)
+
+
+def load_replicated(reference: str):
+    """(loaded model, GPT2, mesh over all devices, params replicated on it) for a model reference."""
+    loaded = load_model(reference)
+    mesh = sharding.make_mesh(1)
+    return loaded, GPT2(loaded.config), mesh, jax.device_put(loaded.params, NamedSharding(mesh, P()))
+
+
+def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict]:
+    """Load an HF GPT-2 (hub name or local directory) as (GPT2Config, params)."""
+    model_dir = hf_files.resolve(name_or_path)
+    config = GPT2Config.from_json(model_dir / "config.json")
+    try:
+        return config, convert.params_from_state_dict(config, hf_files.load_state_dict(model_dir), progress)
+    except convert.ConversionError as error:
+        raise convert.ConversionError(f"{model_dir}: {error}") from None
+
+
+def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: str | Path | None = None,
+          progress: bool = False, overwrite: bool = False) -> None:
+    """Write config.json + model.safetensors that transformers' GPT2LMHeadModel opens.
+
+    Like transformers, no `lm_head.weight` is stored: the head is tied to `wte`; a padded vocabulary
+    is cut to vocab_size. Tokenizer files (vocab.json, merges.txt, ...) are copied from `tokenizer_dir`
+    if given. `out_dir` is written whole; one that holds something other than an HF model is refused
+    unless `overwrite`.
+    """
+    hf_files.write_hf_dir(
+        Path(out_dir), config.to_dict(), convert.state_dict_from_params(config, params, progress),
+        Path(tokenizer_dir) if tokenizer_dir else None, overwrite,
+    )

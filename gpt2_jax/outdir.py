@@ -2,7 +2,7 @@
 
 So a reader never sees it half-written, no file of an earlier version is left in it, and a
 directory of another kind (a training workdir, someone else's files) is never replaced
-unless the user says so (`--overwrite`).
+unless the user says so (`--overwrite`). What is written gets the umask's usual modes.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
         _remove(temporary)
         temporary.mkdir()
         write(temporary)
+        _normal_modes(temporary)
         if out_dir.exists():
             out_dir.rename(previous)
         try:
@@ -58,6 +59,17 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
         raise OutputError(f"cannot write {out_dir}: {error.strerror or error}") from None
     finally:
         _remove(temporary)
+
+
+def _normal_modes(directory: Path) -> None:
+    """Give `directory` and all in it the modes the umask gives new files (e.g. 0755 and 0644): writers may
+    make files private (safetensors writes 0600), and what we export is meant to be read and shared."""
+    umask = os.umask(0o022)
+    os.umask(umask)  # only reading it
+    for path in [directory, *directory.rglob("*")]:
+        if not path.is_symlink():
+            executable = path.is_dir() or path.stat().st_mode & 0o111
+            path.chmod((0o777 if executable else 0o666) & ~umask)
 
 
 def _remove(path: Path) -> None:

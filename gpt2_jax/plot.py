@@ -11,21 +11,31 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-PANELS = (("loss (nats per token)", ("train_loss", "val_loss")), ("val bits per byte", ("val_bpb",)),
-          ("HellaSwag acc_norm", ("hellaswag_acc_norm",)))
+# (title, y axis label, metrics drawn on it)
+PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per byte", "bits per byte", ("val_bpb",)),
+          ("HellaSwag", "acc_norm", ("hellaswag_acc_norm",)))
 
 
 def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict[str, dict] | None = None,
               x: str = "step", per_token: bool = True) -> Path:
+    """Draw `figure(...)` to `out_path` (a PNG); returns the path."""
+    drawn = figure(runs, baselines, x, per_token)
+    drawn.savefig(out_path, dpi=120)
+    plt.close(drawn)
+    return Path(out_path)
+
+
+def figure(runs: dict[str, list[dict]], baselines: dict[str, dict] | None = None, x: str = "step",
+           per_token: bool = True) -> plt.Figure:
     """One panel per metric family that any run logged; each run a line per metric, against row[x].
 
     runs: {label: metrics.jsonl rows}; baselines: {label: {"val_loss": value, "val_bpb": value, ...}},
     drawn as horizontal lines on the matching panel; per_token=False leaves the loss panel out.
     """
-    panels = [(title, names) for title, names in PANELS[0 if per_token else 1 :]
+    panels = [(title, unit, names) for title, unit, names in PANELS[0 if per_token else 1 :]
               if any(name in row for rows in runs.values() for row in rows for name in names)]
-    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    for axis, (title, names) in zip(axes[0], panels):
+    drawn, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for axis, (title, unit, names) in zip(axes[0], panels):
         for label, rows in runs.items():
             for name in names:
                 points = [(row[x], row[name]) for row in rows if name in row]
@@ -37,10 +47,8 @@ def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict
             for name in names:
                 if name in values:
                     axis.axhline(values[name], linestyle="--", color="black", linewidth=1.2, label=f"{label} {name}")
-        axis.set(title=title, xlabel=x.replace("_", " "))
+        axis.set(title=title, xlabel=x.replace("_", " "), ylabel=unit)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(out_path, dpi=120)
-    plt.close(figure)
-    return Path(out_path)
+    drawn.tight_layout()
+    return drawn

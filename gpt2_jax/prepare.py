@@ -9,7 +9,6 @@ complete shard.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import multiprocessing
 import os
@@ -19,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt2_jax import shards
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.corpus import iter_documents
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
@@ -119,10 +119,10 @@ def _flush(meta: dict, out_dir: Path, pending: list[np.ndarray], documents: int)
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("prepare", __doc__)
     parser.add_argument("--input", nargs="+", required=True, help="files, folders, or hf:NAME[:CONFIG]")
     parser.add_argument("--out", required=True, help="output data directory")
-    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="gpt2")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default="gpt2", help="GPT-2 BPE, or raw UTF-8 bytes")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="the last fraction of tokens for validation")
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (at document ends)")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="tokenizer processes")

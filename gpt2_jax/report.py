@@ -1,27 +1,28 @@
-"""Did the run beat the model it set out to beat? `python -m gpt2_jax.report --workdir DIR --baseline gpt2`.
+"""How did the run do? `python -m gpt2_jax.report --workdir DIR [--baseline gpt2]`.
 
-Evaluates the baseline (hub name, HF directory, params directory or workdir) on the run's own
-validation windows (the ones its evaluations used) and, if the run scored HellaSwag, on the
-same HellaSwag examples; then writes DIR/report.md (a table: the run's last evaluation against
-the baseline) and DIR/report.png (the run's curves, the baseline as dashed lines). A baseline
-of another tokenizer (or a shorter context) is compared in bits per byte only, over the text of
-those windows read with its own tokenizer and context (data.py's TextWindows).
+Writes DIR/report.md (a table of the run's last and best evaluations) and DIR/report.png (its
+curves), from its metrics.jsonl alone. With --baseline (a hub name, HF directory, params
+directory or workdir), the table is the run's last evaluation against the baseline's, which is
+evaluated on the run's own validation windows (the ones its evaluations used) and, if the run
+scored HellaSwag, on the same examples; the plot draws it as dashed lines. A baseline of another
+tokenizer (or a shorter context) is compared in bits per byte only, over the text of those
+windows read with its own tokenizer and context (data.py's TextWindows).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from gpt2_jax import hellaswag
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.evaluate import load_replicated
+from gpt2_jax.evaluate import Evaluator
+from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
-from gpt2_jax.validation import LossEvaluator
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
@@ -30,61 +31,82 @@ METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
 def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
     """The baseline's val_loss / val_bpb / hellaswag_acc_norm on what the run measured, and notes on the rest."""
     loaded, model, mesh, params = load_replicated(reference)
-    notes, values = [], {}
     data_dir, block_size = run_config["data_dir"], run_config["block_size"]
     data_tokenizer = read_meta(data_dir)["tokenizer"]
     windows = run_config["eval_batches"] * run_config["batch_size"]
-    evaluator = LossEvaluator(model, mesh, run_config["batch_size"], loaded.tokenizer)
-    if data_tokenizer == loaded.tokenizer.name and block_size <= loaded.config.n_positions:
-        scores = evaluator.evaluate(params, WindowSource(data_dir, "val", block_size), windows)
-        values.update(val_loss=scores["loss"], val_bpb=scores["bpb"])
-    else:
+    same_windows = data_tokenizer == loaded.tokenizer.name and block_size <= loaded.config.n_positions
+    if same_windows:
+        val = WindowSource(data_dir, "val", block_size)
+    else:  # the text of the run's windows, all of it
         text = read_documents(data_dir, windows * block_size + 1 if windows else 0)
-        source = TextWindows(text, loaded.tokenizer, loaded.config.n_positions)
-        values["val_bpb"] = evaluator.evaluate(params, source)["bpb"]
+        val, windows = TextWindows(text, loaded.tokenizer, loaded.config.n_positions), 0
+    examples = (hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
+                if run_config["hellaswag"] else ())
+    results = Evaluator(model, mesh, loaded.tokenizer, run_config["batch_size"], val, windows, examples)(params)
+    values, notes = {"val_bpb": results["val_loss"]["bpb"]}, []
+    if same_windows:
+        values["val_loss"] = results["val_loss"]["loss"]
+    else:
         why = (f"{reference} reads {loaded.tokenizer.name} tokens, the run {data_tokenizer} tokens"
                if data_tokenizer != loaded.tokenizer.name else f"the run's block_size exceeds {reference}'s context")
         notes.append(f"val loss not compared ({why}); val bpb of {reference} over the text of the run's windows, "
                      "read with its own tokenizer and context")
-    if run_config["hellaswag"]:
-        examples = hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
-        scorer = hellaswag.HellaSwagScorer(model, mesh, run_config["batch_size"])
-        values["hellaswag_acc_norm"] = scorer.score(params, examples, loaded.tokenizer)["acc_norm"]
+    if "hellaswag" in results:
+        values["hellaswag_acc_norm"] = results["hellaswag"]["acc_norm"]
     return values, notes
 
 
-def write_report(workdir: str | Path, baseline: str) -> tuple[Path, Path]:
-    """Write DIR/report.md and DIR/report.png; returns their paths."""
+def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path, Path]:
+    """Write DIR/report.md and DIR/report.png, against `baseline` if given; returns their paths."""
     workdir = Path(workdir)
     rows = read_metrics(workdir)
     if not (workdir / "train_config.json").exists() or not any("val_loss" in row for row in rows):
         raise UserError(f"{workdir}: not a training workdir with evaluations "
                         "(train_config.json, val_loss in metrics.jsonl)")
-    run_config = json.loads((workdir / "train_config.json").read_text())
-    values, notes = evaluate_baseline(baseline, run_config)
-    lines = [f"# {workdir.name} against {baseline}", "", "| metric | better | run (step) | baseline | run wins |",
-             "| --- | --- | ---: | ---: | --- |"]
-    for name, title, better in METRICS:
-        last = next((row for row in reversed(rows) if name in row), None)
-        if last is None or name not in values:
-            continue
-        wins = last[name] < values[name] if better == "lower" else last[name] > values[name]
-        passed = next((row["step"] for row in rows if name in row and
-                       (row[name] < values[name] if better == "lower" else row[name] > values[name])), None)
-        lines.append(f"| {title} | {better} | {last[name]:.4f} ({last['step']}) | {values[name]:.4f} | "
-                     f"{'yes' if wins else 'no'}{f', from step {passed}' if passed else ''} |")
-    lines += ["", *(f"- {note}" for note in notes), "", "![curves](report.png)", ""]
+    if baseline:
+        values, notes = evaluate_baseline(baseline, json.loads((workdir / "train_config.json").read_text()))
+        lines = [f"# {workdir.name} against {baseline}", "", *table_against(rows, values), "",
+                 *(f"- {note}" for note in notes)]
+    else:
+        values, lines = {}, [f"# {workdir.name}", "", *table_alone(rows)]
     markdown = workdir / "report.md"
-    markdown.write_text("\n".join(lines))
-    picture = plot_runs({workdir.name: rows}, workdir / "report.png", {baseline: values})
+    markdown.write_text("\n".join([*lines, "", "![curves](report.png)", ""]))
+    picture = plot_runs({workdir.name: rows}, workdir / "report.png", {baseline: values} if baseline else None)
     return markdown, picture
+
+
+def table_alone(rows: list[dict]) -> list[str]:
+    """Markdown lines: each metric's last and best evaluation."""
+    lines = ["| metric | better | last (step) | best (step) |", "| --- | --- | ---: | ---: |"]
+    for name, title, better in METRICS:
+        evaluated = [row for row in rows if name in row]
+        if evaluated:
+            last, best = evaluated[-1], (min if better == "lower" else max)(evaluated, key=lambda row: row[name])
+            lines.append(f"| {title} | {better} | {last[name]:.4f} ({last['step']}) | "
+                         f"{best[name]:.4f} ({best['step']}) |")
+    return lines
+
+
+def table_against(rows: list[dict], values: dict) -> list[str]:
+    """Markdown lines: each metric's last evaluation against the baseline's value, and the first step that beat it."""
+    lines = ["| metric | better | run (step) | baseline | run wins |", "| --- | --- | ---: | ---: | --- |"]
+    for name, title, better in METRICS:
+        evaluated = [row for row in rows if name in row]
+        if not evaluated or name not in values:
+            continue
+        beats = (lambda row: row[name] < values[name]) if better == "lower" else (lambda row: row[name] > values[name])
+        last, passed = evaluated[-1], next((row["step"] for row in evaluated if beats(row)), None)
+        lines.append(f"| {title} | {better} | {last[name]:.4f} ({last['step']}) | {values[name]:.4f} | "
+                     f"{'yes' if beats(last) else 'no'}{f', from step {passed}' if passed else ''} |")
+    return lines
 
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--baseline", default="gpt2", help="hub name, HF directory, params directory or workdir")
+    parser = argument_parser("report", __doc__)
+    parser.add_argument("--workdir", required=True, help="the training run to report on")
+    parser.add_argument("--baseline", help="a model to compare with: hub name, HF directory, params directory or "
+                        "workdir (default: none, the run's own numbers)")
     args = parser.parse_args(argv)
     markdown, picture = write_report(args.workdir, args.baseline)
     print(markdown.read_text())

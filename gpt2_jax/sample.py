@@ -1,13 +1,12 @@
 """Sample from a GPT-2: `python -m gpt2_jax.sample --model gpt2 --prompt "Hello, I'm a language model,"`.
 
 --model is a hub name, an HF directory, a params directory or a training workdir. One
-sample streams as it is generated; several are printed when done. Generation stops at
-<|endoftext|>.
+sample streams as it is generated; several are printed when done, each under a
+`---- sample i/n ----` line. Generation stops at <|endoftext|>.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import jax
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from gpt2_jax.cli import argument_parser
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2
@@ -45,16 +45,17 @@ class StreamPrinter:
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argument_parser("sample", __doc__)
     parser.add_argument("--model", default="gpt2", help="hub name, HF directory, params directory or workdir")
-    parser.add_argument("--prompt", default="Hello, I'm a language model,")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=30)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--prompt", default="Hello, I'm a language model,", help="the text to continue")
+    parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt, sampled together")
+    parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens to add to each (fewer at <|endoftext|>)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 is greedy")
+    parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="sample from the most likely tokens whose probability adds up to p (default: all)")
     parser.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the random seed: the same seed, the same samples")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     args = parser.parse_args(argv)
     if args.num_samples < 1:
@@ -76,10 +77,9 @@ def main(argv=None):
         prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
         progress = None if stream else tqdm(total=args.max_new_tokens, desc="sample", unit="token", leave=False)
         tokens_BxL = generate(
-            loaded.config, loaded.params, prompt_BxT, args.max_new_tokens,
+            GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
             temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-            rng=jax.random.key(args.seed), model=GPT2(loaded.config, dtype=jnp.dtype(args.dtype)),
-            on_token=stream or count,
+            rng=jax.random.key(args.seed), on_token=stream or count,
         )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
@@ -93,16 +93,18 @@ def main(argv=None):
 
 
 def print_samples(tokenizer, prompt_ids, tokens_BxL, stream: StreamPrinter | None, progress) -> None:
-    """The rest of a streamed sample, or each sample on a `> ` line, cut at end-of-text."""
+    """The rest of a streamed sample, or each sample under a `---- sample i/n ----` line, cut at end-of-text."""
     if progress is not None:
         progress.close()
     if stream:
         stream.finish()
         return
     eot = tokenizer.eot_token
-    for row in np.asarray(tokens_BxL).tolist():
+    rows = np.asarray(tokens_BxL).tolist()
+    for number, row in enumerate(rows, 1):
         new = row[len(prompt_ids):]
-        print(f"> {tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None])}")
+        print(f"---- sample {number}/{len(rows)} ----")
+        print(tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None]))
 
 
 if __name__ == "__main__":

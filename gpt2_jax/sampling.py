@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError
 from gpt2_jax.interrupt import CtrlC
 from gpt2_jax.model import GPT2, init_cache
@@ -64,7 +63,7 @@ class GenerationInterrupted(KeyboardInterrupt):
 
 
 def generate(
-    config: GPT2Config,
+    model: GPT2,
     params,
     prompt_ids,
     max_new_tokens: int,
@@ -73,10 +72,10 @@ def generate(
     top_p: float | None = None,
     rng: jax.Array | None = None,
     *,
-    model: GPT2 | None = None,
     on_token: Callable[[np.ndarray], None] | None = None,
 ) -> jax.Array:
-    """Continue `prompt_ids` ([T] or [B, T] ints) by `max_new_tokens` tokens.
+    """Continue `prompt_ids` ([T] or [B, T] ints) by `max_new_tokens` tokens of `model` (its config,
+    dtype and attention kernel; `GPT2(config)` for the defaults) with `params`.
 
     temperature 0.0 is greedy. A row that emits `eos_token_id` is filled with it from then
     on, and the loop stops once every row has. `on_token`, if given, is called on the host
@@ -89,14 +88,13 @@ def generate(
     T = prompt_BxT.shape[1]
     if T == 0:
         raise SamplingError("the prompt is empty")
-    if T > config.n_positions:
-        raise SamplingError(f"the prompt of {T} tokens is longer than the context of {config.n_positions} tokens")
+    if T > model.config.n_positions:
+        raise SamplingError(f"the prompt of {T} tokens is longer than the context of {model.config.n_positions} tokens")
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise SamplingError(f"max_new_tokens={max_new_tokens} must be in [0, {MAX_NEW_TOKENS:,}]")
     if not (0 <= temperature < math.inf and (top_p is None or 0 < top_p <= 1) and (top_k is None or top_k >= 1)):
         raise SamplingError(f"need 0 <= temperature < inf, top_k >= 1, 0 < top_p <= 1 "
                             f"(got {temperature}, {top_k}, {top_p})")
-    model = model or GPT2(config)
     state = _start(model, params, prompt_BxT, jax.random.key(0) if rng is None else rng, max_new_tokens)
     decode = functools.partial(_decode, model, params, T=T, sampling=(temperature, top_k, top_p), on_token=on_token)
     chunk, made = 16, 0

@@ -27,15 +27,20 @@ class LossEvaluator:
         self.batch_size = -(-batch_size // mesh.size) * mesh.size  # padded rows hold no target
         self.windows_sharding = sharding.batch_sharding(mesh)
         self.token_bytes = jax.device_put(tokenizer.token_bytes(), NamedSharding(mesh, P()))
+        # The sums start where each batch leaves them, replicated on the mesh: one compile, not two.
+        self.zeros = jax.device_put((np.float32(0), np.int32(0), np.float32(0), np.int32(0)), NamedSharding(mesh, P()))
         self.accumulate = jax.jit(functools.partial(_accumulate_losses, model))
 
     def evaluate(self, params, source: WindowSource | TextWindows, max_windows: int = 0, progress=None) -> dict:
         """{"loss": nats per target token, "bpb": bits per byte of the targets' text, "tokens", "bytes"}
-        over the first `max_windows` windows of `source` (0: all of them)."""
+        over the first `max_windows` windows of `source` (0: all of them); `progress(batches, total=n)`, if
+        given, wraps the batches (a tqdm)."""
         process, processes = jax.process_index(), jax.process_count()
         batches = eval_batches(source, self.batch_size // processes, max_windows, process, processes)
-        totals = (np.float32(0), np.int32(0), np.float32(0), np.int32(0))  # kept on the devices
-        for windows_BxL in batches if progress is None else progress(batches):
+        if progress is not None:
+            batches = progress(batches, total=-(-min(len(source), max_windows or len(source)) // self.batch_size))
+        totals = self.zeros  # kept on the devices
+        for windows_BxL in batches:
             windows = jax.make_array_from_process_local_data(self.windows_sharding, windows_BxL)
             totals = self.accumulate(totals, params, self.token_bytes, windows)
         totals = jax.block_until_ready(totals)  # every device done (see train.py)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import transformers
 
-from gpt2_jax import from_hf, generate
+from gpt2_jax import GPT2, from_hf, generate
+from gpt2_jax.cli import HelpFormatter
 
 
 def best_time(fn, repeats):
@@ -32,12 +33,12 @@ def best_time(fn, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="gpt2")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--prompt-len", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--preset", default="gpt2", help="the model shape (GPT2Config.preset)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="samples generated together")
+    parser.add_argument("--prompt-len", type=int, default=8, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
     args = parser.parse_args()
 
     from gpt2_jax.config import PRESETS
@@ -47,14 +48,14 @@ def main():
     with tempfile.TemporaryDirectory() as model_dir:
         hf_model.save_pretrained(model_dir)
         config, params = from_hf(model_dir)
-    config = dataclasses.replace(config, eos_token_id=config.vocab_size)  # never emitted: no early stop
+    model = GPT2(dataclasses.replace(config, eos_token_id=config.vocab_size))  # never emitted: no early stop
     rows = []
     for batch in args.batch_sizes:
         prompt = np.random.RandomState(batch).randint(0, 50000, (batch, args.prompt_len))
         keys = iter(jax.random.split(jax.random.key(0), args.repeats + 1))
 
         def ours():
-            generate(config, params, prompt, args.new_tokens, top_k=50, rng=next(keys)).block_until_ready()
+            generate(model, params, prompt, args.new_tokens, top_k=50, rng=next(keys)).block_until_ready()
 
         def theirs():
             with torch.inference_mode():

@@ -12,7 +12,7 @@ steps on random tokens (configs/gpt2_124m.py, batch = the largest --batch-sizes)
 what its metrics.jsonl logged, so the number users see is checked against this one.
 
     python scripts/bench_train.py --cpu-devices 1
-    python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16 --batch-sizes 16 64 \
+    python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16 --batch-sizes 16 64 \\
         --peers torch-compile transformers --cli-steps 15        # a GPU: the whole comparison
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: the flags are read before jax starts)
 SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), vocab
     "quickstart": (4, 4, 128, 64, 12, 257),
     "gpt2-124m-256": (12, 12, 768, 256, 4, 50257),
@@ -37,13 +38,15 @@ SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), voc
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=["quickstart", "gpt2-124m-256"], choices=list(SHAPES))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["quickstart", "gpt2-124m-256"], choices=list(SHAPES),
+                        help="the models to time")
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="windows per step (default: the shape's)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cpu-devices", type=int, default=1)
-    parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"))
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps, after the compiling one")
+    parser.add_argument("--cpu-devices", type=int, default=1, help="split a CPU host into this many devices")
+    parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
+                        help="PyTorch runs to compare with")
     parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
     parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
     parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")

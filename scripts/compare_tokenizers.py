@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from gpt2_jax import shards
+from gpt2_jax.cli import HelpFormatter
 from gpt2_jax.data import read_documents
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model
@@ -116,10 +117,10 @@ def table(results: list[dict]) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--input", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"), help="the text")
     parser.add_argument("--hellaswag", help="hellaswag_val.jsonl, to add HellaSwag (near chance at this size)")
-    parser.add_argument("--doc", default=str(ROOT / "docs/bytes_vs_bpe.md"))
+    parser.add_argument("--doc", default=str(ROOT / "docs/bytes_vs_bpe.md"), help="the page to write the table into")
     args = parser.parse_args()
     if not Path(args.input).is_file():
         parser.error(f"{args.input}: no such file (Tiny Shakespeare's input.txt)")

@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from gpt2_jax import sharding, train_config  # noqa: E402
+from gpt2_jax.cli import HelpFormatter  # noqa: E402
 from gpt2_jax.model import GPT2  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.step import init_train_state, train_step  # noqa: E402
@@ -45,8 +46,8 @@ def planned_bytes(config) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("configs", nargs="+")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("configs", nargs="+", help="configs/*.py files")
     parser.add_argument("--batch-size", type=int, help="override the config's micro-batch")
     parser.add_argument("--remat", action="store_true", help="force remat on")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ only: their per-token losses are on different scales.
 import argparse
 from pathlib import Path
 
+from gpt2_jax.cli import HelpFormatter
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
@@ -22,9 +23,9 @@ def tokenizer_name(workdir: str) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workdirs", nargs="+")
-    parser.add_argument("--out", default="loss.png")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("workdirs", nargs="+", help="training workdirs (each with metrics.jsonl)")
+    parser.add_argument("--out", default="loss.png", help="the PNG to write")
     args = parser.parse_args()
     runs = {Path(w).name: read_metrics(w) for w in args.workdirs}
     empty = [name for name, rows in runs.items() if not rows]

@@ -7,7 +7,7 @@ weights (an HF directory) and the same windows, in the same order, that `python 
 gpt2_jax.train` will use, so the two runs compute the same thing and only their speed differs.
 It prints `step N | val loss X` lines in gpt2_jax's format.
 
-    python scripts/torch_reference_train.py --config configs/shakespeare_byte.py \
+    python scripts/torch_reference_train.py --config configs/shakespeare_byte.py \\
         --init DIR --train-windows train.npy --val-windows val.npz
 """
 
@@ -39,7 +39,8 @@ def learning_rate(c, step):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/shakespeare_byte.py")
+    parser.add_argument("--config", default="configs/shakespeare_byte.py",
+                        help="the recipe (default: configs/shakespeare_byte.py)")
     parser.add_argument("--init", required=True, help="HF directory with the initial weights")
     parser.add_argument("--train-windows", required=True, help=".npy [steps, batch, block_size + 1]")
     parser.add_argument("--val-windows", required=True, help=".npz with windows [n, block_size + 1] and weights [n]")

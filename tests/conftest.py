@@ -60,6 +60,22 @@ def assert_one_line_error(result, message):
     assert message in errors[0], errors[0]
 
 
+def run_main(main, *args):
+    """A CLI's `main(argv)` run in this process, reported as `subprocess.run` would (exit code, stdout, stderr):
+    for the many bad-input cases, each a second or two faster than a new interpreter. One case per CLI still
+    runs `python -m` itself."""
+    import contextlib
+    import io
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exited:
+            code = exited.code if isinstance(exited.code, int) else 1
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def shakespeare_bytes(tmp_path_factory):
     """Tiny Shakespeare, prepared as bytes with nanoGPT's 90/10 split."""

@@ -1,7 +1,9 @@
 """HF checkpoints <-> params: both file formats, the export round-trip, the CLI and its errors."""
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -10,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import assert_one_line_error, rel_error, snapshot
+from conftest import assert_one_line_error, rel_error, run_main, snapshot
 from safetensors.numpy import save_file
 
-from gpt2_jax import GPT2, GPT2Config, from_hf, to_hf
+from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, to_hf
+from gpt2_jax.checkpoint import save_params
 from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
 from gpt2_jax.hf_files import CheckpointFileError
 
@@ -82,8 +85,29 @@ def test_export_cuts_a_padded_vocabulary(hf_dir, tmp_path, ids):
     assert rel_error(hf_logits(tmp_path, ids), hf_logits(hf_dir, ids)) < 1e-6
 
 
+@pytest.mark.parametrize("umask, directory_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_exports_get_the_umasks_modes_not_private_ones(hf_dir, tmp_path, umask, directory_mode, file_mode):
+    config, params = from_hf(str(hf_dir))
+    previous = os.umask(umask)
+    try:
+        to_hf(config, params, tmp_path / "hf")  # safetensors writes its file 0600
+        save_params(tmp_path / "flax", config, params)
+    finally:
+        os.umask(previous)
+    for out in (tmp_path / "hf", tmp_path / "flax"):
+        paths = [out, *out.rglob("*")]
+        assert any(p.name == "model.safetensors" or p.name == "config.json" for p in paths)
+        assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_dir()} == {directory_mode}
+        assert {stat.S_IMODE(p.stat().st_mode) for p in paths if p.is_file()} == {file_mode}
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "gpt2_jax.convert", *args], capture_output=True, text=True)
+
+
+def convert(*args):
+    """The same command in this process (conftest.run_main)."""
+    return run_main(convert_cli.main, *args)
 
 
 def test_cli_round_trip(hf_dir, tmp_path, ids):
@@ -93,6 +117,9 @@ def test_cli_round_trip(hf_dir, tmp_path, ids):
     result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(hf_dir))
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(hf_logits(tmp_path / "hf", ids), hf_logits(hf_dir, ids))
+    result = run_cli("--to-hf", str(hf_dir), "--out", str(tmp_path / "hf_again"))  # any model reference
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(hf_logits(tmp_path / "hf_again", ids), hf_logits(hf_dir, ids))
 
 
 @pytest.mark.parametrize("case, message", [
@@ -153,7 +180,7 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
         save_file(weights, tmp_path / "model.safetensors")
     with pytest.raises((ConversionError, CheckpointFileError, ValueError), match=re.escape(message)):
         from_hf(str(tmp_path))
-    result = run_cli("--from-hf", str(tmp_path), "--out", str(tmp_path / "out"))
+    result = convert("--from-hf", str(tmp_path), "--out", str(tmp_path / "out"))
     assert_one_line_error(result, message)
     assert "weights_only=False" not in result.stderr  # never advise running a checkpoint's code
 
@@ -189,11 +216,11 @@ def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path)
     for out, message in [(workdir, "is not empty and not a params directory"),
                          (tmp_path / "notes", "is not empty and not a params directory"),
                          (tmp_path / "file", "is a file")]:
-        assert_one_line_error(run_cli("--from-hf", str(hf_dir), "--out", str(out)), f"{out} {message}")
-    assert_one_line_error(run_cli("--to-hf", str(hf_dir / "no"), "--out", str(tmp_path / "notes")),
+        assert_one_line_error(convert("--from-hf", str(hf_dir), "--out", str(out)), f"{out} {message}")
+    assert_one_line_error(convert("--to-hf", str(hf_dir / "no"), "--out", str(tmp_path / "notes")),
                           "is not empty and not a Hugging Face model directory")
     assert snapshot(tmp_path) == before
-    result = run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "notes"), "--overwrite")
+    result = convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "notes"), "--overwrite")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["config.json", "params"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "run"]  # no temporary left beside it
@@ -202,15 +229,15 @@ def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path)
 def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
     out = tmp_path / "hf"
     for model in (bpe_model_dir, byte_model_dir):  # GPT-2 BPE first (tokenizer files), then bytes (none)
-        assert run_cli("--from-hf", str(model), "--out", str(tmp_path / "flax")).returncode == 0  # same kind: replaced
-        result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(out))
+        assert convert("--from-hf", str(model), "--out", str(tmp_path / "flax")).returncode == 0  # same kind: replaced
+        result = convert("--to-hf", str(tmp_path / "flax"), "--out", str(out))
         assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
     assert transformers.GPT2Config.from_pretrained(out).vocab_size == 257
 
 
 def test_a_missing_tokenizer_dir_is_one_line(hf_dir, tmp_path):
-    assert run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
-    result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", "/no/such")
+    assert convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
+    result = convert("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", "/no/such")
     assert_one_line_error(result, "/no/such: no such directory to copy tokenizer files from")
     assert not (tmp_path / "hf").exists()

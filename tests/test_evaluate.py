@@ -1,9 +1,12 @@
 """Evaluation: HellaSwag, val_loss and val_bpb against independent transformers computations, the CLI,
 evaluations inside a training run, the report and the plots."""
 
+import contextlib
+import io
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 
@@ -13,12 +16,12 @@ import pytest
 import tiktoken
 import torch
 import transformers
-from conftest import SHAKESPEARE, assert_one_line_error, tiny_run_config
+from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_config
 
-from gpt2_jax import GPT2Config, hellaswag, sharding
+from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding
 from gpt2_jax.data import TextWindows
-from gpt2_jax.evaluate import evaluate_model, load_replicated
-from gpt2_jax.loading import load_model
+from gpt2_jax.evaluate import evaluate_model
+from gpt2_jax.loading import load_model, load_replicated
 from gpt2_jax.model import GPT2
 from gpt2_jax.report import write_report
 from gpt2_jax.tokenizer import get_tokenizer
@@ -149,6 +152,8 @@ def test_cli_compares_a_bpe_and_a_byte_model_on_the_same_bytes_and_writes_json(
     assert f"| {bpe_model_dir} | - | {bpe['val_loss']['bpb']:.4f} | 2,000 | " in result.stdout
     assert f"| {byte_model_dir} | {byte['val_loss']['loss']:.4f} | {byte['val_loss']['bpb']:.4f} | 2,000 | " in result.stdout
     assert all(set(result["hellaswag"]) == {"acc", "acc_norm", "n"} for result in saved.values())
+    # Progress bars with totals: the byte model reads 2,000 tokens in 32 windows of 64, 4 batches of 8.
+    assert re.search(rf"val_loss {re.escape(str(byte_model_dir))}: +\d+%\|.*\| [0-4]/4 \[", result.stderr), result.stderr
 
 
 def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_bytes, hellaswag_file, tmp_path):
@@ -171,46 +176,72 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
          "in a directory that is missing or read-only"),
     ]
     for args, message in cases:
-        assert_one_line_error(run_evaluate(*args), message)
+        assert_one_line_error(run_main(evaluate.main, *args), message)
 
 
-def test_val_loss_hellaswag_and_samples_run_inside_training_without_recompiling_the_step(
-        shakespeare_bytes, hellaswag_file, tmp_path, capsys, caplog):
-    config = tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=10, hellaswag=str(hellaswag_file),
-                             hellaswag_limit=8, num_samples=2, sample_tokens=40, sample_prompt="ROMEO:")
+class Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(shakespeare_bytes, hellaswag_file, tmp_path_factory):
+    """(workdir, logged rows, console, compile log) of a 20-step run that evaluates val loss, HellaSwag and
+    samples every 10 steps: one run for the tests of evaluations in training and of the report."""
+    workdir = tmp_path_factory.mktemp("evaluated_run")
+    config = tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=10, hellaswag=str(hellaswag_file),
+                             hellaswag_limit=8, num_samples=2, sample_tokens=40, sample_prompt="ROMEO:",
+                             block_size=64, tokens_per_step=8 * 64)
+    compiles, console = Messages(), io.StringIO()
+    logging.getLogger().addHandler(compiles)
     jax.config.update("jax_log_compiles", True)
     try:
-        with caplog.at_level(logging.WARNING):
-            logged = train(config, tmp_path)
+        with contextlib.redirect_stdout(console):
+            logged = train(config, workdir)
     finally:
         jax.config.update("jax_log_compiles", False)
+        logging.getLogger().removeHandler(compiles)
+    return workdir, logged, console.getvalue(), compiles.messages
+
+
+def test_val_loss_hellaswag_and_samples_run_inside_training_without_recompiling_the_step(evaluated_run):
+    _, logged, out, compiles = evaluated_run
     evaluations = [row for row in logged if "val_loss" in row]
-    assert [row["step"] for row in evaluations] == [10, 20, 30]
+    assert [row["step"] for row in evaluations] == [10, 20]  # training goes on after an evaluation
     assert all(row["val_bpb"] == row["val_loss"] / math.log(2) for row in evaluations)  # bytes, one document
     assert all(0 <= row["hellaswag_acc_norm"] <= 1 and "hellaswag_acc" in row for row in evaluations)
-    out = capsys.readouterr().out
-    assert out.count("> ROMEO:") == 3 * 2 and out.count(" | val bpb ") == 3
-    train_step_compiles = [r for r in caplog.records if "Compiling" in r.getMessage() and "train_step" in r.getMessage()]
-    assert len(train_step_compiles) == 1
+    assert out.count("> ROMEO:") == 2 * 2 and out.count(" | val bpb ") == 2
+    assert len([m for m in compiles if "Compiling" in m and "train_step" in m]) == 1
 
 
-def test_report_compares_the_run_with_its_baseline(shakespeare_bytes, byte_model_dir, bpe_model_dir, hellaswag_file,
-                                                   tmp_path):
-    logged = train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=10, hellaswag=str(hellaswag_file),
-                                   hellaswag_limit=8, block_size=64, tokens_per_step=8 * 64), tmp_path)
-    markdown, picture = write_report(tmp_path, str(byte_model_dir))
+def test_report_compares_the_run_with_its_baseline_or_with_itself(evaluated_run, byte_model_dir, bpe_model_dir,
+                                                                  monkeypatch, capsys):
+    workdir, logged, _, _ = evaluated_run
+    markdown, picture = write_report(workdir, str(byte_model_dir))
     text = markdown.read_text()
     assert "| val loss | lower |" in text and "| val bpb | lower |" in text and "| HellaSwag acc_norm | higher |" in text
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A baseline of another tokenizer: bits per byte over the text of the run's 2 x 8 windows of 64 bytes.
-    text = write_report(tmp_path, str(bpe_model_dir))[0].read_text()
+    text = write_report(workdir, str(bpe_model_dir))[0].read_text()
     run_text = shakespeare_val_text(16 * 64 + 1)
     ids = [50256, *tiktoken.get_encoding("gpt2").encode_ordinary(run_text)]
     theirs = torch_losses(bpe_model_dir, ids, context=64).sum().item() / (math.log(2) * len(run_text))
     assert "| val loss |" not in text and "val loss not compared" in text
-    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (30) | {theirs:.4f} |" in text
-    result = subprocess.run([sys.executable, "-m", "gpt2_jax.report", "--workdir", str(tmp_path), "--baseline",
-                             str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (20) | {theirs:.4f} |" in text
+    # No baseline: the run's own numbers and curves, and no model loaded (nothing from the hub).
+    monkeypatch.setattr(report, "load_replicated", lambda reference: pytest.fail(f"loaded {reference}"))
+    report.main(["--workdir", str(workdir)])
+    evaluations = [row for row in logged if "val_bpb" in row]
+    best = min(evaluations, key=lambda row: row["val_bpb"])
+    text = (workdir / "report.md").read_text()
+    assert text.startswith(f"# {workdir.name}\n") and text in capsys.readouterr().out
+    assert f"| val bpb | lower | {logged[-1]['val_bpb']:.4f} (20) | {best['val_bpb']:.4f} ({best['step']}) |" in text
+    result = subprocess.run([sys.executable, "-m", "gpt2_jax.report", "--workdir", str(workdir), "--baseline",
+                             str(workdir / "nothing")], capture_output=True, text=True)
     assert_one_line_error(result, "no such directory")
 
 
@@ -234,3 +265,14 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     old = subprocess.run([*plot, byte, fake_run(tmp_path / "old", 50257, val_bpb=False)], capture_output=True, text=True)
     assert old.returncode == 2 and "not all logged val_bpb" in old.stderr
+
+
+def test_every_panel_labels_both_axes():
+    from gpt2_jax.plot import figure
+
+    rows = [{"step": 10, "train_loss": 3.0}, {"step": 20, "train_loss": 2.5, "val_loss": 2.6, "val_bpb": 1.2,
+                                              "hellaswag_acc_norm": 0.3}]
+    drawn = figure({"run": rows}, {"gpt2": {"val_loss": 2.0, "val_bpb": 1.0}})
+    labels = [(axis.get_title(), axis.get_xlabel(), axis.get_ylabel()) for axis in drawn.axes]
+    assert labels == [("loss", "step", "nats per token"), ("val bits per byte", "step", "bits per byte"),
+                      ("HellaSwag", "step", "acc_norm")]

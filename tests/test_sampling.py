@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, rel_error
+from conftest import assert_one_line_error, rel_error, run_main
 
-from gpt2_jax import GPT2, from_hf, generate
+from gpt2_jax import GPT2, from_hf, generate, sample
 from gpt2_jax.model import init_cache
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError, sample_next
 from gpt2_jax.tokenizer import get_tokenizer
@@ -46,7 +46,7 @@ def test_greedy_generate_equals_transformers(hf_model, tiny):
     config, params = tiny
     config = dataclasses.replace(config, eos_token_id=config.vocab_size)  # no early stop on either side
     prompt = np.random.RandomState(1).randint(0, config.vocab_size, (3, 6))
-    ours = generate(config, params, prompt, max_new_tokens=25, temperature=0.0)
+    ours = generate(GPT2(config), params, prompt, max_new_tokens=25, temperature=0.0)
     with torch.no_grad():
         theirs = hf_model.generate(torch.tensor(prompt), do_sample=False, max_new_tokens=25, eos_token_id=None, pad_token_id=0)
     np.testing.assert_array_equal(np.asarray(ours), theirs.numpy())
@@ -56,9 +56,9 @@ def test_past_the_context_each_step_sees_the_last_n_positions_tokens(tiny):
     config, params = tiny
     config = dataclasses.replace(config, eos_token_id=config.vocab_size)
     prompt = np.random.RandomState(6).randint(0, config.vocab_size, (2, 36))
-    ours = np.asarray(generate(config, params, prompt, max_new_tokens=20, temperature=0.0))  # 56 > 40 positions
+    ours = np.asarray(generate(GPT2(config), params, prompt, max_new_tokens=20, temperature=0.0))  # 56 > 40 positions
     forward = jax.jit(lambda ids: GPT2(config).apply({"params": params}, ids))
-    tokens = np.asarray(generate(config, params, prompt, max_new_tokens=4, temperature=0.0))  # the cached path to 40
+    tokens = np.asarray(generate(GPT2(config), params, prompt, max_new_tokens=4, temperature=0.0))  # the cached path to 40
     for _ in range(16):  # then the naive loop: full forward over the last 40 tokens, argmax
         logits = forward(tokens[:, -config.n_positions :])
         tokens = np.concatenate([tokens, np.argmax(logits[:, -1], axis=-1)[:, None]], axis=1)
@@ -68,7 +68,7 @@ def test_past_the_context_each_step_sees_the_last_n_positions_tokens(tiny):
 def test_seeded_sampling_is_reproducible_and_seeds_differ(tiny):
     config, params = tiny
     prompt = np.arange(4)[None].repeat(4, axis=0)
-    run = lambda seed: np.asarray(generate(config, params, prompt, 20, top_k=20, rng=jax.random.key(seed)))
+    run = lambda seed: np.asarray(generate(GPT2(config), params, prompt, 20, top_k=20, rng=jax.random.key(seed)))
     np.testing.assert_array_equal(run(7), run(7))
     assert not np.array_equal(run(7), run(8))
 
@@ -105,11 +105,12 @@ def test_temperature_scales_the_distribution_and_zero_is_argmax():
 def test_end_of_text_fills_the_row_and_stops_the_loop(tiny):
     config, params = tiny
     prompt = np.random.RandomState(5).randint(0, config.vocab_size, (1, 5))
-    free = np.asarray(generate(dataclasses.replace(config, eos_token_id=config.vocab_size), params, prompt, 12, temperature=0.0))
+    never_ends = GPT2(dataclasses.replace(config, eos_token_id=config.vocab_size))
+    free = np.asarray(generate(never_ends, params, prompt, 12, temperature=0.0))
     eos = int(free[0, 5 + 3])  # the 4th greedy token becomes end-of-text
     first = list(free[0, 5:]).index(eos)
     steps = []
-    out = np.asarray(generate(dataclasses.replace(config, eos_token_id=eos), params, prompt, 12, temperature=0.0,
+    out = np.asarray(generate(GPT2(dataclasses.replace(config, eos_token_id=eos)), params, prompt, 12, temperature=0.0,
                               on_token=lambda tokens: steps.append(int(tokens[0]))))
     np.testing.assert_array_equal(out[0, : 5 + first + 1], free[0, : 5 + first + 1])
     assert (out[0, 5 + first :] == eos).all()
@@ -119,11 +120,11 @@ def test_end_of_text_fills_the_row_and_stops_the_loop(tiny):
 def test_bad_prompts_and_settings_raise(tiny):
     config, params = tiny
     with pytest.raises(SamplingError, match="empty"):
-        generate(config, params, np.zeros((1, 0), np.int32), 5)
+        generate(GPT2(config), params, np.zeros((1, 0), np.int32), 5)
     with pytest.raises(SamplingError, match="the prompt of 41 tokens is longer than the context of 40 tokens"):
-        generate(config, params, np.zeros((1, 41), np.int32), 1)
+        generate(GPT2(config), params, np.zeros((1, 41), np.int32), 1)
     with pytest.raises(SamplingError, match="top_p"):
-        generate(config, params, np.zeros((1, 3), np.int32), 5, top_p=1.5)
+        generate(GPT2(config), params, np.zeros((1, 3), np.int32), 5, top_p=1.5)
 
 
 def run_sample(*args):
@@ -144,16 +145,16 @@ def test_cli_greedy_prints_what_transformers_generates(bpe_model_dir):
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == expected + "\n"
     batch = run_sample("--model", str(bpe_model_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "20", "--num-samples", "3")
-    assert batch.stdout == f"> {expected}\n" * 3
+    assert batch.stdout == "".join(f"---- sample {i}/3 ----\n{expected}\n" for i in (1, 2, 3))
 
 
 def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     args = ["--model", str(bpe_model_dir), "--num-samples", "5", "--max-new-tokens", "10", "--top-k", "50", "--seed", "42"]
-    first, again = run_sample(*args), run_sample(*args)
+    first, again = run_main(sample.main, *args), run_main(sample.main, *args)
     assert first.returncode == 0 and first.stdout == again.stdout
-    lines = first.stdout.splitlines()
-    assert len(lines) == 5 and all(line.startswith("> Hello, I'm a language model,") for line in lines)
-    assert len(set(lines)) > 1
+    samples = re.split(r"^---- sample [1-5]/5 ----\n", first.stdout, flags=re.MULTILINE)
+    assert samples[0] == "" and len(samples) == 6 and all(s.startswith("Hello, I'm a language model,") for s in samples[1:])
+    assert len(set(samples[1:])) > 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -171,7 +172,7 @@ def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     (["--temperature", "inf"], "need 0 <= temperature < inf"),
 ])
 def test_cli_errors_are_one_line(bpe_model_dir, args, message):
-    assert_one_line_error(run_sample("--model", str(bpe_model_dir), *args), message)
+    assert_one_line_error(run_main(sample.main, "--model", str(bpe_model_dir), *args), message)
 
 
 def test_a_prompt_that_is_not_utf8_is_one_line(byte_model_dir):
@@ -193,11 +194,11 @@ def test_ctrl_c_stops_generate_between_chunks_with_what_was_made(tiny):
     prompt = np.random.RandomState(7).randint(0, config.vocab_size, (2, 6))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # as in a CLI or a notebook
     with pytest.raises(GenerationInterrupted) as interrupted:
-        generate(config, params, prompt, 20_000, temperature=0.0, on_token=press_ctrl_c_at_the_fifth_token)
+        generate(GPT2(config), params, prompt, 20_000, temperature=0.0, on_token=press_ctrl_c_at_the_fifth_token)
     tokens = interrupted.value.tokens_BxL
     assert 5 <= tokens.shape[1] - 6 == len(made) < 20_000
     np.testing.assert_array_equal(tokens[:, 6:], np.stack(made, axis=1))
-    greedy = np.asarray(generate(config, params, prompt, len(made), temperature=0.0))
+    greedy = np.asarray(generate(GPT2(config), params, prompt, len(made), temperature=0.0))
     np.testing.assert_array_equal(tokens, greedy)  # what was made is what an uninterrupted run makes
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -233,5 +234,6 @@ def test_ctrl_c_stops_the_cli_within_a_second_printing_what_was_made(bpe_model_d
     batch, _ = interrupt_sampling(bpe_model_dir, lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None,
                                   "--num-samples", "2")
     assert batch.returncode == 130, batch.stderr
-    lines = batch.stdout.decode().splitlines()
-    assert len(lines) == 2 and all(line.startswith("> Hello") and len(line) > len("> Hello") for line in lines)
+    samples = re.split(r"^---- sample [12]/2 ----\n", batch.stdout.decode(), flags=re.MULTILINE)
+    assert samples[0] == "" and len(samples) == 3
+    assert all(sample.startswith("Hello") and len(sample) > len("Hello\n") for sample in samples[1:])

@@ -63,12 +63,19 @@ def test_sharded_steps_equal_the_single_device_steps(single_device, fsdp):
     assert {s.data.shape for s in kernel.addressable_shards} == {(32 // fsdp, 96)}  # each device holds its slice
 
 
-def test_rules_place_every_param_and_optimizer_leaf():
+def test_rules_split_every_matrix_and_lay_out_adams_moments_like_their_params():
     c = default_config()
     model, optimizer = GPT2(CONFIG), make_optimizer(c)
     abstract = jax.eval_shape(functools.partial(init_train_state, model, optimizer), jax.random.key(0))
-    specs = jax.tree.leaves(sharding.tree_shardings(sharding.make_mesh(8), abstract))
-    assert len(specs) == len(jax.tree.leaves(abstract))
+    path = functools.partial(jax.tree_util.keystr, simple=True, separator="/")
+    specs = {path(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(
+        sharding.tree_shardings(sharding.make_mesh(8), abstract))}
+    params = {name.removeprefix("params/"): spec for name, spec in specs.items() if name.startswith("params/")}
+    matrices = {path(p) for p, leaf in jax.tree_util.tree_leaves_with_path(abstract.params) if leaf.ndim == 2}
+    assert {name for name, spec in params.items() if "fsdp" in spec} == matrices  # vectors are replicated
+    moments = {name: spec for name, spec in specs.items() if "/mu/" in name or "/nu/" in name}
+    assert len(moments) == 2 * len(params) == 2 * len(jax.tree.leaves(abstract.params))
+    assert all(spec == params[name.split("/mu/" if "/mu/" in name else "/nu/")[1]] for name, spec in moments.items())
 
 
 def test_bad_layouts_are_clear_errors():

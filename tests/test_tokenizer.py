@@ -2,7 +2,7 @@
 
 import pytest
 
-from gpt2_jax.tokenizer import TokenizerError, get_tokenizer, tokenizer_for_vocab
+from gpt2_jax.tokenizer import TokenizerError, get_tokenizer, tokenizer_for_vocab, write_gpt2_files
 
 TEXT = "Hello, I'm a language model, naïve café 😀\n  indented"
 
@@ -16,12 +16,7 @@ def test_gpt2_bpe_known_ids_and_round_trip():
 
 
 def test_hf_vocab_files_give_the_same_tokens(tmp_path):
-    import os
-    import shutil
-
-    cache = os.environ["TIKTOKEN_CACHE_DIR"]  # tiktoken's cache holds the same two files, by URL hash
-    shutil.copy(os.path.join(cache, "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"), tmp_path / "merges.txt")
-    shutil.copy(os.path.join(cache, "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"), tmp_path / "vocab.json")
+    write_gpt2_files(tmp_path)  # vocab.json + merges.txt from tiktoken's files, found as the package finds them
     local = get_tokenizer("gpt2", hf_dir=tmp_path)
     assert local.encode(TEXT) == get_tokenizer("gpt2").encode(TEXT)
     assert local.eot_token == 50256

@@ -1,0 +1,21 @@
+"""What every `python -m gpt2_jax.NAME` command line shares (but train's, which is absl's): a --help
+that names the command as it is run, keeps its module docstring as written and shows each default."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written, and `(default: X)` after each option that has a default. Required
+    options and flags have none, and an option that defaults to None says in its help what happens."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of `python -m gpt2_jax.{name}`, described by its module docstring `doc`."""
+    return argparse.ArgumentParser(prog=f"python -m gpt2_jax.{name}", description=doc, formatter_class=HelpFormatter)

@@ -1,0 +1,33 @@
+"""Command lines that explain themselves: every --help (but train's) names `python -m gpt2_jax.NAME` and
+shows each option's default."""
+
+import argparse
+import importlib
+
+import pytest
+
+from gpt2_jax.cli import HelpFormatter
+
+COMMANDS = {"sample": "(default: 30)", "convert": "(default: for GPT-2's vocabulary", "prepare": "(default: 0.1)",
+            "evaluate": "(default: val_loss,hellaswag)", "report": "--workdir WORKDIR"}
+
+MODULES = {"convert": "convert_cli"}  # convert.py is the key map; its command line sits on the loader
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_names_the_command_and_shows_every_default(name, capsys, monkeypatch):
+    parsers = []
+    original = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, *args: parsers.append(self) or
+                        original(self, *args))
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(f"gpt2_jax.{MODULES.get(name, name)}").main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0 and shown.startswith(f"usage: python -m gpt2_jax.{name} ")
+    assert COMMANDS[name] in shown and "STYLE.md" not in shown
+    parser = parsers[0]
+    either_of = {a for group in parser._mutually_exclusive_groups if group.required for a in group._group_actions}
+    optional = [a for a in parser._actions if a.option_strings and a.nargs != 0 and not a.required and a not in either_of]
+    assert optional
+    for action in optional:  # the formatter's default, or the help's own words where the default is None
+        assert "(default: " in HelpFormatter(parser.prog)._get_help_string(action), action.option_strings
