@@ -59,7 +59,7 @@ def run_until(process, predicate):
 @pytest.fixture(scope="module")
 def straight(shakespeare_bytes, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
-    config = tiny_run_config(shakespeare_bytes, max_steps=150, checkpoint_every=20)
+    config = tiny_run_config(shakespeare_bytes, max_steps=100, checkpoint_every=20, eval_every=50)
     process = start_run(config, workdir)
     output = process.communicate()[0]
     assert process.returncode == 0, output
@@ -74,7 +74,7 @@ def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_
     output = process.communicate()[0]
     assert process.returncode == 0, output
     stopped_at = int(output.split("SIGTERM: saved step ")[1].split()[0])
-    assert 33 <= stopped_at < 150 and (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
+    assert 33 <= stopped_at < 100 and (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
     resumed = start_run(config, tmp_path)
     output = resumed.communicate()[0]
     assert resumed.returncode == 0 and f"resuming from step {stopped_at}" in output, output
@@ -221,7 +221,9 @@ def test_a_corrupt_shard_is_one_line(shakespeare_bytes, tmp_path):
 
 
 def test_a_workdir_of_another_model_is_refused(shakespeare_bytes, tmp_path):
-    train(tiny_run_config(shakespeare_bytes, max_steps=10, eval_every=0), tmp_path)
+    c = tiny_run_config(shakespeare_bytes)  # the config.json a run of this config writes
+    GPT2Config(vocab_size=257, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+               bos_token_id=256, eos_token_id=256).to_json(tmp_path / "config.json")
     flags = config_flags_of(tiny_run_config(shakespeare_bytes, n_embd=64))
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *flags),
                           "holds a run of another model")
