@@ -7,7 +7,7 @@ Each --model is a hub name, an HF directory, a params directory or a training wo
 tokenizer: every model scores the same text of the val split, each with its own tokens, in bits
 per byte (val_bpb; data.py says exactly how); val_loss where its tokenizer is the data's.
 
-One evaluator, three callers: the training run's evaluations (TrainingEvaluation, on the training
+One evaluator, three callers: the training run's evaluations (train_eval.py, on the training
 mesh, its params sharded there), this command and report.py (params replicated on every device).
 Each task is compiled for its own shapes, once, beside the train step (never recompiling it).
 """
@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 
 import jax
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from gpt2_jax import hellaswag, shards
@@ -30,7 +28,6 @@ from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_replicated
 from gpt2_jax.model import GPT2
-from gpt2_jax.sampling import generate
 from gpt2_jax.tokenizer import Tokenizer
 from gpt2_jax.validation import LossEvaluator
 
@@ -61,36 +58,6 @@ class Evaluator:
             scores = self.scorer.score(params, self.examples, self.tokenizer, bar("hellaswag"))
             results["hellaswag"] = {key: scores[key] for key in ("acc", "acc_norm", "n")}
         return results
-
-
-class TrainingEvaluation:
-    """What the train loop runs every eval_every steps: val loss, HellaSwag if configured, samples."""
-
-    def __init__(self, config, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer):
-        self.config, self.model, self.tokenizer = config, model, tokenizer
-        examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else ()
-        self.evaluate = Evaluator(model, mesh, tokenizer, config.batch_size,
-                                  WindowSource(config.data_dir, "val", config.block_size),
-                                  config.eval_batches * config.batch_size, examples)
-        self.prompt = None
-        if config.num_samples:
-            prompt = np.tile(tokenizer.encode(config.sample_prompt), (config.num_samples, 1))
-            self.prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
-
-    def __call__(self, params) -> tuple[dict, list[str]]:
-        """({"val_loss", "val_bpb", "hellaswag_acc", "hellaswag_acc_norm"}, sample texts); val_bpb is over
-        val_loss's windows, the bytes of their target tokens."""
-        results = self.evaluate(params)
-        row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
-        if "hellaswag" in results:
-            row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])
-        samples = []
-        if self.config.num_samples:
-            tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
-                              rng=jax.random.key(self.config.seed))
-            tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
-            samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
-        return row, samples
 
 
 def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hellaswag_path: str | None,

@@ -1,6 +1,7 @@
 """The train and eval steps as pure functions: step(state, batch) -> (state, metrics).
 
-train.py compiles them once each with their shardings; nothing here knows about devices.
+train.py compiles the train step with its shardings, validation.py the eval step (inside its running
+sums); nothing here knows about devices.
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ from ml_collections import config_flags
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
 from gpt2_jax.checkpoint import TrainCheckpoints
 from gpt2_jax.errors import UserError, exit_on_user_error
-from gpt2_jax.evaluate import TrainingEvaluation
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
+from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
 config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)

@@ -1,0 +1,45 @@
+"""What a training run evaluates every eval_every steps: val loss and bits per byte, HellaSwag if
+configured, and a few samples; evaluate.py's Evaluator on the training mesh, params sharded there."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gpt2_jax import hellaswag
+from gpt2_jax.data import WindowSource
+from gpt2_jax.evaluate import Evaluator
+from gpt2_jax.model import GPT2
+from gpt2_jax.sampling import generate
+from gpt2_jax.tokenizer import Tokenizer
+
+
+class TrainingEvaluation:
+    """What the train loop runs every eval_every steps: val loss, HellaSwag if configured, samples."""
+
+    def __init__(self, config, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else ()
+        self.evaluate = Evaluator(model, mesh, tokenizer, config.batch_size,
+                                  WindowSource(config.data_dir, "val", config.block_size),
+                                  config.eval_batches * config.batch_size, examples)
+        self.prompt = None
+        if config.num_samples:
+            prompt = np.tile(tokenizer.encode(config.sample_prompt), (config.num_samples, 1))
+            self.prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
+
+    def __call__(self, params) -> tuple[dict, list[str]]:
+        """({"val_loss", "val_bpb", "hellaswag_acc", "hellaswag_acc_norm"}, sample texts); val_bpb is over
+        val_loss's windows, the bytes of their target tokens."""
+        results = self.evaluate(params)
+        row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
+        if "hellaswag" in results:
+            row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])
+        samples = []
+        if self.config.num_samples:
+            tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
+                              rng=jax.random.key(self.config.seed))
+            tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
+            samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
+        return row, samples
