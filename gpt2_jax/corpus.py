@@ -21,14 +21,39 @@ def iter_documents(inputs: list[str], text_field: str = "text") -> Iterator[str]
             yield from _hf_documents(source.removeprefix("hf:"), text_field)
             continue
         path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        elif path.is_file():
-            files = [path]
-        else:
+        if not path.exists():
             raise DataError(f"{source}: no such file or directory")
-        for file in files:
+        for file in _files(path):
             yield from _file_documents(file, text_field)
+
+
+def count_documents(inputs: list[str]) -> int | None:
+    """How many documents `iter_documents` yields, where that is cheap to know (a progress bar's total):
+    files count one, .jsonl its non-empty lines, .parquet its rows; None for hf: streams or a missing input."""
+    count = 0
+    for source in inputs:
+        path = Path(source)
+        if source.startswith("hf:") or not path.exists():
+            return None
+        for file in _files(path):
+            if file.suffix == ".parquet":
+                try:
+                    import pyarrow.parquet as parquet
+                    count += parquet.ParquetFile(file).metadata.num_rows
+                except Exception:  # not readable here: iter_documents says why
+                    return None
+            elif file.suffix == ".jsonl":
+                with open(file, "rb") as lines:
+                    count += sum(1 for line in lines if line.strip())
+            else:
+                count += 1
+    return count
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [path]
 
 
 def _file_documents(path: Path, text_field: str) -> Iterator[str]:

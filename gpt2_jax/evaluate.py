@@ -42,8 +42,13 @@ class Evaluator:
                  val: WindowSource | TextWindows | None = None, val_windows: int = 0,
                  examples: list[hellaswag.Example] = ()):
         self.tokenizer, self.val, self.val_windows, self.examples = tokenizer, val, val_windows, examples
-        self.loss = LossEvaluator(model, mesh, batch_size, tokenizer) if val is not None else None
-        self.scorer = hellaswag.HellaSwagScorer(model, mesh, batch_size) if examples else None
+        # A batch never holds more than there is to score: `--batch-size 100000000` is the whole set at once.
+        if val is not None:
+            windows = min(len(val), val_windows or len(val))
+            self.loss = LossEvaluator(model, mesh, max(1, min(batch_size, windows)), tokenizer)
+        else:
+            self.loss = None
+        self.scorer = hellaswag.HellaSwagScorer(model, mesh, min(batch_size, len(examples))) if examples else None
 
     def __call__(self, params, progress: str = "") -> dict:
         """{"val_loss": {"loss", "bpb", "tokens", "bytes"}, "hellaswag": {"acc", "acc_norm", "n"}}, of the tasks

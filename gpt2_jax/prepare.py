@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.corpus import iter_documents
+from gpt2_jax.corpus import count_documents, iter_documents
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
 
@@ -91,7 +91,7 @@ def _tokenize(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
         _start_worker(meta["tokenizer"])
     pending, pending_tokens, count = [], 0, meta["documents"]
     try:
-        with tqdm(desc="tokenize", unit="doc", initial=count) as progress:
+        with tqdm(desc="tokenize", unit="doc", initial=count, total=count_documents(meta["inputs"])) as progress:
             for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
                 if count:  # <|endoftext|> between documents
                     tokens = np.concatenate([np.asarray([eot], shards.TOKEN_DTYPE), tokens])

@@ -9,6 +9,7 @@ import pytest
 from conftest import SHAKESPEARE, assert_one_line_error, read_only
 
 from gpt2_jax import shards
+from gpt2_jax.corpus import count_documents
 from gpt2_jax.data import TextWindows, WindowSource, eval_batches, read_documents, train_iterator
 from gpt2_jax.prepare import prepare
 from gpt2_jax.tokenizer import get_tokenizer
@@ -29,6 +30,8 @@ def test_documents_are_joined_by_end_of_text(tmp_path):
     expected = bpe.encode("first doc") + [50256] + bpe.encode("second") + [50256] + bpe.encode("third")
     assert tokens.tolist() == expected and tokens.dtype == np.uint16
     assert meta["documents"] == 3 and meta["splits"]["val"] == []
+    assert count_documents([str(tmp_path / "docs")]) == 3  # the progress bar's total, counted as prepare counts
+    assert count_documents(["hf:some/dataset"]) is None and count_documents([str(tmp_path / "none")]) is None
 
 
 def test_parquet_input(tmp_path):
@@ -38,6 +41,7 @@ def test_parquet_input(tmp_path):
     parquet.write_table(pyarrow.table({"content": ["alpha", "beta"]}), tmp_path / "t.parquet")
     prepare([str(tmp_path / "t.parquet")], tmp_path / "out", tokenizer="byte", val_fraction=0.0, text_field="content")
     assert tokens_of(tmp_path / "out")[0].tolist() == list(b"alpha") + [256] + list(b"beta")
+    assert count_documents([str(tmp_path / "t.parquet")]) == 2
 
 
 def test_shakespeare_split_is_nanogpts(tmp_path):

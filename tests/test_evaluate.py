@@ -107,6 +107,10 @@ def test_val_loss_and_bpb_of_a_byte_model_equal_transformers_and_each_other(byte
     assert ours["loss"] == pytest.approx(theirs.mean().item(), rel=1e-5)
     assert ours["bytes"] == ours["tokens"] == VAL_BYTES
     assert ours["bpb"] == ours["loss"] / math.log(2)  # the same nats over the same count: exactly
+    # A batch larger than the whole set is the whole set, not a 10^8-row allocation.
+    whole = evaluate_model(str(byte_model_dir), ["val_loss"], str(shakespeare_bytes), None, batch_size=10**8,
+                           val_tokens=VAL_BYTES)["val_loss"]
+    assert whole["tokens"] == ours["tokens"] and whole["loss"] == pytest.approx(ours["loss"], rel=1e-6)
 
 
 def test_bpb_of_a_bpe_model_on_byte_data_equals_transformers_over_the_same_text(bpe_model_dir, shakespeare_bytes):
