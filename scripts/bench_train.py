@@ -164,7 +164,7 @@ def transformers_step(shape, batch, dtype, device):
     n_layer, n_head, n_embd, block, _, vocab = shape
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).to(device).train()
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=vocab - 1, eos_token_id=vocab - 1)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     windows = torch.randint(0, vocab, (batch, block + 1), device=device)
 
