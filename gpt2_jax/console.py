@@ -11,14 +11,13 @@ COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("gr
            "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
 
 
-def format_row(step: int, max_steps: int, row: dict, elapsed: float | None = None, eta: float | None = None) -> str:
+def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float | None) -> str:
     """`step   100/2000 | loss 2.6533 | lr 9.90e-04 | ... | 0:00:12, ETA 0:02:31` for the console."""
     cells = []
     for name, value in row.items():
         label, spec = COLUMNS.get(name, (name, ".4f"))
         cells.append(f"{label} {value:{spec}}")
-    if elapsed is not None:
-        cells.append(duration(elapsed) + ("" if eta is None else f", ETA {duration(eta)}"))
+    cells.append(duration(elapsed) + ("" if eta is None else f", ETA {duration(eta)}"))
     return f"step {step:{len(str(max_steps))}d}/{max_steps} | " + " | ".join(cells)
 
 

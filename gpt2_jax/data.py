@@ -2,7 +2,7 @@
 
 Training reads the windows shuffled by grain (a new permutation each epoch, fixed by the
 seed), each process its own slice, in batches; the grain iterator's state is saved with every
-checkpoint (checkpoint.py), so a resumed run continues the same order. Evaluation reads every
+checkpoint (train_checkpoints.py), so a resumed run continues the same order. Evaluation reads every
 window of a split once, in order.
 
 Models of different tokenizers are compared on the validation *text*, the same bytes for

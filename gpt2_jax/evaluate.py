@@ -7,62 +7,23 @@ Each --model is a hub name, an HF directory, a params directory or a training wo
 tokenizer: every model scores the same text of the val split, each with its own tokens, in bits
 per byte (val_bpb; data.py says exactly how); val_loss where its tokenizer is the data's.
 
-One evaluator, three callers: the training run's evaluations (train_eval.py, on the training
-mesh, its params sharded there), this command and report.py (params replicated on every device).
-Each task is compiled for its own shapes, once, beside the train step (never recompiling it).
+The evaluation itself is evaluator.py's, shared with training and report.py.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
 
-import jax
-from tqdm import tqdm
-
 from gpt2_jax import hellaswag, shards
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.data import TextWindows, WindowSource, read_documents
+from gpt2_jax.data import TextWindows, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_replicated
-from gpt2_jax.model import GPT2
-from gpt2_jax.tokenizer import Tokenizer
-from gpt2_jax.validation import LossEvaluator
 
 TASKS = ("val_loss", "hellaswag")
-
-
-class Evaluator:
-    """val loss and bits per byte over `val`'s first `val_windows` windows (0: all), and HellaSwag over
-    `examples`, of one model on a mesh: built once (each task compiles once), called with params."""
-
-    def __init__(self, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer, batch_size: int,
-                 val: WindowSource | TextWindows | None = None, val_windows: int = 0,
-                 examples: list[hellaswag.Example] = ()):
-        self.tokenizer, self.val, self.val_windows, self.examples = tokenizer, val, val_windows, examples
-        # A batch never holds more than there is to score: `--batch-size 100000000` is the whole set at once.
-        if val is not None:
-            windows = min(len(val), val_windows or len(val))
-            self.loss = LossEvaluator(model, mesh, max(1, min(batch_size, windows)), tokenizer)
-        else:
-            self.loss = None
-        self.scorer = hellaswag.HellaSwagScorer(model, mesh, min(batch_size, len(examples))) if examples else None
-
-    def __call__(self, params, progress: str = "") -> dict:
-        """{"val_loss": {"loss", "bpb", "tokens", "bytes"}, "hellaswag": {"acc", "acc_norm", "n"}}, of the tasks
-        it was given; `progress`, if given, labels a progress bar for each."""
-        def bar(task):
-            return functools.partial(tqdm, desc=f"{task} {progress}", unit="batch", leave=False) if progress else None
-
-        results = {}
-        if self.loss:
-            results["val_loss"] = self.loss.evaluate(params, self.val, self.val_windows, bar("val_loss"))
-        if self.scorer:
-            scores = self.scorer.score(params, self.examples, self.tokenizer, bar("hellaswag"))
-            results["hellaswag"] = {key: scores[key] for key in ("acc", "acc_norm", "n")}
-        return results
 
 
 def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hellaswag_path: str | None,

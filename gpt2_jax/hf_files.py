@@ -18,7 +18,7 @@ from gpt2_jax.errors import UserError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
-EXTRA_FILES = ("generation_config.json",)
+GENERATION_CONFIG = "generation_config.json"
 HF_DIR = "Hugging Face model directory"
 
 
@@ -96,7 +96,7 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
 def is_hf_export(path: Path) -> bool:
     """A directory that holds an HF model and nothing else: what write_hf_dir writes (and may replace)."""
     names = {p.name for p in path.iterdir()}
-    return "config.json" in names and names <= {"config.json", *WEIGHT_FILES, *EXTRA_FILES, *TOKENIZER_FILES}
+    return "config.json" in names and names <= {"config.json", *WEIGHT_FILES, GENERATION_CONFIG, *TOKENIZER_FILES}
 
 
 def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None,
@@ -115,7 +115,7 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
         (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
         save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})
         generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
-        (directory / EXTRA_FILES[0]).write_text(json.dumps(generation, indent=2) + "\n")
+        (directory / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
         for name in TOKENIZER_FILES if tokenizer_dir else ():
             if (tokenizer_dir / name).is_file():
                 shutil.copy(tokenizer_dir / name, directory / name)

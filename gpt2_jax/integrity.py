@@ -1,4 +1,4 @@
-"""Is a restored state the one that was saved? Its shapes, a checksum of its bits, and quiet failures.
+"""Is a restored state the one that was saved? Its shapes, a checksum of its bits, quiet failures; damaged steps set aside.
 
 Orbax restores whatever bytes are on disk: a flipped bit in a data file comes back as a wrong
 weight, silently. Each checkpoint therefore stores a checksum of every array (computed on the
@@ -13,11 +13,13 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+SET_ASIDE = ".unreadable"  # the suffix of a damaged step's directory
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # 8-byte values: two uint32 words
 
 
@@ -114,3 +116,11 @@ def is_damage(error: BaseException) -> bool:
     """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
     return not (isinstance(error, (MemoryError, PermissionError)) or "RESOURCE_EXHAUSTED" in str(error)
                 or "Permission denied" in str(error))
+
+
+def set_aside(checkpoints: Path, step: int) -> str:
+    """Rename a damaged step out of the way (kept for a person to look at); the run can write it again."""
+    aside = next(checkpoints / f"{step}{SET_ASIDE}{n or ''}" for n in range(1000)
+                 if not (checkpoints / f"{step}{SET_ASIDE}{n or ''}").exists())
+    (checkpoints / str(step)).rename(aside)
+    return aside.name

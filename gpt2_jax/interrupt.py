@@ -1,7 +1,8 @@
-"""Ctrl-C as a flag that long compiled work checks between its pieces.
+"""Stop signals (Ctrl-C, a preemption's SIGTERM) as a flag that long work checks between its pieces.
 
 While XLA runs a program, Python cannot raise KeyboardInterrupt; a loop of bounded programs
-can look at this flag between them and stop cleanly, keeping what it has made.
+(the train loop's steps, sampling's chunks) looks at this flag between them and stops cleanly,
+keeping what it has made.
 """
 
 from __future__ import annotations
@@ -10,25 +11,32 @@ import signal
 import threading
 
 
-class CtrlC:
-    """`with CtrlC() as pressed: ... pressed.signal` is set once Ctrl-C arrives.
+class StopSignals:
+    """`with StopSignals(signal.SIGINT) as stop: ... stop.signal` names the first of the signals to
+    arrive ("SIGINT"), None until then. A second one gets the handler that was there before (Ctrl-C
+    raises KeyboardInterrupt at once); on exit every handler is given back.
 
-    Only where Python's own handler is in place (a CLI, a notebook): a program with its own
-    handler (the train loop saves, then stops) keeps it. A second Ctrl-C raises at once.
+    `only_over_python_default`: take a signal only where Python's own handler is in place (a CLI, a
+    notebook), so that work inside a program with its own handler (sampling in a train run) keeps it.
     """
 
+    def __init__(self, *signums: int, only_over_python_default: bool = False):
+        self.signums, self.only_over_python_default = signums, only_over_python_default
+
     def __enter__(self):
-        self.signal = None
-        self.installed = (threading.current_thread() is threading.main_thread()
-                          and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
-        if self.installed:
-            signal.signal(signal.SIGINT, self.request)
+        self.signal, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for signum in self.signums:
+                handler = signal.getsignal(signum)
+                if not self.only_over_python_default or handler is signal.default_int_handler:
+                    self.previous[signum] = handler
+                    signal.signal(signum, self.request)
         return self
 
     def request(self, signum, frame):
-        self.signal = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.signal = self.signal or signal.Signals(signum).name
+        signal.signal(signum, self.previous[signum])
 
     def __exit__(self, *exc):
-        if self.installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

@@ -19,21 +19,23 @@ import jax.numpy as jnp
 CHUNK_TOKENS = 8192  # tokens (batch x positions) per chunk: large matmuls, ~0.8 GB of logits for 50,304 rows
 
 
-def positions_per_chunk(batch: int, time: int, chunk_tokens: int = CHUNK_TOKENS) -> int:
-    """The largest divisor of `time` with batch * positions <= chunk_tokens (at least 1)."""
-    fitting = max(1, chunk_tokens // batch)
-    return max(d for d in range(1, time + 1) if time % d == 0 and d <= fitting)
+def chunk_layout(batch: int, time: int, chunk_tokens: int = CHUNK_TOKENS) -> tuple[int, int]:
+    """(chunks, positions per chunk): the fewest equal chunks with batch x positions <= chunk_tokens (at
+    least one position each); time is padded up to chunks x positions, by fewer than `chunks` positions."""
+    chunks = -(-time // max(1, chunk_tokens // batch))
+    return chunks, -(-time // chunks)
 
 
-def _chunks(a_BxTx_, positions: int):
-    """[B, T, ...] -> [T / positions, B, positions, ...]: what lax.scan walks over."""
+def _chunks(a_BxTx_, chunks: int, positions: int):
+    """[B, T, ...] -> [chunks, B, positions, ...], zero-padded along T: what lax.scan walks over."""
     B, T = a_BxTx_.shape[:2]
-    return jnp.swapaxes(a_BxTx_.reshape(B, T // positions, positions, *a_BxTx_.shape[2:]), 0, 1)
+    padded = jnp.pad(a_BxTx_, [(0, 0), (0, chunks * positions - T)] + [(0, 0)] * (a_BxTx_.ndim - 2))
+    return jnp.swapaxes(padded.reshape(B, chunks, positions, *a_BxTx_.shape[2:]), 0, 1)
 
 
-def _unchunk(a_NxBxPx_):
+def _unchunk(a_NxBxPx_, time: int):
     n, B, P = a_NxBxPx_.shape[:3]
-    return jnp.swapaxes(a_NxBxPx_, 0, 1).reshape(B, n * P, *a_NxBxPx_.shape[3:])
+    return jnp.swapaxes(a_NxBxPx_, 0, 1).reshape(B, n * P, *a_NxBxPx_.shape[3:])[:, :time]
 
 
 def _logits_and_losses(x_BxPxD, embedding_VxD, labels_BxP, vocab_size: int):
@@ -51,15 +53,15 @@ def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_toke
 
     For evaluation: differentiable, but its gradient would keep every chunk's logits.
     """
-    positions = positions_per_chunk(*labels_BxT.shape, chunk_tokens)
+    layout = chunk_layout(*labels_BxT.shape, chunk_tokens)
     embedding_VxD = embedding_VxD.astype(x_BxTxD.dtype)
 
     def chunk_losses(inputs):
         x_BxPxD, labels_BxP = inputs
         return _logits_and_losses(x_BxPxD, embedding_VxD, labels_BxP, vocab_size)[2]
 
-    losses = jax.lax.map(chunk_losses, (_chunks(x_BxTxD, positions), _chunks(labels_BxT, positions)))
-    return _unchunk(losses)
+    losses = jax.lax.map(chunk_losses, (_chunks(x_BxTxD, *layout), _chunks(labels_BxT, *layout)))
+    return _unchunk(losses, labels_BxT.shape[1])  # the padding's losses are cut off
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -77,13 +79,14 @@ def mean_cross_entropy(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chun
 
 def _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens):
     B, T = labels_BxT.shape
-    positions = positions_per_chunk(B, T, chunk_tokens)
+    layout = chunk_layout(B, T, chunk_tokens)
     embedding = embedding_VxD.astype(x_BxTxD.dtype)
     scale = 1.0 / (B * T)
 
     def chunk(d_embedding_VxD, inputs):
-        x_BxPxD, labels_BxP = inputs
+        x_BxPxD, labels_BxP, real_BxP = inputs
         logits_BxPxV, lse_BxP, losses_BxP = _logits_and_losses(x_BxPxD, embedding, labels_BxP, vocab_size)
+        losses_BxP = jnp.where(real_BxP, losses_BxP, 0)  # padding: its x is 0, so it adds nothing to d_embedding
         one_hot_BxPxV = jax.nn.one_hot(labels_BxP, embedding.shape[0], dtype=jnp.float32)
         d_logits_BxPxV = ((jnp.exp(logits_BxPxV - lse_BxP[..., None]) - one_hot_BxPxV) * scale).astype(x_BxPxD.dtype)
         d_x_BxPxD = jnp.einsum("bpv,vd->bpd", d_logits_BxPxV, embedding)
@@ -91,12 +94,10 @@ def _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_to
         return d_embedding_VxD, (losses_BxP.sum(), d_x_BxPxD)
 
     zeros = jnp.zeros(embedding.shape, jnp.float32)
-    d_embedding, (loss_sums, d_x) = jax.lax.scan(chunk, zeros, (_chunks(x_BxTxD, positions), _chunks(labels_BxT, positions)))
-    return loss_sums.sum() * scale, (_unchunk(d_x), d_embedding.astype(embedding_VxD.dtype))
-
-
-def _forward(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens):
-    return _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_tokens)
+    real_BxT = jnp.ones(labels_BxT.shape, bool)
+    d_embedding, (loss_sums, d_x) = jax.lax.scan(
+        chunk, zeros, (_chunks(x_BxTxD, *layout), _chunks(labels_BxT, *layout), _chunks(real_BxT, *layout)))
+    return loss_sums.sum() * scale, (_unchunk(d_x, T), d_embedding.astype(embedding_VxD.dtype))
 
 
 def _backward(vocab_size, chunk_tokens, gradients, d_loss):
@@ -104,4 +105,4 @@ def _backward(vocab_size, chunk_tokens, gradients, d_loss):
     return (d_loss * d_x).astype(d_x.dtype), (d_loss * d_embedding).astype(d_embedding.dtype), None
 
 
-mean_cross_entropy.defvjp(_forward, _backward)
+mean_cross_entropy.defvjp(_loss_and_gradients, _backward)

@@ -70,8 +70,8 @@ def main(argv=None):
     stream = StreamPrinter(loaded.tokenizer, prompt_ids) if args.num_samples == 1 else None
     progress = None
 
-    def count(tokens_B):  # several samples print when done: until then, a progress bar
-        progress.update()
+    def count(made):  # several samples print when done: until then, a progress bar
+        progress.update(made - progress.n)
 
     try:
         prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
@@ -79,7 +79,7 @@ def main(argv=None):
         tokens_BxL = generate(
             GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
             temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-            rng=jax.random.key(args.seed), on_token=stream or count,
+            rng=jax.random.key(args.seed), on_token=stream, on_progress=None if stream else count,
         )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 import time
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from gpt2_jax.errors import UserError
-from gpt2_jax.interrupt import CtrlC
+from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2, init_cache
 
 
@@ -73,13 +74,15 @@ def generate(
     rng: jax.Array | None = None,
     *,
     on_token: Callable[[np.ndarray], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> jax.Array:
     """Continue `prompt_ids` ([T] or [B, T] ints) by `max_new_tokens` tokens of `model` (its config,
     dtype and attention kernel; `GPT2(config)` for the defaults) with `params`.
 
     temperature 0.0 is greedy. A row that emits `eos_token_id` is filled with it from then
     on, and the loop stops once every row has. `on_token`, if given, is called on the host
-    with each step's [B] tokens as they are generated (for streaming). The prompt must fit
+    with each step's [B] tokens as they are generated (for streaming; a host call per token);
+    `on_progress`, with the count of new tokens made so far, after each chunk (cheap). The prompt must fit
     the context; the continuation may run past it (see the module docstring). Ctrl-C (when
     Python's own handler is in place) stops within a chunk: GenerationInterrupted.
     Returns [B, T + max_new_tokens] token ids (prompt included).
@@ -98,11 +101,13 @@ def generate(
     state = _start(model, params, prompt_BxT, jax.random.key(0) if rng is None else rng, max_new_tokens)
     decode = functools.partial(_decode, model, params, T=T, sampling=(temperature, top_k, top_p), on_token=on_token)
     chunk, made = 16, 0
-    with CtrlC() as interrupted:
+    with StopSignals(signal.SIGINT, only_over_python_default=True) as interrupted:
         while made < max_new_tokens and not interrupted.signal:
             began = time.perf_counter()
             state = decode(*state, stop=min(made + chunk, max_new_tokens))
             made, finished = int(state[0]), bool(np.asarray(state[4]).all())  # waits; Ctrl-C is seen here
+            if on_progress is not None:
+                on_progress(made)
             if finished:
                 break
             # Chunks of ~0.1-0.4 s: the compiled loop's speed, and Ctrl-C answered well within a second.

@@ -1,4 +1,5 @@
-"""The train and eval steps as pure functions: step(state, batch) -> (state, metrics).
+"""The train and eval steps as pure functions: train_step(state, windows) -> (state, metrics), and
+eval_step's per-batch sums.
 
 train.py compiles the train step with its shardings, validation.py the eval step (inside its running
 sums); nothing here knows about devices.
@@ -37,8 +38,7 @@ def token_losses(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
 def mean_loss(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
     """The mean of `token_losses`, with a gradient that never holds the whole logits (loss.py)."""
     x_BxTxD = model.apply({"params": params}, windows_BxL[:, :-1], method=GPT2.hidden)
-    return loss.mean_cross_entropy(x_BxTxD, params["wte"]["embedding"], windows_BxL[:, 1:],
-                                   model.config.vocab_size, loss.CHUNK_TOKENS)
+    return loss.mean_cross_entropy(x_BxTxD, params["wte"]["embedding"], windows_BxL[:, 1:], model.config.vocab_size)
 
 
 def train_step(model: GPT2, optimizer: optax.GradientTransformation, state: TrainState, windows_AxBxL: jax.Array):

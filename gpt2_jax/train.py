@@ -20,31 +20,19 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
-from gpt2_jax.checkpoint import TrainCheckpoints
 from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
+from gpt2_jax.train_checkpoints import TrainCheckpoints
 from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
 config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
-
-
-class StopRequest:
-    """Remembers a SIGTERM (preemption) or Ctrl-C, so the loop can save before it exits."""
-
-    def __init__(self):
-        self.signal = None
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self.request)
-
-    def request(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        signal.signal(signum, signal.SIG_DFL)  # a second signal stops at once
 
 
 def train(config, workdir: str | Path) -> list[dict]:
@@ -57,15 +45,15 @@ def train(config, workdir: str | Path) -> list[dict]:
     if config.distributed:
         jax.distributed.initialize()
     lock = WorkdirLock(Path(workdir).absolute())
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         mesh = sharding.make_mesh(config.fsdp)
         with jax.set_mesh(mesh):  # Pallas attention splits its kernel over it (attention.py)
-            return Run(config, lock, mesh).loop()
+            run = Run(config, lock, mesh)
+            # From the first step on, SIGTERM (a preemption) or Ctrl-C saves, then stops; handlers given back after.
+            with StopSignals(signal.SIGTERM, signal.SIGINT) as run.stop:
+                return run.loop()
     finally:
         lock.release()
-        for signum, handler in handlers.items():  # Ctrl-C raises KeyboardInterrupt again after a call from Python
-            signal.signal(signum, handler)
 
 
 class Run:
@@ -123,7 +111,7 @@ class Run:
         self.schedule = learning_rate_schedule(c)
         self.peak = metrics.peak_flops_per_device(c.peak_flops)
         self.flops_per_step = metrics.train_flops_per_token(model_config) * c.tokens_per_step
-        self.stop, self.clock, self.logged = StopRequest(), metrics.ThroughputClock(), []
+        self.stop, self.clock, self.logged = None, metrics.ThroughputClock(), []  # stop: train() gives it
         self.last_good, self.began = (self.start if restored else None), time.perf_counter()
 
     def loop(self) -> list[dict]:

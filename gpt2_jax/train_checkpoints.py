@@ -18,10 +18,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from gpt2_jax import integrity
+from gpt2_jax.integrity import SET_ASIDE
 from gpt2_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
-SET_ASIDE = ".unreadable"
 
 
 class CheckpointError(UserError):
@@ -96,7 +96,8 @@ class TrainCheckpoints:
             try:
                 return step, self._restore(step, targets_for, data_iterator)
             except Damaged as damage:
-                kept = "" if self.read_only or jax.process_index() else f", set aside as {self._set_aside(step)}"
+                kept = "" if self.read_only or jax.process_index() else f", set aside as {integrity.set_aside(self.directory, step)}"
+                self.manager.reload()
                 print(f"checkpoint step {step} is damaged ({damage}){kept}; restoring the one before", file=sys.stderr)
         set_aside = ", ".join(sorted(p.name for p in self.directory.glob(f"*{SET_ASIDE}*")))
         if not (steps or set_aside or self.read_only):
@@ -136,14 +137,6 @@ class TrainCheckpoints:
             if corrupt:
                 raise Damaged(f"checksum mismatch in {name} {corrupt}")
         return restored
-
-    def _set_aside(self, step: int) -> str:
-        """Rename a damaged step out of the way (kept for a person to look at); the run can write it again."""
-        aside = next(self.directory / f"{step}{SET_ASIDE}{n or ''}" for n in range(1000)
-                     if not (self.directory / f"{step}{SET_ASIDE}{n or ''}").exists())
-        (self.directory / str(step)).rename(aside)
-        self.manager.reload()
-        return aside.name
 
     def close(self) -> None:
         """Finish the pending save (raising CheckpointError if it failed) and release orbax's threads."""

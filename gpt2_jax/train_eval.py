@@ -1,5 +1,5 @@
 """What a training run evaluates every eval_every steps: val loss and bits per byte, HellaSwag if
-configured, and a few samples; evaluate.py's Evaluator on the training mesh, params sharded there."""
+configured, and a few samples; evaluator.py's Evaluator on the training mesh, params sharded there."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gpt2_jax import hellaswag
 from gpt2_jax.data import WindowSource
-from gpt2_jax.evaluate import Evaluator
+from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.model import GPT2
 from gpt2_jax.sampling import generate
 from gpt2_jax.tokenizer import Tokenizer

@@ -31,8 +31,10 @@ def inputs():
     return x, embedding, labels
 
 
+@pytest.mark.parametrize("time", [12, 11])  # 11: the last chunk is padded (but for 1 position a chunk)
 @pytest.mark.parametrize("chunk_tokens", [3, 9, 36, 10_000])  # 1, 3, 12 positions per chunk, and one chunk
-def test_mean_cross_entropy_and_its_gradient_equal_the_plain_ones(inputs, chunk_tokens):
+def test_mean_cross_entropy_and_its_gradient_equal_the_plain_ones(inputs, chunk_tokens, time):
+    inputs = inputs[0][:, :time], inputs[1], inputs[2][:, :time]
     ours = jax.value_and_grad(loss.mean_cross_entropy, argnums=(0, 1))(*inputs, VOCAB, chunk_tokens)
     plain = jax.value_and_grad(plain_mean_loss, argnums=(0, 1))(*inputs)
     assert rel_error(ours[0], plain[0]) < 1e-6
@@ -49,13 +51,16 @@ def test_token_losses_equal_the_plain_ones(inputs):
     logits = jnp.einsum("btd,vd->btv", x, embedding[:VOCAB])
     plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     assert rel_error(loss.token_losses(x, embedding, labels, VOCAB, 9), plain) < 1e-6
+    assert rel_error(loss.token_losses(x[:, :11], embedding, labels[:, :11], VOCAB, 9), plain[:, :11]) < 1e-6
 
 
-def test_positions_per_chunk_divides_time():
-    assert loss.positions_per_chunk(32, 1024) == 256
-    assert loss.positions_per_chunk(6, 64) == 64
-    assert loss.positions_per_chunk(5, 12, 20) == 4
-    assert loss.positions_per_chunk(100, 7, 10) == 1
+def test_chunk_layout_is_the_fewest_equal_chunks_that_fit():
+    assert loss.chunk_layout(32, 1024) == (4, 256)
+    assert loss.chunk_layout(6, 64) == (1, 64)
+    assert loss.chunk_layout(5, 12, 20) == (3, 4)
+    assert loss.chunk_layout(100, 7, 10) == (7, 1)  # one position of a batch larger than a chunk
+    assert loss.chunk_layout(256, 127) == (4, 32)  # a prime length is padded by one, not cut into 127 chunks
+    assert loss.chunk_layout(16, 1000) == (2, 500)
 
 
 def test_the_train_steps_gradient_equals_the_plain_models(hf_dir):

@@ -117,6 +117,15 @@ def test_end_of_text_fills_the_row_and_stops_the_loop(tiny):
     assert len(steps) == first + 1  # no steps after every row has ended
 
 
+def test_progress_is_reported_per_chunk_up_to_the_tokens_made(tiny):
+    config, params = tiny
+    prompt = np.random.RandomState(6).randint(0, config.vocab_size, (3, 4))
+    model = GPT2(dataclasses.replace(config, eos_token_id=config.vocab_size))  # never ends early
+    made = []
+    generate(model, params, prompt, 40, on_progress=made.append)
+    assert made == sorted(made) and made[-1] == 40 and len(made) <= 40
+
+
 def test_bad_prompts_and_settings_raise(tiny):
     config, params = tiny
     with pytest.raises(SamplingError, match="empty"):
