@@ -83,8 +83,7 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
 
 def read_documents(data_dir: str | Path, max_tokens: int = 0) -> list[str]:
     """The text of the val split's first `max_tokens` tokens (0: all), as documents (module docstring)."""
-    meta, opened = shards.open_split(data_dir, "val")
-    tokens = np.concatenate([np.asarray(t[s.start : s.stop]) for t, s in opened])[: max_tokens or None]
+    meta, tokens = shards.read_split(data_dir, "val", max_tokens)
     pieces = np.split(tokens, np.flatnonzero(tokens == meta["eot_token"]))  # each after the first: eot + document
     decode = get_tokenizer(meta["tokenizer"]).decode_bytes
     return [decode(piece[i > 0 :].tolist()).decode("utf-8", errors="ignore") for i, piece in enumerate(pieces)]

@@ -8,6 +8,7 @@ line and exits with status 2 instead of showing a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -31,5 +32,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
+            sys.exit(141)
 
     return wrapped

@@ -33,6 +33,17 @@ class LoadedModel:
         return tokenizer_for_vocab(self.config.vocab_size, hf_dir=self.model_dir)
 
 
+def resolve_reference(reference: str) -> Path:
+    """The local directory of a model reference: a params directory or workdir as given, an HF one resolved
+    (a hub name's files fetched)."""
+    return Path(reference) if checkpoint.is_flax_dir(Path(reference)) else hf_files.resolve(reference)
+
+
+def load_config(reference: str) -> GPT2Config:
+    """A model reference's config.json, without its weights."""
+    return GPT2Config.from_json(resolve_reference(reference) / "config.json")
+
+
 def load_model(reference: str, progress: bool = False) -> LoadedModel:
     """Load `reference` (see the module docstring); `progress` shows the conversion of an HF checkpoint."""
     if checkpoint.is_flax_dir(Path(reference)):

@@ -15,25 +15,18 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from gpt2_jax import checkpoint, hf_files, train_config
+from gpt2_jax import train_config
 from gpt2_jax.config import ConfigError, GPT2Config
-from gpt2_jax.loading import load_model
+from gpt2_jax.loading import load_config, load_model
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd")
-
-
-def reference_config(reference: str) -> GPT2Config:
-    """REF's config.json (for a hub name this fetches the model's files)."""
-    if checkpoint.is_flax_dir(Path(reference)):
-        return GPT2Config.from_json(Path(reference) / "config.json")
-    return GPT2Config.from_json(hf_files.resolve(reference) / "config.json")
 
 
 def model_config(config, meta: dict, workdir: Path) -> GPT2Config:
     """The fine-tuned model's config: REF's (or, on a resume, the run's own: REF may be gone), with
     n_positions = block_size; ConfigError on a disagreement with the run's settings or data (meta.json)."""
     saved = workdir / "config.json"
-    pretrained = GPT2Config.from_json(saved) if saved.is_file() else reference_config(config.init_from)
+    pretrained = GPT2Config.from_json(saved) if saved.is_file() else load_config(config.init_from)
     defaults = train_config.default_config()
     for key in SHAPE_KEYS:
         if config[key] not in (getattr(pretrained, key), defaults[key]):

@@ -115,3 +115,13 @@ def open_split(data_dir: str | Path, split: str) -> tuple[dict, list[tuple[np.nd
                             f"{META} says uint16[{sizes[segment.file]}])")
         opened.append((tokens, segment))
     return meta, opened
+
+
+def read_split(data_dir: str | Path, split: str, max_tokens: int = 0) -> tuple[dict, np.ndarray]:
+    """(meta, the split's first `max_tokens` tokens (0: all) in one array), reading no further."""
+    meta, opened = open_split(data_dir, split)
+    pieces, left = [], max_tokens or sum(segment.stop - segment.start for _, segment in opened)
+    for tokens, segment in opened:
+        pieces.append(np.asarray(tokens[segment.start : min(segment.stop, segment.start + left)]))
+        left -= pieces[-1].size
+    return meta, np.concatenate(pieces)

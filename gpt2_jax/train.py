@@ -16,11 +16,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
@@ -29,11 +28,8 @@ from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
 from gpt2_jax.train_eval import TrainingEvaluation
+from gpt2_jax.train_flags import parse_flags
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
-
-config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
-flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
-
 
 def train(config, workdir: str | Path) -> list[dict]:
     """Train until config.max_steps (or a stop signal); returns the metrics rows logged by this call.
@@ -198,37 +194,9 @@ class Run:
                               self.workdir, plot))
 
 
-def parse_flags(argv: list[str]):
-    """(config, workdir) from the command line, every mistake a UserError naming the flag."""
-    if {"-h", "--help"} & set(argv):
-        print(f"{__doc__}\nconfig keys (default, meaning):\n{train_config.describe()}")
-        sys.exit(0)
-    known = train_config.default_config().keys()
-    for arg in argv[1:]:
-        key = arg.removeprefix("--config.").split("=")[0]
-        if arg.startswith("--config.") and key not in known:
-            raise UserError(f"unknown config key {key!r} in {arg}; python -m gpt2_jax.train --help lists them")
-    try:
-        rest = flags.FLAGS(argv)
-        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-        if config is not None:
-            config.keys()  # config_flags defers a load failure to the first use
-    except flags.Error as error:
-        raise UserError(str(error)) from None
-    except OSError as error:  # config_flags reports a config file it cannot load this way
-        raise UserError(f"cannot load --config: {str(error).splitlines()[-1].strip()}") from None
-    except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
-        if isinstance(error, AttributeError) and "get_config" in str(error):
-            raise UserError("cannot load --config: the file defines no get_config()") from None
-        raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
-    if len(rest) > 1 or config is None or workdir is None:
-        raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
-    return config, workdir
-
-
 @exit_on_user_error
 def main(argv=None):
-    config, workdir = parse_flags(sys.argv if argv is None else argv)
+    config, workdir = parse_flags(sys.argv if argv is None else argv, help_text=__doc__)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     accelerator.set_xla_flags()  # before JAX starts its backends
     train(config, workdir)

@@ -28,7 +28,7 @@ import numpy as np
 
 from gpt2_jax import data, shards, to_hf, train_config
 from gpt2_jax.model import GPT2
-from gpt2_jax.train import parse_flags
+from gpt2_jax.train_flags import parse_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 

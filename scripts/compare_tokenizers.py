@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from gpt2_jax import shards
 from gpt2_jax.cli import HelpFormatter
@@ -70,8 +69,7 @@ def train(config: str, workdir: Path) -> float:
 
 def bytes_per_token(data_dir: Path, tokenizer_name: str) -> float:
     """UTF-8 bytes per token of the train split (<|endoftext|> counted as a token of no bytes)."""
-    _, opened = shards.open_split(data_dir, "train")
-    tokens = np.concatenate([np.asarray(t[s.start : s.stop]) for t, s in opened])
+    tokens = shards.read_split(data_dir, "train")[1]
     return get_tokenizer(tokenizer_name).token_bytes()[tokens].sum() / tokens.size
 
 

@@ -25,7 +25,7 @@ from gpt2_jax.cli import HelpFormatter  # noqa: E402
 from gpt2_jax.model import GPT2  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.step import init_train_state, train_step  # noqa: E402
-from gpt2_jax.train import parse_flags  # noqa: E402
+from gpt2_jax.train_flags import parse_flags  # noqa: E402
 
 
 def planned_bytes(config) -> dict:

@@ -31,3 +31,16 @@ def test_help_names_the_command_and_shows_every_default(name, capsys, monkeypatc
     assert optional
     for action in optional:  # the formatter's default, or the help's own words where the default is None
         assert "(default: " in HelpFormatter(parser.prog)._get_help_string(action), action.option_strings
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`python -m gpt2_jax.X ... | head -1`: no BrokenPipeError traceback, exit 141 as a shell's would be."""
+    import subprocess
+    import sys
+
+    program = ("from gpt2_jax.errors import exit_on_user_error\n"
+               "exit_on_user_error(lambda: [print('line', i) for i in range(200_000)])()\n")
+    process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.readline()
+    process.stdout.close()  # the reader goes away
+    assert process.wait(timeout=60) == 141 and process.stderr.read() == b""

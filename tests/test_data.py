@@ -66,6 +66,10 @@ def test_the_split_crosses_shards_and_windows_never_do(tmp_path):
     windows = [val[i] for i in range(len(val))]
     tail = all_tokens[int(total * 0.7):]
     assert all(any((tail[j : j + 17] == w).all() for j in range(len(tail) - 16)) for w in windows)
+    assert [s["file"] for s in meta["splits"]["val"]] != [meta["splits"]["val"][0]["file"]]  # val spans shards
+    assert (shards.read_split(tmp_path / "out", "val")[1] == tail).all()
+    assert (shards.read_split(tmp_path / "out", "val", len(tail) - 5)[1] == tail[:-5]).all()
+    assert (shards.read_split(tmp_path / "out", "train", 7)[1] == all_tokens[:7]).all()
 
 
 def test_preparation_resumes_after_the_last_complete_shard(tmp_path):

@@ -97,7 +97,7 @@ def test_data_of_another_tokenizer_is_one_line(bpe_model_dir, shakespeare_bytes,
 
 
 def test_the_finetune_config_loads_and_names_a_pretrained_model():
-    from gpt2_jax.train import parse_flags
+    from gpt2_jax.train_flags import parse_flags
 
     config, _ = parse_flags(["train", f"--config={ROOT / 'configs' / 'finetune_shakespeare.py'}", "--workdir=x"])
     assert config.init_from == "gpt2" and config.min_lr_ratio == 1.0 and config.warmup_steps == 0

@@ -1,0 +1,46 @@
+"""The train command line: --config (a configs/*.py file, with --config.KEY=VALUE overrides) and --workdir.
+
+Used by `python -m gpt2_jax.train` and by the scripts that read a config as training does.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from gpt2_jax import train_config
+from gpt2_jax.errors import UserError
+
+config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
+
+
+def parse_flags(argv: list[str], help_text: str = ""):
+    """(config, workdir) from the command line, every mistake a UserError naming the flag; --help prints
+    `help_text` and the config keys."""
+    if {"-h", "--help"} & set(argv):
+        print(f"{help_text}\nconfig keys (default, meaning):\n{train_config.describe()}")
+        sys.exit(0)
+    known = train_config.default_config().keys()
+    for arg in argv[1:]:
+        key = arg.removeprefix("--config.").split("=")[0]
+        if arg.startswith("--config.") and key not in known:
+            raise UserError(f"unknown config key {key!r} in {arg}; python -m gpt2_jax.train --help lists them")
+    try:
+        rest = flags.FLAGS(argv)
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        if config is not None:
+            config.keys()  # config_flags defers a load failure to the first use
+    except flags.Error as error:
+        raise UserError(str(error)) from None
+    except OSError as error:  # config_flags reports a config file it cannot load this way
+        raise UserError(f"cannot load --config: {str(error).splitlines()[-1].strip()}") from None
+    except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
+        if isinstance(error, AttributeError) and "get_config" in str(error):
+            raise UserError("cannot load --config: the file defines no get_config()") from None
+        raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
+    if len(rest) > 1 or config is None or workdir is None:
+        raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
+    return config, workdir
