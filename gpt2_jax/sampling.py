@@ -23,6 +23,7 @@ from jax.experimental import io_callback
 from gpt2_jax.errors import UserError
 from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2, init_cache
+from gpt2_jax.next_token import sample_next
 
 
 MAX_NEW_TOKENS = 1_000_000  # the token buffer is [B, prompt + new] int32: 4 MB a row here
@@ -30,29 +31,6 @@ MAX_NEW_TOKENS = 1_000_000  # the token buffer is [B, prompt + new] int32: 4 MB 
 
 class SamplingError(UserError):
     """An empty prompt, one that leaves no room in the context, or settings out of range."""
-
-
-def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: float | None):
-    """One token per row: greedy at temperature 0, else temperature, top-k, then top-p.
-
-    The order is transformers'. Top-p keeps the most likely tokens until their mass reaches
-    p (always at least one). Sampling runs over the top-k candidates only, which keeps a
-    step cheap: no full-vocabulary sort or noise unless top-p is asked for without top-k.
-    Returns [B] int32 token ids.
-    """
-    if temperature == 0.0:
-        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV / temperature
-    if top_k is None and top_p is None:
-        return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
-    k = min(top_k or logits_BxV.shape[-1], logits_BxV.shape[-1])
-    logits_BxK, ids_BxK = jax.lax.top_k(logits_BxV, k)  # sorted, most likely first
-    if top_p is not None:
-        probs_BxK = jax.nn.softmax(logits_BxK, axis=-1)
-        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-        logits_BxK = jnp.where(mass_before_BxK < top_p, logits_BxK, -jnp.inf)
-    choice_B = jax.random.categorical(key, logits_BxK)
-    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
 class GenerationInterrupted(KeyboardInterrupt):

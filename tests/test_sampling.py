@@ -18,7 +18,8 @@ from conftest import assert_one_line_error, rel_error, run_main
 
 from gpt2_jax import GPT2, from_hf, generate, sample
 from gpt2_jax.model import init_cache
-from gpt2_jax.sampling import GenerationInterrupted, SamplingError, sample_next
+from gpt2_jax.next_token import sample_next
+from gpt2_jax.sampling import GenerationInterrupted, SamplingError
 from gpt2_jax.tokenizer import get_tokenizer
 
 
