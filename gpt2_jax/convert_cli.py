@@ -36,7 +36,8 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds something else (a training workdir, other files)")
     args = parser.parse_args(argv)
-    if args.from_hf:  # before any work
+    outdir.refuse_overlap(args.out, args.from_hf or args.to_hf)  # before any work
+    if args.from_hf:
         outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR, args.overwrite)
     else:
         outdir.refuse_other_kind(args.out, hf_files.is_hf_export, hf_files.HF_DIR, args.overwrite)

@@ -14,16 +14,21 @@ from pathlib import Path
 from gpt2_jax.shards import DataError
 
 
+def check_inputs(inputs: list[str]) -> None:
+    """DataError for an input that is not there (hf: inputs are checked when they are read)."""
+    for source in inputs:
+        if not source.startswith("hf:") and not Path(source).exists():
+            raise DataError(f"{source}: no such file or directory")
+
+
 def iter_documents(inputs: list[str], text_field: str = "text") -> Iterator[str]:
     """Every document of every input, in a fixed order."""
+    check_inputs(inputs)
     for source in inputs:
         if source.startswith("hf:"):
             yield from _hf_documents(source.removeprefix("hf:"), text_field)
             continue
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{source}: no such file or directory")
-        for file in _files(path):
+        for file in _files(Path(source)):
             yield from _file_documents(file, text_field)
 
 

@@ -75,8 +75,10 @@ def main(argv=None):
         raise UserError(f"--tasks takes {','.join(TASKS)}; val_loss needs --data-dir")
     if args.val_tokens < 0:
         raise UserError(f"--val-tokens {args.val_tokens}: give a count of tokens, or 0 for the whole val split")
-    if args.batch_size < 1 or args.limit < 0:
-        raise UserError(f"--batch-size {args.batch_size} must be >= 1 and --limit {args.limit} >= 0 (0: all)")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.limit < 0:
+        raise UserError(f"--limit {args.limit} must be >= 0 (0: all)")
     if args.out and (Path(args.out).is_dir() or not os.access(Path(args.out).absolute().parent, os.W_OK)):
         raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only; "
                         "give a file to write (checked before evaluating)")

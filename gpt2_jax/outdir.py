@@ -31,6 +31,17 @@ def refuse_other_kind(out_dir: str | Path, same_kind: Callable[[Path], bool], ki
     return out_dir
 
 
+def refuse_overlap(out_dir: str | Path, source: str) -> None:
+    """An output that would replace its own source (or a part of it: a workdir's checkpoints/) is refused,
+    `--overwrite` or not. `source` may be a hub name (no local path: nothing to overlap)."""
+    if not Path(source).exists():
+        return
+    out_dir, source_dir = Path(out_dir).resolve(), Path(source).resolve()
+    if out_dir == source_dir or out_dir in source_dir.parents or (source_dir in out_dir.parents and out_dir.exists()):
+        raise OutputError(f"--out {out_dir} is, holds or is a part of {source_dir}, the model it converts: writing "
+                          "it would replace its own source; choose another --out")
+
+
 def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Callable[[Path], bool], kind: str,
               overwrite: bool = False) -> None:
     """Call `write(temporary_dir)`, then put that directory at `out_dir`.

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.corpus import count_documents, iter_documents
+from gpt2_jax.corpus import check_inputs, count_documents, iter_documents
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
 
@@ -45,6 +45,7 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
     if shard_tokens < 1 or workers < 1:
         raise DataError(f"shard_tokens={shard_tokens} and workers={workers} must be at least 1")
     eot = get_tokenizer(tokenizer).eot_token
+    check_inputs(inputs)  # before anything is made: no empty output, no progress bar
     out_dir = Path(out_dir)
     created = _make_output_dir(out_dir)
     settings = dict(inputs=list(inputs), tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
@@ -105,10 +106,10 @@ def _tokenize(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
         if pool:
             pool.terminate()
             pool.join()
+    if not meta["shards"] and not pending_tokens:
+        raise DataError(f"no text found in {', '.join(meta['inputs'])}")
     if pending:
         _flush(meta, out_dir, pending, count)
-    if not meta["shards"]:
-        raise DataError(f"no documents found in {meta['inputs']}")
 
 
 def _flush(meta: dict, out_dir: Path, pending: list[np.ndarray], documents: int) -> None:

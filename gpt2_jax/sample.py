@@ -21,11 +21,14 @@ from gpt2_jax.model import GPT2
 from gpt2_jax.sampling import GenerationInterrupted, generate
 
 
+OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")  # how XLA says it (a GPU's allocator; the CPU's)
+
+
 class StreamPrinter:
     """An `on_token` callback for one sample: prints the text as it grows, in whole UTF-8 characters."""
 
     def __init__(self, tokenizer, prompt_ids):
-        self.tokenizer, self.ids, self.printed = tokenizer, list(prompt_ids), 0
+        self.tokenizer, self.ids, self.printed, self.reader_gone = tokenizer, list(prompt_ids), 0, False
 
     def __call__(self, tokens_B):
         if int(tokens_B[0]) != self.tokenizer.eot_token:
@@ -35,9 +38,19 @@ class StreamPrinter:
             self.write(text)
 
     def write(self, text):
-        sys.stdout.write(text[self.printed:])
-        sys.stdout.flush()
+        if self.reader_gone:
+            return
+        try:
+            sys.stdout.write(text[self.printed:])
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: said once generation reaches the host (stop_if_reader_gone)
+            self.reader_gone = True
         self.printed = len(text)
+
+    def stop_if_reader_gone(self, made: int):
+        """An `on_progress` callback: a callback inside the compiled loop cannot stop it, this one can."""
+        if self.reader_gone:
+            raise BrokenPipeError
 
     def finish(self):
         self.write(self.tokenizer.decode(self.ids) + "\n")
@@ -79,13 +92,13 @@ def main(argv=None):
         tokens_BxL = generate(
             GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
             temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-            rng=jax.random.key(args.seed), on_token=stream, on_progress=None if stream else count,
+            rng=jax.random.key(args.seed), on_token=stream, on_progress=stream.stop_if_reader_gone if stream else count,
         )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
         raise
     except (MemoryError, jax.errors.JaxRuntimeError) as error:
-        if not isinstance(error, MemoryError) and "RESOURCE_EXHAUSTED" not in str(error):
+        if not isinstance(error, MemoryError) and not any(sign in str(error) for sign in OUT_OF_MEMORY):
             raise
         raise UserError(f"out of memory for {args.num_samples} x {len(prompt_ids) + args.max_new_tokens} tokens; "
                         "lower --num-samples or --max-new-tokens") from None

@@ -43,11 +43,10 @@ def train(config, workdir: str | Path) -> list[dict]:
     lock = WorkdirLock(Path(workdir).absolute())
     try:
         mesh = sharding.make_mesh(config.fsdp)
-        with jax.set_mesh(mesh):  # Pallas attention splits its kernel over it (attention.py)
-            run = Run(config, lock, mesh)
-            # From the first step on, SIGTERM (a preemption) or Ctrl-C saves, then stops; handlers given back after.
-            with StopSignals(signal.SIGTERM, signal.SIGINT) as run.stop:
-                return run.loop()
+        # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
+        # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
+        with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop:  # mesh: for Pallas attention
+            return Run(config, lock, mesh, stop).loop()
     finally:
         lock.release()
 
@@ -55,8 +54,8 @@ def train(config, workdir: str | Path) -> list[dict]:
 class Run:
     """One call's training: built once (model, compiled step, data, state), then `loop()`."""
 
-    def __init__(self, config, lock: WorkdirLock, mesh):
-        c, self.config, self.process = config, config, jax.process_index()
+    def __init__(self, config, lock: WorkdirLock, mesh, stop: StopSignals):
+        c, self.config, self.process, self.stop = config, config, jax.process_index(), stop
         train_config.validate(c, jax.device_count(), jax.process_count(), jax.default_backend())
         meta, self.workdir = shards.read_meta(c.data_dir), lock.workdir
         model_config = (pretrained.model_config(c, meta, self.workdir) if c.init_from
@@ -93,8 +92,7 @@ class Run:
         else:
             self.start, origin = 0, "training from scratch"
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
-        if self.process == 0:  # only now: a refused or failed restore leaves the workdir's files as they were
-            write_settings(self.workdir, model_config, c)
+        self.model_config = model_config  # written to the workdir when the first step starts (loop)
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
@@ -102,18 +100,23 @@ class Run:
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
               f"{dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention")
 
-        self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
+        self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)
         self.peak = metrics.peak_flops_per_device(c.peak_flops)
         self.flops_per_step = metrics.train_flops_per_token(model_config) * c.tokens_per_step
-        self.stop, self.clock, self.logged = None, metrics.ThroughputClock(), []  # stop: train() gives it
+        self.clock, self.logged = metrics.ThroughputClock(), []
         self.last_good, self.began = (self.start if restored else None), time.perf_counter()
 
     def loop(self) -> list[dict]:
         """Dispatch each step; log the one before (the device never waits on Python); save; evaluate."""
         c, pending, step = self.config, None, self.start
         try:
+            if self.stop.signal:
+                print(f"{self.stop.signal} before the first step: stopped, nothing trained")
+                return self.logged
+            if self.process == 0:  # only now: a refused, failed or stopped start leaves the workdir as it was
+                write_settings(self.workdir, self.model_config, c)
             for step in range(self.start + 1, c.max_steps + 1):
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
                 self.checkpoints.check()  # a background save that failed stops the run now

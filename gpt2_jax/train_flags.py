@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -33,14 +34,18 @@ def parse_flags(argv: list[str], help_text: str = ""):
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         if config is not None:
             config.keys()  # config_flags defers a load failure to the first use
-    except flags.Error as error:
-        raise UserError(str(error)) from None
+    except flags.Error as error:  # config_flags folds a config file's traceback into it: keep its last line
+        head, _, trace = str(error).partition("Traceback (most recent call last):")
+        raise UserError(head.strip() + (" " + trace.strip().splitlines()[-1] if trace.strip() else "")) from None
     except OSError as error:  # config_flags reports a config file it cannot load this way
         raise UserError(f"cannot load --config: {str(error).splitlines()[-1].strip()}") from None
     except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
         if isinstance(error, AttributeError) and "get_config" in str(error):
             raise UserError("cannot load --config: the file defines no get_config()") from None
         raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
-    if len(rest) > 1 or config is None or workdir is None:
+    if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UserError(f"cannot load --config: get_config() returned a {type(config).__name__}, not an "
+                        "ml_collections.ConfigDict (start from train_config.default_config())")
     return config, workdir

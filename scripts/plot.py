@@ -7,10 +7,14 @@ only: their per-token losses are on different scales.
 """
 
 import argparse
+import os
 from pathlib import Path
+
+from matplotlib.backend_bases import FigureCanvasBase
 
 from gpt2_jax.cli import HelpFormatter
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.tokenizer import VOCAB_SIZES
@@ -22,19 +26,25 @@ def tokenizer_name(workdir: str) -> str:
     return next((name for name, size in VOCAB_SIZES.items() if size == vocab_size), f"vocab {vocab_size}")
 
 
-def main():
+@exit_on_user_error
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("workdirs", nargs="+", help="training workdirs (each with metrics.jsonl)")
-    parser.add_argument("--out", default="loss.png", help="the PNG to write")
-    args = parser.parse_args()
+    parser.add_argument("--out", default="loss.png", help="the image to write (.png, .pdf, .svg, ...)")
+    args = parser.parse_args(argv)
+    out, formats = Path(args.out).absolute(), FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise UserError(f"--out {args.out}: give a file ending in one of .{', .'.join(sorted(formats))}")
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only")
     runs = {Path(w).name: read_metrics(w) for w in args.workdirs}
     empty = [name for name, rows in runs.items() if not rows]
     if empty:
-        parser.error(f"no metrics.jsonl rows in {empty}")
+        raise UserError(f"no metrics.jsonl rows in {empty}")
     tokenizers = {tokenizer_name(w) for w in args.workdirs}
     if len(tokenizers) > 1:
         if not all(any("val_bpb" in row for row in rows) for rows in runs.values()):
-            parser.error(f"the runs use different tokenizers ({', '.join(sorted(tokenizers))}) and not all logged val_bpb")
+            raise UserError(f"the runs use different tokenizers ({', '.join(sorted(tokenizers))}) and not all logged val_bpb")
         print(f"different tokenizers ({', '.join(sorted(tokenizers))}): drawing bits per byte, not per-token losses")
     print(f"wrote {plot_runs(runs, args.out, per_token=len(tokenizers) == 1)}")
 

@@ -226,6 +226,19 @@ def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "run"]  # no temporary left beside it
 
 
+def test_an_output_that_is_inside_or_around_its_source_is_refused_even_with_overwrite(hf_dir, tmp_path):
+    source = tmp_path / "model"
+    source.mkdir()
+    for f in hf_dir.iterdir():
+        (source / f.name).write_bytes(f.read_bytes())
+    (source / "sub").mkdir()  # as a workdir's checkpoints/
+    before = snapshot(tmp_path)
+    for out in (source, source / "sub", tmp_path):
+        assert_one_line_error(convert("--to-hf", str(source), "--out", str(out), "--overwrite"),
+                              "would replace its own source")
+    assert snapshot(tmp_path) == before
+
+
 def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
     out = tmp_path / "hf"
     for model in (bpe_model_dir, byte_model_dir):  # GPT-2 BPE first (tokenizer files), then bytes (none)

@@ -232,13 +232,15 @@ def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
     """Each with worker processes: the pool is closed on the error (no `Pool.__del__` traceback at exit)."""
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "a_file").write_text("not a folder")
-    cases = [(["--input", str(tmp_path / "missing.txt")], tmp_path / "out1", "missing.txt: no such file or directory"),
+    (tmp_path / "empty.txt").write_text("")
+    cases = [(["--input", str(tmp_path / "empty.txt")], tmp_path / "out0", "no text found in"),
+             (["--input", str(tmp_path / "missing.txt")], tmp_path / "out1", "missing.txt: no such file or directory"),
              (["--input", str(tmp_path / "binary.txt")], tmp_path / "out2", "binary.txt: not UTF-8 text"),
              (["--input", SHAKESPEARE], tmp_path / "a_file", "is a file; give a directory"),
              (["--input", SHAKESPEARE, "--shard-tokens", "0"], tmp_path / "out3", "shard_tokens=0 and workers=2")]
     for args, out, message in cases:
         assert_one_line_error(run_prepare(*args, "--out", str(out), "--workers", "2", "--tokenizer", "byte"), message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "binary.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "binary.txt", "empty.txt"]
 
 
 def test_a_read_only_out_is_one_line(tmp_path):

@@ -173,7 +173,7 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--batch-size",
           "0"], "--batch-size 0 must be >= 1"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--limit",
-          "-1"], "--limit -1 >= 0"),
+          "-1"], "--limit -1 must be >= 0"),
         # --out is checked before anything is evaluated: here the model would fail to load after it.
         (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(tmp_path)], f"--out {tmp_path}: a directory"),
         (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(tmp_path / "no" / "x.json")],
@@ -269,6 +269,10 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     old = subprocess.run([*plot, byte, fake_run(tmp_path / "old", 50257, val_bpb=False)], capture_output=True, text=True)
     assert old.returncode == 2 and "not all logged val_bpb" in old.stderr
+    for out, message in [(tmp_path / "no" / "c.png", "in a directory that is missing"), (tmp_path / "c.txt", "give a file ending")]:
+        assert_one_line_error(subprocess.run([sys.executable, "scripts/plot.py", "--out", str(out), byte],
+                                             capture_output=True, text=True), message)
+    assert_one_line_error(subprocess.run([*plot, str(tmp_path / "none")], capture_output=True, text=True), "no metrics")
 
 
 def test_every_panel_labels_both_axes():

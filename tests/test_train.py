@@ -190,6 +190,7 @@ def test_bad_input_is_one_line(shakespeare_bytes, tmp_path, args, message):
     ("x = 1\n", "cannot load --config: the file defines no get_config()"),
     ("def get_config(:\n", "cannot load --config: SyntaxError: invalid syntax"),
     ("def get_config():\n    return 1 / 0\n", "cannot load --config: ZeroDivisionError: division by zero"),
+    ("def get_config():\n    return {'max_steps': 1}\n", "get_config() returned a dict, not an ml_collections.ConfigDict"),
 ])
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, message):
     (tmp_path / "config.py").write_text(text)
@@ -218,6 +219,38 @@ def test_a_corrupt_shard_is_one_line(shakespeare_bytes, tmp_path):
     flags = config_flags_of(tiny_run_config(data))
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path / 'run'}", *flags),
                           "corrupt shard")
+
+
+def test_an_empty_workdir_flag_is_refused_not_the_current_directory(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs/shakespeare_byte.py'}",
+                             "--workdir="], capture_output=True, text=True, cwd=tmp_path)
+    assert_one_line_error(result, "usage: python -m gpt2_jax.train")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_start_leaves_the_workdir_free_for_the_corrected_command(shakespeare_bytes, tmp_path):
+    too_long = config_flags_of(tiny_run_config(shakespeare_bytes, block_size=200_000, batch_size=8,
+                                               tokens_per_step=8 * 200_000))
+    assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *too_long),
+                          "no window of block_size + 1 = 200001 tokens")
+    assert not (tmp_path / "config.json").exists() and not (tmp_path / "train_config.json").exists()
+    assert train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0), tmp_path)  # not refused
+
+
+def test_a_stop_signal_during_setup_stops_before_the_first_step(shakespeare_bytes, tmp_path, monkeypatch, capsys):
+    import gpt2_jax.train as train_module
+
+    schedule = train_module.learning_rate_schedule
+
+    def press_ctrl_c_during_setup(config):  # XLA is compiling around here: the signal must not interrupt it
+        os.kill(os.getpid(), signal.SIGINT)
+        return schedule(config)
+
+    monkeypatch.setattr(train_module, "learning_rate_schedule", press_ctrl_c_during_setup)
+    assert train(tiny_run_config(shakespeare_bytes), tmp_path) == []
+    assert "SIGINT before the first step: stopped, nothing trained" in capsys.readouterr().out
+    assert not (tmp_path / "config.json").exists() and not any((tmp_path / "checkpoints").iterdir())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_workdir_of_another_model_is_refused(shakespeare_bytes, tmp_path):
