@@ -168,10 +168,20 @@ def transformers_step(shape, batch, dtype, device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     windows = torch.randint(0, vocab, (batch, block + 1), device=device)
 
+    def loss():
+        logits = model(windows[:, :-1]).logits
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), windows[:, 1:].reshape(-1))
+
+    return torch_step(loss, model, optimizer, dtype, device)
+
+
+def torch_step(loss_fn, model, optimizer, dtype, device):
+    """One PyTorch optimizer step as both peers take it: autocast forward, backward, clip 1.0, AdamW."""
+    import torch
+
     def step():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logits = model(windows[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), windows[:, 1:].reshape(-1))
+            loss = loss_fn()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -229,17 +239,7 @@ def nanogpt_step(shape, batch, dtype, device):
     model = torch.compile(model)
     windows = torch.randint(0, vocab, (batch, block + 1), device=device)
     inputs, targets = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # as nanoGPT's get_batch makes them
-
-    def step():
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = model(inputs, targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss.item()
-
-    return step
+    return torch_step(lambda: model(inputs, targets), model, optimizer, dtype, device)
 
 
 def cli_run(batch: int, n_steps: int):
