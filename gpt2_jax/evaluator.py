@@ -22,7 +22,7 @@ from gpt2_jax.validation import LossEvaluator
 
 class Evaluator:
     """val loss and bits per byte over `val`'s first `val_windows` windows (0: all), and HellaSwag over
-    `examples`, of one model on a mesh: built once (each task compiles once), called with params."""
+    `examples`, of one model on a mesh: built once (each task compiled once for its shapes), called with params."""
 
     def __init__(self, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer, batch_size: int,
                  val: WindowSource | TextWindows | None = None, val_windows: int = 0,

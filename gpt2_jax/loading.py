@@ -46,10 +46,10 @@ def load_config(reference: str) -> GPT2Config:
 
 def load_model(reference: str, progress: bool = False) -> LoadedModel:
     """Load `reference` (see the module docstring); `progress` shows the conversion of an HF checkpoint."""
-    if checkpoint.is_flax_dir(Path(reference)):
-        config, params = checkpoint.load_params(reference)
-        return LoadedModel(config, convert.without_vocab_padding(config, params), Path(reference))
-    model_dir = hf_files.resolve(reference)
+    model_dir = resolve_reference(reference)
+    if checkpoint.is_flax_dir(model_dir):
+        config, params = checkpoint.load_params(model_dir)
+        return LoadedModel(config, convert.without_vocab_padding(config, params), model_dir)
     return LoadedModel(*from_hf(str(model_dir), progress), model_dir)
 
 

@@ -24,10 +24,10 @@ class DivergedError(UserError):
     """A loss, gradient or parameter norm that is not finite: the run stops before saving it."""
 
 
-def check_finite(step: int, metrics: dict, last_good: int | None) -> dict:
-    """`metrics` if every value is finite, else DivergedError naming the last good checkpoint."""
+def check_finite(step: int, metrics: dict, last_good: int | None) -> None:
+    """DivergedError, naming the last good checkpoint, unless every value of `metrics` is finite."""
     if all(math.isfinite(value) for value in metrics.values()):
-        return metrics
+        return
     saved = f"the last good checkpoint is step {last_good}" if last_good else "no checkpoint was saved"
     raise DivergedError(f"{', '.join(f'{k} {v}' for k, v in metrics.items())} at step {step}: stopped; {saved}. "
                         "Lower learning_rate and rerun to resume")

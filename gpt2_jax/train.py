@@ -31,6 +31,7 @@ from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.train_flags import parse_flags
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
+
 def train(config, workdir: str | Path) -> list[dict]:
     """Train until config.max_steps (or a stop signal); returns the metrics rows logged by this call.
 
