@@ -81,15 +81,13 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD, cache, start):
-        # Pre-LN: normalise the input of each sub-block; the residual stream itself stays fp32.
+        # Pre-LN: normalise the input of each sub-block; the residual stream keeps its own dtype.
         attn_out, cache = Attention(self.config, self.dtype, self.attention_impl, name="attn")(
             layer_norm(self.config, self.dtype, "ln_1")(x_BxTxD), cache, start
         )
-        x_BxTxD = x_BxTxD + attn_out
-        x_BxTxD = x_BxTxD + MLP(self.config, self.dtype, name="mlp")(
-            layer_norm(self.config, self.dtype, "ln_2")(x_BxTxD)
-        )
-        return x_BxTxD, cache
+        x_BxTxD = x_BxTxD + attn_out.astype(x_BxTxD.dtype)
+        mlp_out = MLP(self.config, self.dtype, name="mlp")(layer_norm(self.config, self.dtype, "ln_2")(x_BxTxD))
+        return x_BxTxD + mlp_out.astype(x_BxTxD.dtype), cache
 
 
 class GPT2(nn.Module):
@@ -97,7 +95,9 @@ class GPT2(nn.Module):
 
     Attributes:
       config: the shape (GPT2Config).
-      dtype: compute dtype (float32 or bfloat16); params and the residual stream stay float32.
+      dtype: compute dtype (float32 or bfloat16); params stay float32.
+      residual_dtype: the residual stream's dtype: float32 (as nanoGPT's under autocast), or
+        bfloat16 to halve the memory traffic of the adds and LayerNorms around it (MaxText's way).
       vocab_pad_multiple: round the embedding's rows up to a multiple of this (64 gives
         50304) for faster matmuls; logits are always returned at `config.vocab_size`.
       attention_impl: None/"xla"/"cudnn" for `jax.nn.dot_product_attention`, or "pallas" for
@@ -110,6 +110,7 @@ class GPT2(nn.Module):
     vocab_pad_multiple: int = 1
     attention_impl: str | None = None
     remat: bool = False
+    residual_dtype: Any = jnp.float32
 
     def setup(self):
         c = self.config
@@ -144,7 +145,7 @@ class GPT2(nn.Module):
     def _forward(self, input_ids_BxT, cache, start):
         T = input_ids_BxT.shape[1]
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
-        x_BxTxD = self.wte(input_ids_BxT) + self.wpe(positions_T)[None]
+        x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
         new_cache = None if cache is None else []
         for i, block in enumerate(self.h):
             x_BxTxD, layer_cache = block(x_BxTxD, None if cache is None else cache[i], start)

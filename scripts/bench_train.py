@@ -48,6 +48,8 @@ def parse_args():
     parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
                         help="PyTorch runs to compare with")
     parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
+    parser.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="ours with the residual stream in this dtype (model.py)")
     parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
     parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
     return parser.parse_args()
@@ -107,7 +109,8 @@ def ours(shape, batch, dtype, n_steps, profile=False):
     c.learning_rate, c.warmup_steps, c.max_steps = 1e-3, 10, 1000
     attention = accelerator.attention_impl("", dtype)
     model = GPT2(GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head),
-                 dtype=jnp.dtype(dtype), vocab_pad_multiple=64 if vocab > 1000 else 1, attention_impl=attention)
+                 dtype=jnp.dtype(dtype), vocab_pad_multiple=64 if vocab > 1000 else 1, attention_impl=attention,
+                 residual_dtype=jnp.dtype(args.residual_dtype))
     if args.plain_loss:
         steps.mean_loss = plain_mean_loss
     optimizer, mesh = make_optimizer(c), sharding.make_mesh(1)
@@ -298,7 +301,9 @@ def main():
         for batch in batches:
             tokens = batch * block
             seconds, memory, attention = ours(shape, batch, args.dtype, args.steps, args.profile)
-            row = [f"{name} B={batch} ({attention}{', plain loss' if args.plain_loss else ''})", f"{tokens:,}",
+            variant = attention + (", plain loss" if args.plain_loss else "") + (
+                f", {args.residual_dtype} residual" if args.residual_dtype != "float32" else "")
+            row = [f"{name} B={batch} ({variant})", f"{tokens:,}",
                    f"{tokens / seconds:,.0f}", f"{tokens / seconds * flops / peak:.1%}",
                    f"{memory / 2**30:.1f}" if memory else "-"]
             for peer in peers:

@@ -61,6 +61,20 @@ def test_bfloat16_compute_stays_close_and_returns_fp32_logits(hf_dir):
     assert rel_error(half, full) < 3e-2
 
 
+def test_a_bfloat16_residual_stream_stays_close_to_the_fp32_one(hf_dir):
+    config, params = from_hf(str(hf_dir))
+    ids = np.random.RandomState(5).randint(0, config.vocab_size, (2, 17))
+
+    def logits_and_stream_dtype(model):
+        logits, state = model.apply({"params": params}, ids, capture_intermediates=True, mutable=["intermediates"])
+        return logits, state["intermediates"]["h_1"]["__call__"][0][0].dtype  # a block's output: (x, cache)
+
+    full, full_stream = logits_and_stream_dtype(GPT2(config, dtype=jnp.bfloat16))
+    half, half_stream = logits_and_stream_dtype(GPT2(config, dtype=jnp.bfloat16, residual_dtype=jnp.bfloat16))
+    assert (full_stream, half_stream) == (jnp.float32, jnp.bfloat16)
+    assert half.dtype == jnp.float32 and rel_error(half, full) < 3e-2
+
+
 def test_remat_gives_the_same_logits_and_gradients(hf_dir):
     config, params = from_hf(str(hf_dir))
     ids = np.random.RandomState(4).randint(0, config.vocab_size, (2, 9))

@@ -1,0 +1,93 @@
+"""Ablations of the train step on one GPU: each variant in a fresh process, against the default in the same run.
+
+XLA reads its flags once, when JAX starts, so every variant runs `scripts/bench_train.py` (ours only,
+no peers) in its own process with its XLA_FLAGS and bench flags; the default runs first and last, so
+drift on the machine shows. Prints a table of tokens/s, MFU, peak memory and the ratio to the mean of
+the two default runs. A variant whose flag this XLA does not know fails alone ("failed" in the table).
+Stops starting variants once --budget-s is spent, so it fits a lent machine's time.
+
+    python scripts/bench_variants.py                          # GPT-2 124M, T=1024, bf16, B=64: ~40 s a variant
+    python scripts/bench_variants.py --only default residual-bf16 --batch-size 16
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags)
+VARIANTS = {
+    "default": ([], []),
+    "residual-bf16": ([], ["--residual-dtype", "bfloat16"]),
+    "triton-norm-fusions": (["--xla_gpu_experimental_enable_triton_softmax_priority_fusion=true"], []),
+    "block-level-fusions": (["--xla_gpu_experimental_enable_fusion_block_level_rewriter=true"], []),
+    "unrolled-loops": (["--xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL"], []),
+    "scatter-unsorted": (["--xla_gpu_enable_scatter_determinism_expander=false"], []),
+    "cublaslt": (["--xla_gpu_enable_cublaslt=true"], []),
+}
+ROW = re.compile(r"^\| \S+ B=\d+ \([^)]*\) \| [\d,]+ \| ([\d,]+) \| ([\d.]+%) \| ([\d.]+|-) \|")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
+    parser.add_argument("--shape", default="gpt2-124m-1024", help="a bench_train.py shape")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
+    parser.add_argument("--steps", type=int, default=15, help="timed steps per variant")
+    parser.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
+    parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
+    return parser.parse_args()
+
+
+def run_variant(name, args, profile):
+    """(tok/s, MFU text, peak GiB text) or None, and the process's output."""
+    xla_flags, bench_flags = VARIANTS[name]
+    env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *xla_flags]).strip()}
+    command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", args.shape, "--dtype", "bfloat16",
+               "--batch-sizes", str(args.batch_size), "--steps", str(args.steps), "--peers", *bench_flags]
+    try:
+        result = subprocess.run(command + (["--profile"] if profile else []), capture_output=True, text=True,
+                                env=env, timeout=300)
+    except subprocess.TimeoutExpired:
+        return None, "timed out after 300 s"
+    for line in result.stdout.splitlines():
+        if match := ROW.match(line):
+            return (int(match[1].replace(",", "")), match[2], match[3]), result.stdout + result.stderr
+    return None, result.stdout + result.stderr
+
+
+def main():
+    args = parse_args()
+    names = args.only or list(VARIANTS)
+    order = ["default", *[n for n in names if n != "default"], "default"]
+    start, results = time.perf_counter(), []
+    for i, name in enumerate(order):
+        if i and time.perf_counter() - start > args.budget_s:
+            print(f"# budget spent: not run: {', '.join(order[i:])}", flush=True)
+            break
+        measured, output = run_variant(name, args, profile=args.profile and i == 0)
+        if args.profile and i == 0:
+            print("\n".join(line for line in output.splitlines() if line.startswith("# profile") or
+                            line.startswith("#  ")), flush=True)
+        last_line = output.strip().splitlines()[-1][:300] if output.strip() else "no output"
+        print(f"# {name}: " + (f"{measured[0]:,} tok/s" if measured else f"failed: {last_line}") +
+              f" ({time.perf_counter() - start:.0f} s)", flush=True)
+        results.append((name, measured))
+    defaults = [m[0] for n, m in results if n == "default" and m]
+    baseline = sum(defaults) / len(defaults) if defaults else None
+    print(f"\n{args.shape}, B={args.batch_size}, bf16; default runs: {', '.join(f'{d:,}' for d in defaults)} tok/s\n")
+    print("| variant | tok/s | MFU | peak GiB | vs default |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, measured in results:
+        if measured is None:
+            print(f"| {name} | failed | | | |")
+        else:
+            ratio = f"{measured[0] / baseline:.3f}x" if baseline else "-"
+            print(f"| {name} | {measured[0]:,} | {measured[1]} | {measured[2]} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
