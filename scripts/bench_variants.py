@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: this process never starts JAX)
+
 # name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags)
 VARIANTS = {
     "default": ([], []),
@@ -33,7 +36,7 @@ ROW = re.compile(r"^\| \S+ B=\d+ \([^)]*\) \| [\d,]+ \| ([\d,]+) \| ([\d.]+%) \|
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--shape", default="gpt2-124m-1024", help="a bench_train.py shape")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
