@@ -44,6 +44,13 @@ def attention_impl(requested: str, dtype, device=None) -> str:
     return "pallas" if device.platform == "tpu" else "xla"
 
 
+def memory_bytes(device=None) -> int:
+    """What one device can hold: an accelerator's allocator limit, or a CPU host's physical memory."""
+    device = device or jax.devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit") if device.platform != "cpu" else None
+    return limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def split_cpu(devices: int) -> None:
     """Make a CPU host `devices` devices (experimental: train_config.py's cpu_devices says why); 0: leave it one."""
     if devices:

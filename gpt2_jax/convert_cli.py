@@ -12,13 +12,14 @@ padded cut back. --out is written whole; one that holds something else is refuse
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import jax
 
 from gpt2_jax import checkpoint, hf_files, outdir
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.errors import exit_on_user_error
-from gpt2_jax.loading import load_model, to_hf
+from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.loading import load_config, load_model, to_hf
 from gpt2_jax.tokenizer import VOCAB_SIZES, write_gpt2_files
 
 
@@ -36,11 +37,15 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out even if it holds something else (a training workdir, other files)")
     args = parser.parse_args(argv)
+    if not args.out.strip():
+        raise UserError("--out is empty: give the directory to write")
     outdir.refuse_overlap(args.out, args.from_hf or args.to_hf)  # before any work
     if args.from_hf:
         outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR, args.overwrite)
     else:
         outdir.refuse_other_kind(args.out, hf_files.is_hf_export, hf_files.HF_DIR, args.overwrite)
+        if args.tokenizer_dir:
+            hf_files.check_tokenizer_dir(Path(args.tokenizer_dir), load_config(args.to_hf).vocab_size)
     loaded = load_model(args.from_hf or args.to_hf, progress=True)
     if args.from_hf:
         checkpoint.save_params(args.out, loaded.config, loaded.params, args.overwrite)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -29,9 +30,11 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             message = " ".join(str(error).split())  # one line, whatever the library put in it
             print(f"{Path(sys.argv[0]).stem}: error: {message}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or a stop signal that a long command answered cleanly
+            signum = getattr(interrupt, "signum", signal.SIGINT)
+            print("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}",
+                  file=sys.stderr)
+            sys.exit(128 + signum)
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
             sys.exit(141)

@@ -21,7 +21,8 @@ from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, read_documents
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
-from gpt2_jax.loading import load_replicated
+from gpt2_jax.loading import load_config, load_replicated, resolve_reference
+from gpt2_jax.tokenizer import tokenizer_for_vocab
 
 TASKS = ("val_loss", "hellaswag")
 
@@ -70,9 +71,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="windows (val_loss) or examples (HellaSwag) a batch")
     parser.add_argument("--out", help="also write the results here as JSON (default: the table only)")
     args = parser.parse_args(argv)
-    tasks = args.tasks.split(",")
-    if set(tasks) - set(TASKS) or ("val_loss" in tasks and not args.data_dir):
-        raise UserError(f"--tasks takes {','.join(TASKS)}; val_loss needs --data-dir")
+    tasks = list(dict.fromkeys(task.strip() for task in args.tasks.split(",")))  # each once, in the order given
+    if unknown := [task for task in tasks if task not in TASKS]:
+        raise UserError(f"--tasks {','.join(unknown)}: unknown; choose from {','.join(TASKS)}")
+    if "val_loss" in tasks and not args.data_dir:
+        raise UserError("--tasks val_loss needs --data-dir (prepared data whose val split it reads)")
     if args.val_tokens < 0:
         raise UserError(f"--val-tokens {args.val_tokens}: give a count of tokens, or 0 for the whole val split")
     if args.batch_size < 1:
@@ -82,6 +85,8 @@ def main(argv=None):
     if args.out and (Path(args.out).is_dir() or not os.access(Path(args.out).absolute().parent, os.W_OK)):
         raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only; "
                         "give a file to write (checked before evaluating)")
+    for reference in args.model:  # each model's config and tokenizer, before the first one is scored
+        tokenizer_for_vocab(load_config(reference).vocab_size, hf_dir=resolve_reference(reference))
     results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size,
                                      args.val_tokens) for model in args.model}
     print(results_table(results, tasks))

@@ -54,6 +54,10 @@ def load_examples(path: str, limit: int = 0) -> list[Example]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (FileNotFoundError, IsADirectoryError):
         raise HellaSwagError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise HellaSwagError(f"{path}: not UTF-8 text (byte {error.start}); need a hellaswag_*.jsonl") from None
+    except OSError as error:
+        raise HellaSwagError(f"{path}: cannot read it ({error.strerror})") from None
     examples = []
     for number, line in enumerate(lines, 1):
         if line.strip():
@@ -70,7 +74,7 @@ def _parse(line: str, where: str) -> Example:
         record = json.loads(line)
         endings, label = record["endings"], record["label"]
         if not (isinstance(record["ctx"], str) and len(endings) == 4 and all(isinstance(e, str) for e in endings)
-                and label in range(4)):
+                and type(label) is int and 0 <= label < 4):  # not True/False, which are ints too
             raise ValueError
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise HellaSwagError(f"{where}: not a HellaSwag example (need ctx, 4 endings and a label 0-3)") from None

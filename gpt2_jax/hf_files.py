@@ -99,6 +99,22 @@ def is_hf_export(path: Path) -> bool:
     return "config.json" in names and names <= {"config.json", *WEIGHT_FILES, GENERATION_CONFIG, *TOKENIZER_FILES}
 
 
+def check_tokenizer_dir(tokenizer_dir: Path, vocab_size: int) -> None:
+    """Refuse a directory to copy tokenizer files from that lacks GPT-2's two, or whose vocabulary has ids
+    the model has no row for (transformers would fail on the first such token)."""
+    if not tokenizer_dir.is_dir():
+        raise CheckpointFileError(f"{tokenizer_dir}: no such directory to copy tokenizer files from")
+    if missing := [name for name in TOKENIZER_FILES[:2] if not (tokenizer_dir / name).is_file()]:
+        raise CheckpointFileError(f"{tokenizer_dir}: no {' or '.join(missing)} (a GPT-2 tokenizer has both)")
+    try:
+        tokens = len(json.loads((tokenizer_dir / TOKENIZER_FILES[0]).read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as error:
+        raise CheckpointFileError(f"{tokenizer_dir / TOKENIZER_FILES[0]}: not a JSON vocabulary ({first_line(error)})")
+    if tokens > vocab_size:
+        raise CheckpointFileError(f"{tokenizer_dir / TOKENIZER_FILES[0]} has {tokens:,} tokens, the model "
+                                  f"{vocab_size:,}: not this model's tokenizer")
+
+
 def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None,
                  overwrite: bool = False) -> None:
     """config.json, model.safetensors, generation_config.json and, if found, tokenizer files, as a new directory.
@@ -108,8 +124,8 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
     """
     from safetensors.numpy import save_file
 
-    if tokenizer_dir and not tokenizer_dir.is_dir():
-        raise CheckpointFileError(f"{tokenizer_dir}: no such directory to copy tokenizer files from")
+    if tokenizer_dir:
+        check_tokenizer_dir(tokenizer_dir, config_dict["vocab_size"])
 
     def write(directory: Path) -> None:
         (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")

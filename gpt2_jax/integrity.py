@@ -109,7 +109,7 @@ def failure_reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     code = re.search(r"os_error_code='?(\d+)", str(error))
-    return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {str(error).strip()[:200]}"
+    return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
 
 
 def is_damage(error: BaseException) -> bool:

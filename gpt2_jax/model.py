@@ -28,6 +28,11 @@ def init_cache(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.floa
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
 
 
+def cache_bytes(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.float32) -> int:
+    """The size of `init_cache(config, batch_size, max_len, dtype)`, computed without making it."""
+    return 2 * config.n_layer * batch_size * max_len * config.n_embd * jnp.dtype(dtype).itemsize
+
+
 def layer_norm(config: GPT2Config, dtype: Any, name: str) -> nn.LayerNorm:
     # GPT-2's epsilon (flax defaults to 1e-6). One-pass variance (flax's default) keeps parity with
     # PyTorch's two-pass to ~1e-6 in fp32 and makes a CPU train step 15% faster.

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from gpt2_jax import accelerator
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
-from gpt2_jax.model import GPT2
+from gpt2_jax.model import GPT2, cache_bytes
 from gpt2_jax.sampling import GenerationInterrupted, generate
 
 
@@ -73,6 +74,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         raise UserError(f"--num-samples {args.num_samples}: must be at least 1")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed {args.seed}: must be in [0, 2**32)")
     try:
         args.prompt.encode("utf-8")
     except UnicodeEncodeError as error:  # bytes that are not UTF-8 arrive as lone surrogates
@@ -80,6 +83,7 @@ def main(argv=None):
 
     loaded = load_model(args.model)
     prompt_ids = loaded.tokenizer.encode(args.prompt)
+    check_fits_memory(loaded.config, args.num_samples, len(prompt_ids), args.max_new_tokens, args.dtype)
     stream = StreamPrinter(loaded.tokenizer, prompt_ids) if args.num_samples == 1 else None
     progress = None
 
@@ -103,6 +107,20 @@ def main(argv=None):
         raise UserError(f"out of memory for {args.num_samples} x {len(prompt_ids) + args.max_new_tokens} tokens; "
                         "lower --num-samples or --max-new-tokens") from None
     print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress)
+
+
+def check_fits_memory(config, num_samples: int, prompt_length: int, max_new_tokens: int, dtype: str) -> None:
+    """Refuse a batch of samples whose KV cache and prompt logits alone exceed the device's memory (XLA
+    would try, and a CPU host page to disk for hours); a smaller excess still ends in the OOM message."""
+    length = prompt_length + max_new_tokens
+    positions = prompt_length if length <= config.n_positions else config.n_positions  # a pass's fp32 logits
+    per_sample = (cache_bytes(config, 1, length, dtype) if length <= config.n_positions else 0) + (
+        positions * config.vocab_size * 4)
+    available = accelerator.memory_bytes()
+    if num_samples * per_sample > available:
+        raise UserError(f"--num-samples {num_samples} needs over {num_samples * per_sample / 2**30:,.1f} GiB "
+                        f"({per_sample / 2**20:,.2f} MiB a sample) and the device holds {available / 2**30:,.1f}; "
+                        f"at most {available // per_sample:,} samples of {length} tokens fit")
 
 
 def print_samples(tokenizer, prompt_ids, tokens_BxL, stream: StreamPrinter | None, progress) -> None:

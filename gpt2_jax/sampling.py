@@ -73,9 +73,11 @@ def generate(
         raise SamplingError(f"the prompt of {T} tokens is longer than the context of {model.config.n_positions} tokens")
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise SamplingError(f"max_new_tokens={max_new_tokens} must be in [0, {MAX_NEW_TOKENS:,}]")
-    if not (0 <= temperature < math.inf and (top_p is None or 0 < top_p <= 1) and (top_k is None or top_k >= 1)):
-        raise SamplingError(f"need 0 <= temperature < inf, top_k >= 1, 0 < top_p <= 1 "
-                            f"(got {temperature}, {top_k}, {top_p})")
+    for ok, problem in ((0 <= temperature < math.inf, f"temperature={temperature} must be 0 (greedy) or positive"),
+                        (top_k is None or top_k >= 1, f"top_k={top_k} must be at least 1 (unset: every token)"),
+                        (top_p is None or 0 < top_p <= 1, f"top_p={top_p} must be in (0, 1] (unset: every token)")):
+        if not ok:
+            raise SamplingError(problem)
     state = _start(model, params, prompt_BxT, jax.random.key(0) if rng is None else rng, max_new_tokens)
     decode = functools.partial(_decode, model, params, T=T, sampling=(temperature, top_k, top_p), on_token=on_token)
     chunk, made = 16, 0

@@ -2,7 +2,8 @@
 
 DIR holds everything a run writes: config.json (the model, HF schema), train_config.json,
 checkpoints/, metrics.jsonl, tensorboard/ and loss.png. Rerunning the same command resumes from
-the newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and exits.
+the newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and exits with
+128 + the signal's number (143, 130): a stopped run is not a finished one.
 `--config.init_from=REF` fine-tunes a pretrained model instead of starting from GPT-2's init.
 """
 
@@ -33,7 +34,8 @@ from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
 
 def train(config, workdir: str | Path) -> list[dict]:
-    """Train until config.max_steps (or a stop signal); returns the metrics rows logged by this call.
+    """Train until config.max_steps; returns the metrics rows logged by this call. A stop signal (SIGTERM,
+    Ctrl-C) saves, then raises `Stopped` (a KeyboardInterrupt) holding those rows.
 
     One trainer at a time: the workdir is locked (workdir.py) from before anything in it is read
     or written until this returns. cpu_devices and distributed take effect here, before JAX computes.
@@ -47,9 +49,20 @@ def train(config, workdir: str | Path) -> list[dict]:
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
         with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop:  # mesh: for Pallas attention
-            return Run(config, lock, mesh, stop).loop()
+            rows = Run(config, lock, mesh, stop).loop()
     finally:
         lock.release()
+    if stop.signal:  # after the save and the lock's release: the run did not finish, say so
+        raise Stopped(signal.Signals[stop.signal], rows)
+    return rows
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal ended `train` early, cleanly (saved, or nothing begun): the CLI exits 128 + signum."""
+
+    def __init__(self, signum: signal.Signals, rows: list[dict]):
+        super().__init__(signum.name)
+        self.signum, self.rows = signum, rows
 
 
 class Run:
@@ -79,6 +92,7 @@ class Run:
         self.local_batch = c.batch_size // jax.process_count()
         self.data = data.train_iterator(c.data_dir, c.block_size, self.accumulation * self.local_batch, c.seed,
                                         self.process, jax.process_count())
+        self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
 
         self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
@@ -101,7 +115,6 @@ class Run:
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
               f"{dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention")
 
-        self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)
         self.peak = metrics.peak_flops_per_device(c.peak_flops)
@@ -178,7 +191,8 @@ class Run:
     def save(self, step: int) -> None:
         self.checkpoints.save(step, self.state.params, self.state.opt_state, self.data, force=True)
         self.last_good = step
-        print(f"step {step}/{self.config.max_steps} | checkpoint {self.workdir / 'checkpoints' / str(step)}")
+        width = len(str(self.config.max_steps))  # aligned with the step lines (console.py)
+        print(f"step {step:{width}d}/{self.config.max_steps} | checkpoint {self.workdir / 'checkpoints' / str(step)}")
 
     def evaluate(self, step: int) -> None:
         # Every device finishes the step before the evaluation's programs start: CPU devices share one

@@ -18,7 +18,6 @@ import jax
 import orbax.checkpoint as ocp
 
 from gpt2_jax import integrity
-from gpt2_jax.integrity import SET_ASIDE
 from gpt2_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -91,23 +90,24 @@ class TrainCheckpoints:
     def restore_latest(self, targets_for: Callable[[dict], dict], data_iterator=None):
         """(step, {name: restored}) for the newest whole step; `targets_for(step's metadata)` gives the
         abstract tree of each state to restore. None if no step was ever saved (a reader raises)."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
+        steps, damaged = sorted(self.manager.all_steps(), reverse=True), []
         for step in steps:
             try:
                 return step, self._restore(step, targets_for, data_iterator)
             except Damaged as damage:
+                damaged.append(f"step {step}")
                 kept = "" if self.read_only or jax.process_index() else f", set aside as {integrity.set_aside(self.directory, step)}"
                 self.manager.reload()
                 print(f"checkpoint step {step} is damaged ({damage}){kept}; restoring the one before", file=sys.stderr)
-        set_aside = ", ".join(sorted(p.name for p in self.directory.glob(f"*{SET_ASIDE}*")))
+        set_aside = ", ".join(sorted(p.name for p in self.directory.glob(f"*{integrity.SET_ASIDE}*")))
         if not (steps or set_aside or self.read_only):
             return None  # a new run
         if not (steps or set_aside):
             raise CheckpointError(f"{self.directory.parent}: no checkpoint saved yet")
         start_over = "" if self.read_only else (f"; to start again from step 0, move them out of {self.directory}, "
                                                 "or use a new --workdir")  # never silently over them
-        raise CheckpointError(f"{self.directory.parent}: no readable checkpoint (set aside as damaged: "
-                              f"{set_aside}){start_over}")
+        damaged = f"damaged: {', '.join(damaged)}" if self.read_only else f"set aside as damaged: {set_aside}"
+        raise CheckpointError(f"{self.directory.parent}: no readable checkpoint ({damaged}){start_over}")
 
     def _restore(self, step: int, targets_for: Callable[[dict], dict], data_iterator) -> dict:
         try:
@@ -115,7 +115,7 @@ class TrainCheckpoints:
             targets = targets_for(metadata)
             differences = [integrity.shape_difference(metadata[name], target) for name, target in targets.items()]
         except Exception as error:  # orbax raises many types for damaged metadata
-            raise Damaged(f"unreadable metadata, {type(error).__name__}") from None
+            raise Damaged(f"unreadable metadata: {integrity.failure_reason(error)}") from None
         for difference in filter(None, differences):
             raise CheckpointError(f"checkpoint step {step} of {self.directory.parent} {difference}: a setting "
                                   "that changes the model's shapes differs from the run that saved it; use "
@@ -131,7 +131,7 @@ class TrainCheckpoints:
             if not integrity.is_damage(error):  # out of memory, no permission: the files are fine
                 raise CheckpointError(f"cannot restore checkpoint step {step} of {self.directory.parent}: "
                                       f"{integrity.failure_reason(error)}") from None
-            raise Damaged(f"unreadable, {type(error).__name__}") from None
+            raise Damaged(f"unreadable: {integrity.failure_reason(error)}") from None
         for name in targets if "checksum" in args else ():
             corrupt = integrity.first_corrupt_leaf(restored[name], restored["checksum"][name])
             if corrupt:

@@ -82,6 +82,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
     micro_tokens = c.batch_size * c.block_size
     checks = [
         (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
+        (0 <= c.seed < 2**32, f"seed={c.seed} must be in [0, 2**32)"),
         (c.attention_impl != "cudnn" or platform in ("", "gpu", "cuda"),
          f"attention_impl='cudnn' needs an NVIDIA GPU, not {platform}; use '' (jax picks) or 'xla'"),
         (c.data_dir, "data_dir is not set; pass --config.data_dir=DIR (from python -m gpt2_jax.prepare)"),

@@ -110,13 +110,24 @@ def convert(*args):
     return run_main(convert_cli.main, *args)
 
 
+def tiny_tokenizer_dir(path, tokens):
+    """vocab.json with `tokens` entries and a merges.txt: the two files --tokenizer-dir needs."""
+    path.mkdir()
+    (path / "vocab.json").write_text(json.dumps({f"t{i}": i for i in range(tokens)}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return path
+
+
 def test_cli_round_trip(hf_dir, tmp_path, ids):
     result = run_cli("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "flax" / "config.json").exists() and (tmp_path / "flax" / "params").is_dir()
-    result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(hf_dir))
+    tokenizer_dir = tiny_tokenizer_dir(tmp_path / "tokenizer", transformers.GPT2Config.from_pretrained(hf_dir).vocab_size)
+    result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(tokenizer_dir))
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(hf_logits(tmp_path / "hf", ids), hf_logits(hf_dir, ids))
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "hf" / name).read_bytes() == (tokenizer_dir / name).read_bytes()
     result = run_cli("--to-hf", str(hf_dir), "--out", str(tmp_path / "hf_again"))  # any model reference
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(hf_logits(tmp_path / "hf_again", ids), hf_logits(hf_dir, ids))
@@ -249,8 +260,14 @@ def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, 
     assert transformers.GPT2Config.from_pretrained(out).vocab_size == 257
 
 
-def test_a_missing_tokenizer_dir_is_one_line(hf_dir, tmp_path):
-    assert convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
-    result = convert("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"), "--tokenizer-dir", "/no/such")
-    assert_one_line_error(result, "/no/such: no such directory to copy tokenizer files from")
-    assert not (tmp_path / "hf").exists()
+def test_a_tokenizer_dir_that_does_not_fit_is_one_line(hf_dir, byte_model_dir, tmp_path):
+    """Missing, without GPT-2's two files, or with ids the model has no row for: refused, nothing written."""
+    (tmp_path / "empty").mkdir()
+    too_big = tiny_tokenizer_dir(tmp_path / "gpt2_like", 258)  # the byte model has 257 rows
+    for tokenizer_dir, message in (("/no/such", "/no/such: no such directory to copy tokenizer files from"),
+                                   (tmp_path / "empty", "empty: no vocab.json or merges.txt"),
+                                   (too_big, "vocab.json has 258 tokens, the model 257: not this model's tokenizer")):
+        result = convert("--to-hf", str(byte_model_dir), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(tokenizer_dir))
+        assert_one_line_error(result, message)
+        assert not (tmp_path / "hf").exists()
+    assert_one_line_error(convert("--to-hf", str(byte_model_dir), "--out", " "), "--out is empty")

@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 import torch
 import transformers
-from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_config
+from conftest import SHAKESPEARE, assert_one_line_error, random_hf_model, run_main, tiny_run_config
 
 from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding
 from gpt2_jax.data import TextWindows
@@ -163,11 +163,24 @@ def test_cli_compares_a_bpe_and_a_byte_model_on_the_same_bytes_and_writes_json(
 def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_bytes, hellaswag_file, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(hellaswag_file.read_text().splitlines()[0] + "\n" + '{"ctx": "x", "endings": ["a"], "label": 0}\n')
+    binary, bool_label = tmp_path / "binary.jsonl", tmp_path / "bool.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    odd_vocab = tmp_path / "odd_vocab"
+    random_hf_model(vocab_size=300).save_pretrained(odd_vocab)
+    bool_label.write_text('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": true}\n')
     cases = [
         (["--model", str(tmp_path), "--tasks", "hellaswag", "--hellaswag", str(hellaswag_file)], "not a model directory"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(tmp_path / "none.jsonl")], "no such file"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bad)], "bad.jsonl:2: not a HellaSwag example"),
-        (["--model", str(byte_model_dir), "--tasks", "val_loss"], "val_loss needs --data-dir"),
+        (["--model", str(byte_model_dir), "--tasks", "val_loss"], "--tasks val_loss needs --data-dir"),
+        (["--model", str(byte_model_dir), "--tasks", "val_loss,bogus", "--data-dir", str(shakespeare_bytes)],
+         "--tasks bogus: unknown; choose from val_loss,hellaswag"),
+        (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(binary)], "binary.jsonl: not UTF-8 text"),
+        # Every model's tokenizer is found before the first model is scored.
+        (["--model", str(byte_model_dir), "--model", str(odd_vocab), "--tasks", "hellaswag", "--hellaswag",
+          str(hellaswag_file)], "vocab_size=300 matches no known tokenizer"),
+        (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bool_label)],
+         "bool.jsonl:1: not a HellaSwag example"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--val-tokens",
           "-5"], "--val-tokens -5: give a count"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--batch-size",

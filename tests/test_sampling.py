@@ -17,7 +17,7 @@ import torch
 from conftest import assert_one_line_error, rel_error, run_main
 
 from gpt2_jax import GPT2, from_hf, generate, sample
-from gpt2_jax.model import init_cache
+from gpt2_jax.model import cache_bytes, init_cache
 from gpt2_jax.next_token import sample_next
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError
 from gpt2_jax.tokenizer import get_tokenizer
@@ -177,12 +177,30 @@ def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     (["--max-new-tokens", str(10**12)], "max_new_tokens=1000000000000 must be in [0, 1,000,000]"),
     (["--num-samples", "-2"], "--num-samples -2: must be at least 1"),
     (["--num-samples", "0"], "--num-samples 0: must be at least 1"),
-    (["--num-samples", str(10**12)], "out of memory for 1000000000000 x 38 tokens"),
-    (["--temperature", "nan"], "need 0 <= temperature < inf"),
-    (["--temperature", "inf"], "need 0 <= temperature < inf"),
+    (["--num-samples", str(10**12)], "--num-samples 1000000000000 needs over"),
+    (["--temperature", "nan"], "temperature=nan must be 0 (greedy) or positive"),
+    (["--temperature", "inf"], "temperature=inf must be 0 (greedy) or positive"),
+    (["--top-k", "0"], "top_k=0 must be at least 1 (unset: every token)"),
+    (["--seed", str(10**20)], "--seed 100000000000000000000: must be in [0, 2**32)"),
 ])
 def test_cli_errors_are_one_line(bpe_model_dir, args, message):
     assert_one_line_error(run_main(sample.main, "--model", str(bpe_model_dir), *args), message)
+
+
+def test_cache_bytes_is_the_size_of_the_cache(tiny):
+    config = tiny[0]
+    for dtype in (jnp.float32, jnp.bfloat16):
+        made = sum(leaf.nbytes for leaf in jax.tree.leaves(init_cache(config, 3, 10, dtype)))
+        assert cache_bytes(config, 3, 10, dtype) == made > 0
+
+
+def test_running_out_of_device_memory_is_one_line(bpe_model_dir, monkeypatch):
+    def out_of_memory(*args, **kwargs):  # what XLA raises when a batch of samples passes the estimate but not the device
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB.")
+
+    monkeypatch.setattr(sample, "generate", out_of_memory)
+    assert_one_line_error(run_main(sample.main, "--model", str(bpe_model_dir), "--num-samples", "4"),
+                          "out of memory for 4 x 38 tokens; lower --num-samples or --max-new-tokens")
 
 
 def test_a_prompt_that_is_not_utf8_is_one_line(byte_model_dir):

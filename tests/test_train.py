@@ -72,7 +72,7 @@ def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_
     run_until(process, lambda line: step_of(line) == 33)
     process.send_signal(signal.SIGTERM)
     output = process.communicate()[0]
-    assert process.returncode == 0, output
+    assert process.returncode == 128 + signal.SIGTERM, output  # saved, but not finished: `train && next` stops
     stopped_at = int(output.split("SIGTERM: saved step ")[1].split()[0])
     assert 33 <= stopped_at < 100 and (tmp_path / "checkpoints" / str(stopped_at)).is_dir()
     resumed = start_run(config, tmp_path)
@@ -171,6 +171,7 @@ def run_cli(*args):
     (["--config.batch_size=0"], "batch_size=0 must be at least 1"),
     (["--config.block_size=0"], "block_size=0 must be at least 1"),
     (["--config.learning_rate=-0.001"], "learning_rate=-0.001 must be a positive number"),
+    (["--config.seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**32)"),
     (["--config.learning_rate=nan"], "learning_rate=nan must be a positive number"),
     (["--config.attention_impl=cudnn"], "attention_impl='cudnn' needs an NVIDIA GPU, not cpu"),
     # Found by trying: each failed only at the first evaluation, after training, or with a traceback.
@@ -247,7 +248,9 @@ def test_a_stop_signal_during_setup_stops_before_the_first_step(shakespeare_byte
         return schedule(config)
 
     monkeypatch.setattr(train_module, "learning_rate_schedule", press_ctrl_c_during_setup)
-    assert train(tiny_run_config(shakespeare_bytes), tmp_path) == []
+    with pytest.raises(train_module.Stopped) as stopped:  # a KeyboardInterrupt, as Ctrl-C in a notebook should be
+        train(tiny_run_config(shakespeare_bytes), tmp_path)
+    assert stopped.value.signum == signal.SIGINT and stopped.value.rows == []
     assert "SIGINT before the first step: stopped, nothing trained" in capsys.readouterr().out
     assert not (tmp_path / "config.json").exists() and not any((tmp_path / "checkpoints").iterdir())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -139,6 +139,11 @@ def test_readers_fall_back_in_one_line_and_never_move_a_step(trained, tmp_path):
     messages = [line for line in export.stderr.splitlines() if line.strip() and not line.startswith("convert:")]
     assert export.returncode == 0 and len(messages) == 1 and "is damaged" in messages[0], export.stderr
     assert snapshot(workdir) == before
+    truncate_params(workdir / "checkpoints" / "10")  # now every step: the reader names them, moving nothing
+    result = subprocess.run([sys.executable, "-m", "gpt2_jax.sample", "--model", str(workdir)], capture_output=True,
+                            text=True)
+    assert_one_line_error(result, f"{workdir}: no readable checkpoint (damaged: step 20, step 10)")
+    assert result.stderr.count("is damaged (unreadable: ") == 2 and workdir.joinpath("checkpoints", "10").is_dir()
 
 
 def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained, shakespeare_bytes, tmp_path):
