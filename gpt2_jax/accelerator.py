@@ -44,11 +44,13 @@ def attention_impl(requested: str, dtype, device=None) -> str:
     return "pallas" if device.platform == "tpu" else "xla"
 
 
-def memory_bytes(device=None) -> int:
-    """What one device can hold: an accelerator's allocator limit, or a CPU host's physical memory."""
+def memory_bytes(device=None) -> int | None:
+    """What one device can hold: a CPU host's physical memory, an accelerator's allocator limit (None if
+    its allocator does not say)."""
     device = device or jax.devices()[0]
-    limit = (device.memory_stats() or {}).get("bytes_limit") if device.platform != "cpu" else None
-    return limit or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if device.platform == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return (device.memory_stats() or {}).get("bytes_limit")
 
 
 def split_cpu(devices: int) -> None:

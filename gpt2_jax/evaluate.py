@@ -71,9 +71,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8, help="windows (val_loss) or examples (HellaSwag) a batch")
     parser.add_argument("--out", help="also write the results here as JSON (default: the table only)")
     args = parser.parse_args(argv)
-    tasks = list(dict.fromkeys(task.strip() for task in args.tasks.split(",")))  # each once, in the order given
-    if unknown := [task for task in tasks if task not in TASKS]:
-        raise UserError(f"--tasks {','.join(unknown)}: unknown; choose from {','.join(TASKS)}")
+    tasks = list(dict.fromkeys(filter(None, map(str.strip, args.tasks.split(",")))))  # each once, in order
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise UserError(f"--tasks {','.join(unknown) or repr(args.tasks)}: unknown; choose from {','.join(TASKS)}")
     if "val_loss" in tasks and not args.data_dir:
         raise UserError("--tasks val_loss needs --data-dir (prepared data whose val split it reads)")
     if args.val_tokens < 0:

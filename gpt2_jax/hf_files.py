@@ -100,19 +100,26 @@ def is_hf_export(path: Path) -> bool:
 
 
 def check_tokenizer_dir(tokenizer_dir: Path, vocab_size: int) -> None:
-    """Refuse a directory to copy tokenizer files from that lacks GPT-2's two, or whose vocabulary has ids
-    the model has no row for (transformers would fail on the first such token)."""
+    """Refuse a directory to copy tokenizer files from that has neither GPT-2's two files nor a tokenizer.json,
+    or whose ids reach past the model's rows (transformers would fail on the first such token)."""
     if not tokenizer_dir.is_dir():
         raise CheckpointFileError(f"{tokenizer_dir}: no such directory to copy tokenizer files from")
-    if missing := [name for name in TOKENIZER_FILES[:2] if not (tokenizer_dir / name).is_file()]:
-        raise CheckpointFileError(f"{tokenizer_dir}: no {' or '.join(missing)} (a GPT-2 tokenizer has both)")
+    vocab_json, merges, tokenizer_json = (tokenizer_dir / name for name in TOKENIZER_FILES[:3])
+    if not (vocab_json.is_file() and merges.is_file() or tokenizer_json.is_file()):
+        raise CheckpointFileError(f"{tokenizer_dir}: no vocab.json and merges.txt, nor tokenizer.json")
+    source = vocab_json if vocab_json.is_file() else tokenizer_json
     try:
-        tokens = len(json.loads((tokenizer_dir / TOKENIZER_FILES[0]).read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as error:
-        raise CheckpointFileError(f"{tokenizer_dir / TOKENIZER_FILES[0]}: not a JSON vocabulary ({first_line(error)})")
-    if tokens > vocab_size:
-        raise CheckpointFileError(f"{tokenizer_dir / TOKENIZER_FILES[0]} has {tokens:,} tokens, the model "
-                                  f"{vocab_size:,}: not this model's tokenizer")
+        data = json.loads(source.read_text(encoding="utf-8"))
+        vocab = data if source == vocab_json else {**data["model"]["vocab"], **{
+            token["content"]: token["id"] for token in data.get("added_tokens", [])}}
+        top_id = max(vocab.values())
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise CheckpointFileError(f"{source}: not a tokenizer's vocabulary ({first_line(error)})") from None
+    if not isinstance(top_id, int):
+        raise CheckpointFileError(f"{source}: not a tokenizer's vocabulary (its ids are not integers)")
+    if top_id >= vocab_size:
+        raise CheckpointFileError(f"{source}: its ids reach {top_id:,} and the model has {vocab_size:,} rows: "
+                                  "not this model's tokenizer")
 
 
 def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndarray], tokenizer_dir: Path | None = None,

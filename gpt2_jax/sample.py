@@ -117,7 +117,7 @@ def check_fits_memory(config, num_samples: int, prompt_length: int, max_new_toke
     per_sample = (cache_bytes(config, 1, length, dtype) if length <= config.n_positions else 0) + (
         positions * config.vocab_size * 4)
     available = accelerator.memory_bytes()
-    if num_samples * per_sample > available:
+    if available and num_samples * per_sample > available:
         raise UserError(f"--num-samples {num_samples} needs over {num_samples * per_sample / 2**30:,.1f} GiB "
                         f"({per_sample / 2**20:,.2f} MiB a sample) and the device holds {available / 2**30:,.1f}; "
                         f"at most {available // per_sample:,} samples of {length} tokens fit")

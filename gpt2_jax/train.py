@@ -49,12 +49,13 @@ def train(config, workdir: str | Path) -> list[dict]:
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
         with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop:  # mesh: for Pallas attention
-            rows = Run(config, lock, mesh, stop).loop()
+            run = Run(config, lock, mesh, stop)
+            rows = run.loop()
     finally:
         lock.release()
-    if stop.signal:  # after the save and the lock's release: the run did not finish, say so
-        raise Stopped(signal.Signals[stop.signal], rows)
-    return rows
+    if run.stopped_by:  # after the save and the lock's release: the run did not finish, say so
+        raise Stopped(signal.Signals[run.stopped_by], rows)
+    return rows  # a signal after the last step (during the final save or plot) changes nothing
 
 
 class Stopped(KeyboardInterrupt):
@@ -119,7 +120,7 @@ class Run:
         self.schedule = learning_rate_schedule(c)
         self.peak = metrics.peak_flops_per_device(c.peak_flops)
         self.flops_per_step = metrics.train_flops_per_token(model_config) * c.tokens_per_step
-        self.clock, self.logged = metrics.ThroughputClock(), []
+        self.clock, self.logged, self.stopped_by = metrics.ThroughputClock(), [], None  # stopped_by: a signal's name
         self.last_good, self.began = (self.start if restored else None), time.perf_counter()
 
     def loop(self) -> list[dict]:
@@ -128,6 +129,7 @@ class Run:
         try:
             if self.stop.signal:
                 print(f"{self.stop.signal} before the first step: stopped, nothing trained")
+                self.stopped_by = self.stop.signal
                 return self.logged
             if self.process == 0:  # only now: a refused, failed or stopped start leaves the workdir as it was
                 write_settings(self.workdir, self.model_config, c)
@@ -149,8 +151,9 @@ class Run:
                     self.save(step)
                 if evaluate:
                     self.evaluate(step)
-                if self.stop.signal:
+                if self.stop.signal and not last:
                     print(f"{self.stop.signal}: saved step {step} in {self.workdir}; rerun the same command to resume")
+                    self.stopped_by = self.stop.signal
                     break
         finally:  # pending checkpoint writes finish, even on an error
             self.checkpoints.close()

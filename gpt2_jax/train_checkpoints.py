@@ -99,15 +99,15 @@ class TrainCheckpoints:
                 kept = "" if self.read_only or jax.process_index() else f", set aside as {integrity.set_aside(self.directory, step)}"
                 self.manager.reload()
                 print(f"checkpoint step {step} is damaged ({damage}){kept}; restoring the one before", file=sys.stderr)
-        set_aside = ", ".join(sorted(p.name for p in self.directory.glob(f"*{integrity.SET_ASIDE}*")))
+        set_aside = sorted(p.name for p in self.directory.glob(f"*{integrity.SET_ASIDE}*"))
         if not (steps or set_aside or self.read_only):
             return None  # a new run
         if not (steps or set_aside):
             raise CheckpointError(f"{self.directory.parent}: no checkpoint saved yet")
         start_over = "" if self.read_only else (f"; to start again from step 0, move them out of {self.directory}, "
                                                 "or use a new --workdir")  # never silently over them
-        damaged = f"damaged: {', '.join(damaged)}" if self.read_only else f"set aside as damaged: {set_aside}"
-        raise CheckpointError(f"{self.directory.parent}: no readable checkpoint ({damaged}){start_over}")
+        kind, named = ("damaged", damaged + set_aside) if self.read_only else ("set aside as damaged", set_aside)
+        raise CheckpointError(f"{self.directory.parent}: no readable checkpoint ({kind}: {', '.join(named)}){start_over}")
 
     def _restore(self, step: int, targets_for: Callable[[dict], dict], data_iterator) -> dict:
         try:

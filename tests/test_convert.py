@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, to_hf
 from gpt2_jax.checkpoint import save_params
 from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
-from gpt2_jax.hf_files import CheckpointFileError
+from gpt2_jax.hf_files import CheckpointFileError, check_tokenizer_dir
 
 
 def logits(config, params, ids):
@@ -260,13 +260,22 @@ def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, 
     assert transformers.GPT2Config.from_pretrained(out).vocab_size == 257
 
 
-def test_a_tokenizer_dir_that_does_not_fit_is_one_line(hf_dir, byte_model_dir, tmp_path):
-    """Missing, without GPT-2's two files, or with ids the model has no row for: refused, nothing written."""
+def test_a_tokenizer_json_alone_is_checked_by_its_ids_added_tokens_included(tmp_path):
+    vocab = {"model": {"vocab": {f"t{i}": i for i in range(256)}}, "added_tokens": [{"content": "<|eot|>", "id": 256}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(vocab))
+    check_tokenizer_dir(tmp_path, 257)  # ids 0..256: fits
+    with pytest.raises(CheckpointFileError, match="its ids reach 256 and the model has 256 rows"):
+        check_tokenizer_dir(tmp_path, 256)
+
+
+def test_a_tokenizer_dir_that_does_not_fit_is_one_line(hf_dir, byte_model_dir, tmp_path, monkeypatch):
+    """Missing, without GPT-2's files, or with ids the model has no row for: refused before the weights are read."""
+    monkeypatch.setattr(convert_cli, "load_model", lambda *args, **kwargs: pytest.fail("the weights were read first"))
     (tmp_path / "empty").mkdir()
     too_big = tiny_tokenizer_dir(tmp_path / "gpt2_like", 258)  # the byte model has 257 rows
     for tokenizer_dir, message in (("/no/such", "/no/such: no such directory to copy tokenizer files from"),
-                                   (tmp_path / "empty", "empty: no vocab.json or merges.txt"),
-                                   (too_big, "vocab.json has 258 tokens, the model 257: not this model's tokenizer")):
+                                   (tmp_path / "empty", "empty: no vocab.json and merges.txt, nor tokenizer.json"),
+                                   (too_big, "vocab.json: its ids reach 257 and the model has 257 rows: not this")):
         result = convert("--to-hf", str(byte_model_dir), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(tokenizer_dir))
         assert_one_line_error(result, message)
         assert not (tmp_path / "hf").exists()

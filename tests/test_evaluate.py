@@ -165,8 +165,6 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
     bad.write_text(hellaswag_file.read_text().splitlines()[0] + "\n" + '{"ctx": "x", "endings": ["a"], "label": 0}\n')
     binary, bool_label = tmp_path / "binary.jsonl", tmp_path / "bool.jsonl"
     binary.write_bytes(bytes(range(256)) * 4)
-    odd_vocab = tmp_path / "odd_vocab"
-    random_hf_model(vocab_size=300).save_pretrained(odd_vocab)
     bool_label.write_text('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": true}\n')
     cases = [
         (["--model", str(tmp_path), "--tasks", "hellaswag", "--hellaswag", str(hellaswag_file)], "not a model directory"),
@@ -175,10 +173,9 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         (["--model", str(byte_model_dir), "--tasks", "val_loss"], "--tasks val_loss needs --data-dir"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss,bogus", "--data-dir", str(shakespeare_bytes)],
          "--tasks bogus: unknown; choose from val_loss,hellaswag"),
+        (["--model", str(byte_model_dir), "--tasks", ",", "--data-dir", str(shakespeare_bytes)],
+         "--tasks ',': unknown; choose from val_loss,hellaswag"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(binary)], "binary.jsonl: not UTF-8 text"),
-        # Every model's tokenizer is found before the first model is scored.
-        (["--model", str(byte_model_dir), "--model", str(odd_vocab), "--tasks", "hellaswag", "--hellaswag",
-          str(hellaswag_file)], "vocab_size=300 matches no known tokenizer"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bool_label)],
          "bool.jsonl:1: not a HellaSwag example"),
         (["--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir", str(shakespeare_bytes), "--val-tokens",
@@ -194,6 +191,16 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
     ]
     for args, message in cases:
         assert_one_line_error(run_main(evaluate.main, *args), message)
+
+
+def test_every_models_tokenizer_is_found_before_the_first_is_scored(byte_model_dir, hellaswag_file, tmp_path,
+                                                                     monkeypatch):
+    odd_vocab = tmp_path / "odd_vocab"
+    random_hf_model(vocab_size=300).save_pretrained(odd_vocab)
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *args, **kwargs: pytest.fail("a model was scored first"))
+    result = run_main(evaluate.main, "--model", str(byte_model_dir), "--model", str(odd_vocab), "--tasks", "hellaswag",
+                      "--hellaswag", str(hellaswag_file))
+    assert_one_line_error(result, "vocab_size=300 matches no known tokenizer")
 
 
 class Messages(logging.Handler):

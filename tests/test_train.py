@@ -256,6 +256,22 @@ def test_a_stop_signal_during_setup_stops_before_the_first_step(shakespeare_byte
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_stop_signal_after_the_last_step_changes_nothing(shakespeare_bytes, tmp_path, monkeypatch, capsys):
+    """The run is finished: no Stopped (the CLI exits 0, a scheduler does not rerun it), no "rerun" advice."""
+    import gpt2_jax.train as train_module
+
+    summarize = train_module.Run.summarize
+
+    def sigterm_while_summarizing(self, step):  # after the last step and its save, before train() returns
+        os.kill(os.getpid(), signal.SIGTERM)
+        return summarize(self, step)
+
+    monkeypatch.setattr(train_module.Run, "summarize", sigterm_while_summarizing)
+    rows = train(tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=0), tmp_path)
+    assert rows[-1]["step"] == 6 and "rerun the same command" not in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_a_workdir_of_another_model_is_refused(shakespeare_bytes, tmp_path):
     c = tiny_run_config(shakespeare_bytes)  # the config.json a run of this config writes
     GPT2Config(vocab_size=257, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,

@@ -113,6 +113,9 @@ def test_when_every_step_is_damaged_the_run_refuses_to_start_over(trained, shake
     again = run_train(config, workdir)  # never a fresh run from step 0 over the set-aside steps
     assert_one_line_error(again, "to start again from step 0, move them out of")
     assert snapshot(workdir) == before
+    reader = subprocess.run([sys.executable, "-m", "gpt2_jax.sample", "--model", str(workdir)], capture_output=True,
+                            text=True)
+    assert_one_line_error(reader, "no readable checkpoint (damaged: 10.unreadable, 20.unreadable)")
 
 
 LOAD_SIX_TIMES = """
