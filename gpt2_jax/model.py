@@ -139,13 +139,14 @@ class GPT2(nn.Module):
         """
         return self._forward(input_ids_BxT, None, None)[0]
 
-    def decode(self, input_ids_BxT, cache: KVCache, start):
+    def decode(self, input_ids_BxT, cache: KVCache, start, last_only: bool = False):
         """Logits for ids at positions start..start+T-1, reading and extending `cache`.
 
-        Returns (logits [B, T, vocab_size] float32, the updated cache).
+        Returns (logits [B, T, vocab_size] float32, or [B, 1, vocab_size] of the last position
+        with `last_only` (what a prompt's pass needs), and the updated cache).
         """
         x_BxTxD, cache = self._forward(input_ids_BxT, cache, start)
-        return self._logits(x_BxTxD), cache
+        return self._logits(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
 
     def _forward(self, input_ids_BxT, cache, start):
         T = input_ids_BxT.shape[1]

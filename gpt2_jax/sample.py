@@ -110,12 +110,12 @@ def main(argv=None):
 
 
 def check_fits_memory(config, num_samples: int, prompt_length: int, max_new_tokens: int, dtype: str) -> None:
-    """Refuse a batch of samples whose KV cache and prompt logits alone exceed the device's memory (XLA
+    """Refuse a batch of samples whose KV cache and fp32 logits alone exceed the device's memory (XLA
     would try, and a CPU host page to disk for hours); a smaller excess still ends in the OOM message."""
     length = prompt_length + max_new_tokens
-    positions = prompt_length if length <= config.n_positions else config.n_positions  # a pass's fp32 logits
-    per_sample = (cache_bytes(config, 1, length, dtype) if length <= config.n_positions else 0) + (
-        positions * config.vocab_size * 4)
+    cached = length <= config.n_positions  # else each step reruns the model on a window: no cache, its logits
+    per_sample = (cache_bytes(config, 1, length, dtype) if cached else 0) + (
+        (1 if cached else config.n_positions) * config.vocab_size * 4)
     available = accelerator.memory_bytes()
     if available and num_samples * per_sample > available:
         raise UserError(f"--num-samples {num_samples} needs over {num_samples * per_sample / 2**30:,.1f} GiB "

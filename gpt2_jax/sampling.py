@@ -109,8 +109,8 @@ def _start(model, params, prompt_BxT, rng, max_new_tokens):
         logits_BxV, cache = _logits_after(model, params, tokens_BxL, None, T - 1)
     else:  # the prompt in one pass fills the cache
         cache = init_cache(model.config, B, L, model.dtype)
-        logits_BxTxV, cache = model.apply({"params": params}, prompt_BxT, cache, 0, method=GPT2.decode)
-        logits_BxV = logits_BxTxV[:, -1]
+        logits_Bx1xV, cache = model.apply({"params": params}, prompt_BxT, cache, 0, True, method=GPT2.decode)
+        logits_BxV = logits_Bx1xV[:, 0]
     return jnp.int32(0), tokens_BxL, cache, logits_BxV, jnp.zeros(B, bool), rng
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, rel_error, run_main
 
-from gpt2_jax import GPT2, from_hf, generate, sample
+from gpt2_jax import GPT2, GPT2Config, from_hf, generate, sample, sampling
 from gpt2_jax.model import cache_bytes, init_cache
 from gpt2_jax.next_token import sample_next
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError
@@ -41,6 +41,22 @@ def test_kv_cache_decoding_equals_the_full_forward_at_every_position(tiny):
             pieces.append(logits)
             start += size
         assert rel_error(jnp.concatenate(pieces, axis=1), full) < 1e-5
+
+
+def test_the_prompts_pass_keeps_only_the_last_positions_logits(tiny):
+    config, params = tiny
+    model, ids = GPT2(config), np.random.RandomState(8).randint(0, config.vocab_size, (4, 30))
+    full, _ = model.apply({"params": params}, ids, init_cache(config, 4, 40), 0, method=GPT2.decode)
+    last, _ = model.apply({"params": params}, ids, init_cache(config, 4, 40), 0, True, method=GPT2.decode)
+    assert last.shape == (4, 1, config.vocab_size)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], rtol=1e-6, atol=1e-6)
+    # The compiled start of generation never holds the [B, T, vocab] logits of the whole prompt (63 MB here).
+    big_vocab = GPT2(GPT2Config(vocab_size=8192, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    shapes = jax.eval_shape(big_vocab.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    batch, prompt_length = 64, 30
+    start = jax.jit(sampling._start, static_argnums=(0, 4)).lower(
+        big_vocab, shapes, jax.ShapeDtypeStruct((batch, prompt_length), jnp.int32), jax.random.key(0), 10).compile()
+    assert start.memory_analysis().temp_size_in_bytes < batch * prompt_length * 8192 * 4 / 4
 
 
 def test_greedy_generate_equals_transformers(hf_model, tiny):
