@@ -14,11 +14,20 @@ from pathlib import Path
 from gpt2_jax.shards import DataError
 
 
-def check_inputs(inputs: list[str]) -> None:
-    """DataError for an input that is not there (hf: inputs are checked when they are read)."""
+def check_inputs(inputs: list[str], out_dir: Path | None = None) -> None:
+    """DataError for an input that is not there (hf: inputs are checked when they are read), or that holds
+    `out_dir` (the output of a preparation, which would read its own shards the next time)."""
     for source in inputs:
         if not source.startswith("hf:") and not Path(source).exists():
             raise DataError(f"{source}: no such file or directory")
+        if out_dir and not source.startswith("hf:") and Path(source).resolve() in [
+                out_dir.resolve(), *out_dir.resolve().parents]:
+            raise DataError(f"--out {out_dir} is inside the input {source}; choose a directory outside it")
+
+
+def absolute_inputs(inputs: list[str]) -> list[str]:
+    """Local inputs as absolute paths (hf: names as they are): what a preparation records and compares."""
+    return [source if source.startswith("hf:") else str(Path(source).resolve()) for source in inputs]
 
 
 def iter_documents(inputs: list[str], text_field: str = "text") -> Iterator[str]:
@@ -67,8 +76,7 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
             import pyarrow.parquet as parquet
         except ImportError:
             raise DataError(f"{path}: reading .parquet needs pyarrow (pip install pyarrow)") from None
-        for batch in parquet.ParquetFile(path).iter_batches(columns=[text_field]):
-            yield from batch.column(0).to_pylist()
+        yield from _parquet_documents(parquet, path, text_field)
         return
     try:
         if path.suffix != ".jsonl":
@@ -80,6 +88,23 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
                     yield _json_text(line, text_field, f"{path}:{number}")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
+
+
+def _parquet_documents(parquet, path: Path, text_field: str) -> Iterator[str]:
+    try:
+        file = parquet.ParquetFile(path)
+        columns = file.schema_arrow.names
+    except Exception as error:  # pyarrow raises its own types (ArrowInvalid, ...) for a damaged file
+        raise DataError(f"{path}: not a readable .parquet file ({' '.join(str(error).split())[:160]})") from None
+    if text_field not in columns:
+        raise DataError(f"{path}: no column {text_field!r} (it has {', '.join(columns) or 'none'}); see --text-field")
+    row = 0
+    for batch in file.iter_batches(columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            row += 1
+            if not isinstance(text, str):
+                raise DataError(f"{path}: row {row}: {text_field!r} is {type(text).__name__}, not a string")
+            yield text
 
 
 def _json_text(line: str, text_field: str, where: str) -> str:
@@ -98,5 +123,15 @@ def _hf_documents(name: str, text_field: str) -> Iterator[str]:
     except ImportError:
         raise DataError("hf: inputs need the datasets package (pip install datasets)") from None
     name, _, config = name.partition(":")
-    for row in datasets.load_dataset(name, config or None, split="train", streaming=True):
-        yield row[text_field]
+    try:
+        rows = iter(datasets.load_dataset(name, config or None, split="train", streaming=True))
+        first = next(rows, None)
+    except Exception as error:  # no network, no such dataset or config: datasets and the hub raise many types
+        raise DataError(f"hf:{name}: cannot be read ({type(error).__name__}: "
+                        f"{' '.join(str(error).split())[:160]})") from None
+    if first is None:
+        return
+    if not isinstance(first.get(text_field), str):
+        raise DataError(f"hf:{name}: no string field {text_field!r} (it has {', '.join(first)}); see --text-field")
+    yield first[text_field]
+    yield from (row[text_field] for row in rows)

@@ -83,24 +83,21 @@ class MetricsWriter:
     """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events in DIR/tensorboard.
 
     On resume from step S, lines of steps after S (logged before the run was killed, and
-    about to be logged again) are dropped, so the file reads as one straight run.
+    about to be logged again) are dropped, so the file reads as one straight run. Nothing is
+    changed before the first row is written: a start that trains nothing leaves the file as it was.
     """
 
     def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from tensorboardX import SummaryWriter
-
-        self.path = Path(workdir) / "metrics.jsonl"
-        if self.path.exists():
-            kept = [line for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
+        self.enabled, self.resume_step, self.tensorboard = enabled, resume_step, None
+        self.workdir, self.path = Path(workdir), Path(workdir) / "metrics.jsonl"
+        if enabled and self.path.exists():  # read now: a damaged file stops the run before it trains
+            self.kept = [line for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
+        if self.tensorboard is None:
+            self._start()
         with open(self.path, "a") as file:
             file.write(json.dumps({"step": step, **metrics}) + "\n")
         for name, value in metrics.items():
@@ -108,8 +105,15 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(name, value, step)
         self.tensorboard.flush()
 
+    def _start(self) -> None:
+        from tensorboardX import SummaryWriter
+
+        if self.path.exists():
+            self.path.write_text("".join(line + "\n" for line in self.kept))
+        self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.resume_step + 1)
+
     def close(self) -> None:
-        if self.enabled:
+        if self.tensorboard is not None:
             self.tensorboard.close()
 
 
@@ -121,12 +125,20 @@ def read_metrics(workdir: str | Path) -> list[dict]:
 
 def _lines_and_rows(path: Path) -> list[tuple[str, dict]]:
     """(line, row) for each line of a metrics.jsonl; a last line cut short (a run killed mid-write) is dropped."""
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot be read as a metrics file ({getattr(error, 'strerror', None) or error})") from None
     pairs = []
     for number, line in enumerate(lines, 1):
         try:
-            pairs.append((line, json.loads(line)))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if number < len(lines):
-                raise UserError(f"{path}:{number}: not a JSON object; a metrics file is one per line") from None
+            if number == len(lines):
+                continue
+            row = None
+        if not (isinstance(row, dict) and type(row.get("step")) is int and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in row.values())):
+            raise UserError(f"{path}:{number}: not a metrics row (a JSON object of numbers with an integer step)")
+        pairs.append((line, row))
     return pairs

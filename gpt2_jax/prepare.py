@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.corpus import check_inputs, count_documents, iter_documents
+from gpt2_jax.corpus import absolute_inputs, check_inputs, count_documents, iter_documents
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
 
@@ -45,16 +45,22 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
     if shard_tokens < 1 or workers < 1:
         raise DataError(f"shard_tokens={shard_tokens} and workers={workers} must be at least 1")
     eot = get_tokenizer(tokenizer).eot_token
-    check_inputs(inputs)  # before anything is made: no empty output, no progress bar
-    out_dir = Path(out_dir)
+    if not str(out_dir).strip():
+        raise DataError("--out is empty: give the directory to write")
+    out_dir, inputs = Path(out_dir), absolute_inputs(inputs)  # the same inputs, from whichever directory
+    check_inputs(inputs, out_dir)  # before anything is made: no empty output, no progress bar
     created = _make_output_dir(out_dir)
-    settings = dict(inputs=list(inputs), tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
+    settings = dict(inputs=inputs, tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
     vocab_size = get_tokenizer(tokenizer).vocab_size
     meta = {**settings, "vocab_size": vocab_size, "eot_token": eot, "documents": 0, "shards": []}
     if (out_dir / shards.META).exists():
         previous = shards.read_meta(out_dir, complete=False)
+        previous["inputs"] = absolute_inputs(previous.get("inputs", []))  # older metas hold them as given
         if {key: previous.get(key) for key in settings} != settings:
             raise DataError(f"{out_dir} holds another preparation ({shards.META} differs); choose another --out")
+        if previous.get("complete") and previous.get("val_fraction") != val_fraction:
+            raise DataError(f"{out_dir} was split with val_fraction={previous.get('val_fraction')}; splitting it "
+                            "again would change the data under every run that reads it: choose another --out")
         meta = previous
     if not meta.get("complete"):
         try:
@@ -71,8 +77,11 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
 
 
 def _make_output_dir(out_dir: Path) -> bool:
-    """Create `out_dir` if needed (True if it was); a file there or no right to write is a DataError."""
+    """Create `out_dir` if needed (True if it was); a file there, other files or no right to write is a DataError."""
     created = not out_dir.exists()
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / shards.META).exists():
+        raise DataError(f"--out {out_dir} holds other files and no prepared data ({shards.META}); "
+                        "give a new or empty directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(out_dir, os.W_OK):

@@ -64,7 +64,11 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
         raise UserError(f"{workdir}: not a training workdir with evaluations "
                         "(train_config.json, val_loss in metrics.jsonl)")
     if baseline:
-        values, notes = evaluate_baseline(baseline, json.loads((workdir / "train_config.json").read_text()))
+        try:
+            settings = json.loads((workdir / "train_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+            raise UserError(f"{workdir / 'train_config.json'}: unreadable ({error})") from None
+        values, notes = evaluate_baseline(baseline, settings)
         lines = [f"# {workdir.name} against {baseline}", "", *table_against(rows, values), "",
                  *(f"- {note}" for note in notes)]
     else:

@@ -77,7 +77,7 @@ class Run:
                         else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         if self.process == 0:
             lock.acquire()
-        check_settings(self.workdir, model_config, c)
+        changed = check_settings(self.workdir, model_config, c, meta)
 
         attention = accelerator.attention_impl(c.attention_impl, c.dtype)
         model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
@@ -108,9 +108,11 @@ class Run:
         else:
             self.start, origin = 0, "training from scratch"
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
-        self.model_config = model_config  # written to the workdir when the first step starts (loop)
+        self.model_config, self.meta = model_config, meta  # written to the workdir when the first step starts (loop)
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
+        if restored and changed:
+            print(f"settings changed since this run's last start: {', '.join(changed)}")
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
@@ -131,8 +133,9 @@ class Run:
                 print(f"{self.stop.signal} before the first step: stopped, nothing trained")
                 self.stopped_by = self.stop.signal
                 return self.logged
-            if self.process == 0:  # only now: a refused, failed or stopped start leaves the workdir as it was
-                write_settings(self.workdir, self.model_config, c)
+            # Only now: a start that trains nothing (refused, failed, stopped, already done) changes nothing.
+            if self.process == 0 and self.start < c.max_steps:
+                write_settings(self.workdir, self.model_config, c, self.meta)
             for step in range(self.start + 1, c.max_steps + 1):
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
                 self.checkpoints.check()  # a background save that failed stops the run now

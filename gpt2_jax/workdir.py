@@ -10,6 +10,7 @@ trainer prints. It is advisory, so every trainer takes it; one process per run d
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -21,6 +22,8 @@ from gpt2_jax.errors import UserError
 LOCK, MODEL_CONFIG, TRAIN_CONFIG = "train.lock", "config.json", "train_config.json"
 # Settings that change the shapes of the saved state without changing the model's config.json.
 SHAPE_SETTINGS = ("vocab_pad_multiple",)
+ORDER_SETTINGS = ("seed",)  # with the data itself, what fixes the order in which a run reads its windows
+DATA = "data_fingerprint"  # train_config.json's record of the data's identity (data_fingerprint)
 
 
 class WorkdirError(UserError):
@@ -31,12 +34,13 @@ class WorkdirLock:
     """An exclusive lock on a workdir, held from `acquire()` to `release()` (or the process's end)."""
 
     def __init__(self, workdir: str | Path):
-        self.workdir, self.file = Path(workdir), None
+        self.workdir, self.file, self.created = Path(workdir), None, False
 
     def acquire(self) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
             raise WorkdirError(f"{self.workdir} is a file, not a workdir; give a directory")
         try:
+            self.created = not self.workdir.exists()
             self.workdir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.workdir, os.W_OK):
                 raise PermissionError(13, "read-only")
@@ -57,13 +61,19 @@ class WorkdirLock:
         self.file = file
 
     def release(self) -> None:
+        """Unlock; a workdir this lock created and nothing else wrote into (a refused start) is removed."""
         if self.file:
+            if self.created and [p.name for p in self.workdir.iterdir()] == [LOCK]:
+                (self.workdir / LOCK).unlink()  # while still held: no other trainer can hold it meanwhile
+                self.workdir.rmdir()
             self.file.close()  # closing the file releases the lock
             self.file = None
 
 
-def check_settings(workdir: Path, model_config: GPT2Config, config) -> None:
-    """Refuse a workdir whose run trained another model, or saved its state with other shapes."""
+def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> list[str]:
+    """Refuse a workdir whose run trained another model, saved its state with other shapes or, with
+    checkpoints to resume, read other data or another order of it; return the other settings that
+    changed since the run's last start ("lr 0.001 -> 0.0003"), for the console."""
     if (workdir / MODEL_CONFIG).exists():
         saved = GPT2Config.from_json(workdir / MODEL_CONFIG).to_dict()
         changed = [f"{key} {saved[key]} -> {value}" for key, value in model_config.to_dict().items()
@@ -71,19 +81,34 @@ def check_settings(workdir: Path, model_config: GPT2Config, config) -> None:
         if changed:
             raise WorkdirError(f"{workdir} holds a run of another model ({', '.join(changed)} in config.json); "
                                "use a new --workdir")
-    if (workdir / TRAIN_CONFIG).exists():
-        try:
-            saved = json.loads((workdir / TRAIN_CONFIG).read_text())
-        except (OSError, ValueError) as error:
-            raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None
-        for key in SHAPE_SETTINGS:
-            if key in saved and saved[key] != config[key]:
-                raise WorkdirError(f"--config.{key}={config[key]} differs from the run in {workdir} "
-                                   f"({key}={saved[key]}) and changes the shapes of its checkpoints; rerun with "
-                                   f"--config.{key}={saved[key]}, or use a new --workdir")
+    if not (workdir / TRAIN_CONFIG).exists():
+        return []
+    try:
+        saved = json.loads((workdir / TRAIN_CONFIG).read_text())
+    except (OSError, ValueError) as error:
+        raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None
+    resuming = any(path.name.isdigit() for path in (workdir / "checkpoints").glob("*"))
+    for key in SHAPE_SETTINGS + (ORDER_SETTINGS if resuming else ()):
+        if key in saved and saved[key] != config[key]:
+            why = "changes the shapes of its checkpoints" if key in SHAPE_SETTINGS else "changes its data order"
+            raise WorkdirError(f"--config.{key}={config[key]} differs from the run in {workdir} ({key}={saved[key]}) "
+                               f"and {why}; rerun with --config.{key}={saved[key]}, or use a new --workdir")
+    if resuming and saved.get(DATA, data_fingerprint(meta)) != data_fingerprint(meta):
+        raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
+                           "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
+    as_saved = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as train_config.json holds them
+    return [f"{key} {saved[key]} -> {value}" for key, value in as_saved.items()
+            if key in saved and saved[key] != value and key not in ("data_dir", "init_from")]
 
 
-def write_settings(workdir: Path, model_config: GPT2Config, config) -> None:
-    """config.json (the model, HF schema) and train_config.json (this run's settings)."""
+def data_fingerprint(meta: dict) -> str:
+    """The identity of prepared data (its tokenizer, shards and splits), whichever directory holds it."""
+    identity = json.dumps({key: meta.get(key) for key in ("tokenizer", "shards", "splits")}, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def write_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> None:
+    """config.json (the model, HF schema) and train_config.json (this run's settings and its data's identity)."""
     model_config.to_json(workdir / MODEL_CONFIG)
-    (workdir / TRAIN_CONFIG).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    settings = {**config.to_dict(), DATA: data_fingerprint(meta)}
+    (workdir / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")

@@ -16,11 +16,10 @@ import time
 
 import jax
 import numpy as np
-import torch
-import transformers
 
 from gpt2_jax import GPT2, from_hf, generate
 from gpt2_jax.cli import HelpFormatter
+from gpt2_jax.config import PRESETS
 
 
 def best_time(fn, repeats):
@@ -34,14 +33,17 @@ def best_time(fn, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--preset", default="gpt2", help="the model shape (GPT2Config.preset)")
+    parser.add_argument("--preset", default="gpt2", choices=list(PRESETS), help="the model shape (GPT2Config.preset)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="samples generated together")
     parser.add_argument("--prompt-len", type=int, default=8, help="prompt tokens")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
     args = parser.parse_args()
-
-    from gpt2_jax.config import PRESETS
+    try:  # the peer: needed to run, not to read --help
+        import torch
+        import transformers
+    except ImportError as error:
+        parser.error(f"the transformers peer needs {error.name} (pip install torch==2.13.0 transformers)")
 
     torch.manual_seed(0)
     hf_model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**PRESETS[args.preset])).eval()

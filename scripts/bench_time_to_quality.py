@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2_jax import data, shards, to_hf, train_config
+from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.model import GPT2
 from gpt2_jax.train_flags import parse_flags
 
@@ -66,6 +67,7 @@ def timed_run(command: list[str]):
     return evaluations, time.perf_counter() - start
 
 
+@exit_on_user_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/shakespeare_byte.py")

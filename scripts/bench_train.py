@@ -273,13 +273,13 @@ def cli_run(batch: int, n_steps: int):
 
 
 def main():
-    import torch
-
+    torch = __import__("torch") if args.peers else None  # only the PyTorch peers need it
     known_peak = peak_flops_per_device()
     peak = (known_peak or measured_matmul_flops(jnp.dtype(args.dtype))) * (jax.device_count() if known_peak else 1)
-    device = "cuda" if torch.cuda.is_available() and jax.devices()[0].platform == "gpu" else "cpu"
+    device = "cuda" if torch and torch.cuda.is_available() and jax.devices()[0].platform == "gpu" else "cpu"
+    peers_on = f"torch {torch.__version__} on {device}: {torch.get_num_threads()} threads; " if torch else ""
     print(f"# {args.dtype}; jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].device_kind} device(s); "
-          f"torch {torch.__version__} on {device}: {torch.get_num_threads()} threads; peak {peak / 1e12:.2f} TFLOP/s "
+          f"{peers_on}peak {peak / 1e12:.2f} TFLOP/s "
           f"({'datasheet' if known_peak else 'measured 2048^3 matmul, jax'}); XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
     peers = [p for p in args.peers if p != "torch-compile" or device == "cuda"]
     rows = []

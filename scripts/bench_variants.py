@@ -70,7 +70,7 @@ def main():
     args = parse_args()
     names = args.only or list(VARIANTS)
     order = ["default", *[n for n in names if n != "default"], "default"]
-    start, results = time.perf_counter(), []
+    start, results, failures = time.perf_counter(), [], []
     for i, name in enumerate(order):
         if i and time.perf_counter() - start > args.budget_s:
             print(f"# budget spent: not run: {', '.join(order[i:])}", flush=True)
@@ -84,6 +84,9 @@ def main():
         print(f"# {name}: " + (f"{measured[0]:,} tok/s" if measured else f"failed: {last_line}") +
               f" ({time.perf_counter() - start:.0f} s)", flush=True)
         results.append((name, measured))
+        failures.append(None if measured else f"{name}: {last_line}")
+    if not any(measured for _, measured in results):
+        sys.exit(f"every run failed; the first: {failures[0] if failures else 'none ran'}")
     defaults = [m[0] for n, m in results if n == "default" and m]
     baseline = sum(defaults) / len(defaults) if defaults else None
     print(f"\n{args.shape}, B={args.batch_size}, bf16; default runs: {', '.join(f'{d:,}' for d in defaults)} tok/s\n")

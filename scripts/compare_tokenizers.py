@@ -28,6 +28,7 @@ import jax
 from gpt2_jax import shards
 from gpt2_jax.cli import HelpFormatter
 from gpt2_jax.data import read_documents
+from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model
 from gpt2_jax.metrics import read_metrics, train_flops_per_token
@@ -114,6 +115,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--input", default=str(ROOT.parent / "shared/data/tinyshakespeare/input.txt"), help="the text")
@@ -122,11 +124,13 @@ def main():
     args = parser.parse_args()
     if not Path(args.input).is_file():
         parser.error(f"{args.input}: no such file (Tiny Shakespeare's input.txt)")
+    doc = Path(args.doc)  # checked before ~11 minutes of training, not after
+    if not doc.parent.is_dir() or doc.exists() and not all(marker in doc.read_text() for marker in MARKERS):
+        parser.error(f"--doc {doc}: needs an existing folder, and in an existing page the markers {' '.join(MARKERS)}")
     prepare_pair(args.input)
     results = [measure(name, args.hellaswag) for name in RUNS]
     markdown = table(results)
     print(markdown)
-    doc = Path(args.doc)
     text = doc.read_text() if doc.exists() else f"# Bytes against GPT-2 BPE\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
     head, rest = text.split(MARKERS[0], 1)
     doc.write_text(f"{head}{MARKERS[0]}\n{markdown}\n{MARKERS[1]}{rest.split(MARKERS[1], 1)[1]}")

@@ -22,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from gpt2_jax import sharding, train_config  # noqa: E402
 from gpt2_jax.cli import HelpFormatter  # noqa: E402
+from gpt2_jax.errors import exit_on_user_error  # noqa: E402
 from gpt2_jax.model import GPT2  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.step import init_train_state, train_step  # noqa: E402
@@ -45,12 +46,15 @@ def planned_bytes(config) -> dict:
     return {"arguments": m.argument_size_in_bytes, "temporaries": m.temp_size_in_bytes, "total": total}
 
 
+@exit_on_user_error
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("configs", nargs="+", help="configs/*.py files")
     parser.add_argument("--batch-size", type=int, help="override the config's micro-batch")
     parser.add_argument("--remat", action="store_true", help="force remat on")
     args = parser.parse_args()
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size} must be at least 1")
     print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}")
     print("| config | batch | remat | arguments GiB | temporaries GiB | total GiB |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")

@@ -37,7 +37,8 @@ def main(argv=None):
         raise UserError(f"--out {args.out}: give a file ending in one of .{', .'.join(sorted(formats))}")
     if out.is_dir() or not os.access(out.parent, os.W_OK):
         raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only")
-    runs = {Path(w).name: read_metrics(w) for w in args.workdirs}
+    names = [Path(w).name for w in args.workdirs]  # a run's label; its path where two share a name
+    runs = {(name if names.count(name) == 1 else w): read_metrics(w) for name, w in zip(names, args.workdirs)}
     empty = [name for name, rows in runs.items() if not rows]
     if empty:
         raise UserError(f"no metrics.jsonl rows in {empty}")

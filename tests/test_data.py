@@ -1,6 +1,7 @@
 """Data: preparation from every input kind, the split, resuming, the grain pipeline, damaged shards."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -186,6 +187,7 @@ def copy_data(src, dst):
 
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "corrupt shard"),
+    ("empty", "corrupt shard"),
     ("delete", "shard listed in meta.json is missing"),
     ("garbage", "outside the vocabulary"),
     ("no_meta", "no meta.json"),
@@ -195,6 +197,8 @@ def test_damaged_data_is_a_clear_error(shakespeare_dir, tmp_path, damage, messag
     shard = data_dir / "shard_000000.npy"
     if damage == "truncate":
         shard.write_bytes(shard.read_bytes()[:5000])
+    elif damage == "empty":
+        shard.write_bytes(b"")
     elif damage == "delete":
         shard.unlink()
     elif damage == "garbage":
@@ -226,6 +230,14 @@ def test_cli_prepares_and_reports_bad_input(tmp_path):
                           "no such file or directory")
     assert_one_line_error(run_prepare("--input", SHAKESPEARE, "--out", str(tmp_path / "ok"), "--tokenizer", "gpt2"),
                           "holds another preparation")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "ok").iterdir()}
+    assert_one_line_error(run_prepare("--input", SHAKESPEARE, "--out", str(tmp_path / "ok"), "--tokenizer", "byte",
+                                      "--val-fraction", "0.2"), "was split with val_fraction=0.1; splitting it again")
+    relative = os.path.relpath(SHAKESPEARE, tmp_path)  # the same input named from elsewhere: the same preparation
+    again = subprocess.run([sys.executable, "-m", "gpt2_jax.prepare", "--input", relative, "--out", "ok", "--tokenizer",
+                            "byte"], capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert {path.name: path.read_bytes() for path in (tmp_path / "ok").iterdir()} == before
 
 
 def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
@@ -233,14 +245,56 @@ def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "others").mkdir()
+    (tmp_path / "others" / "notes.txt").write_text("someone's")
     cases = [(["--input", str(tmp_path / "empty.txt")], tmp_path / "out0", "no text found in"),
+             (["--input", SHAKESPEARE], "", "--out is empty"),
+             (["--input", SHAKESPEARE], tmp_path / "others", "holds other files and no prepared data"),
+             (["--input", str(tmp_path / "others")], tmp_path / "others" / "prep", "is inside the input"),
              (["--input", str(tmp_path / "missing.txt")], tmp_path / "out1", "missing.txt: no such file or directory"),
              (["--input", str(tmp_path / "binary.txt")], tmp_path / "out2", "binary.txt: not UTF-8 text"),
              (["--input", SHAKESPEARE], tmp_path / "a_file", "is a file; give a directory"),
              (["--input", SHAKESPEARE, "--shard-tokens", "0"], tmp_path / "out3", "shard_tokens=0 and workers=2")]
     for args, out, message in cases:
         assert_one_line_error(run_prepare(*args, "--out", str(out), "--workers", "2", "--tokenizer", "byte"), message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "binary.txt", "empty.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "binary.txt", "empty.txt", "others"]
+    assert [p.name for p in (tmp_path / "others").iterdir()] == ["notes.txt"]
+
+
+def test_a_parquet_file_that_does_not_fit_is_one_line(tmp_path):
+    import pyarrow
+    import pyarrow.parquet as parquet
+
+    parquet.write_table(pyarrow.table({"content": ["alpha"]}), tmp_path / "column.parquet")
+    parquet.write_table(pyarrow.table({"text": ["alpha", None]}), tmp_path / "null.parquet")
+    parquet.write_table(pyarrow.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    for name, message in (("column", "no column 'text' (it has content); see --text-field"),
+                          ("null", "null.parquet: row 2: 'text' is NoneType, not a string"),
+                          ("ints", "ints.parquet: row 1: 'text' is int, not a string"),
+                          ("empty", "empty.parquet: not a readable .parquet file")):
+        result = run_prepare("--input", str(tmp_path / f"{name}.parquet"), "--out", str(tmp_path / "out"),
+                             "--workers", "2", "--tokenizer", "byte")
+        assert_one_line_error(result, message)
+        assert not (tmp_path / "out").exists()
+
+
+def test_an_hf_dataset_that_cannot_be_read_is_a_data_error(monkeypatch):
+    """No network (the hub unreachable), or no such text field: DataError, which the CLI prints as one line."""
+    import types
+
+    from gpt2_jax.corpus import iter_documents
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'roneneldan/TinyStories' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(shards.DataError, match="hf:roneneldan/TinyStories: cannot be read .ConnectionError: Couldn't"):
+        list(iter_documents(["hf:roneneldan/TinyStories"]))
+    rows = types.SimpleNamespace(load_dataset=lambda *args, **kwargs: iter([{"story": "x"}]))
+    monkeypatch.setitem(sys.modules, "datasets", rows)
+    with pytest.raises(shards.DataError, match="no string field 'text' .it has story.; see --text-field"):
+        list(iter_documents(["hf:roneneldan/TinyStories"]))
 
 
 def test_a_read_only_out_is_one_line(tmp_path):

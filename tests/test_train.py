@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_one_line_error, config_flags_of, tiny_run_config, step_of
 
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.errors import UserError
 from gpt2_jax.metrics import MetricsWriter, read_metrics
 from gpt2_jax.train import train
 
@@ -133,8 +134,23 @@ def test_a_row_cut_short_in_metrics_jsonl_is_dropped_and_the_rest_kept_byte_for_
     rows = "".join(json.dumps({"step": step, "train_loss": 1.0 / step}) + "\n" for step in range(1, 8))
     (tmp_path / "metrics.jsonl").write_text(rows + '{"step": 8, "train_l')
     assert [row["step"] for row in read_metrics(tmp_path)] == list(range(1, 8))
-    MetricsWriter(tmp_path, resume_step=7).close()
-    assert (tmp_path / "metrics.jsonl").read_text() == rows
+    MetricsWriter(tmp_path, resume_step=7).close()  # a start that logs nothing changes nothing
+    assert (tmp_path / "metrics.jsonl").read_text() == rows + '{"step": 8, "train_l'
+    writer = MetricsWriter(tmp_path, resume_step=6)
+    writer.write(7, {"train_loss": 0.5})
+    writer.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == rows.replace('"train_loss": 0.14285714285714285', '"train_loss": 0.5')
+
+
+@pytest.mark.parametrize("line", ["5", '{"train_loss": 1.0}', '{"step": 3, "val_loss": "x"}', '{"step": 3, "val_loss": null}',
+                                  '{"step": "3"}'])
+def test_a_metrics_row_that_is_not_one_is_one_line(tmp_path, line):
+    (tmp_path / "metrics.jsonl").write_text(line + "\n" + json.dumps({"step": 9, "train_loss": 1.0}) + "\n")
+    with pytest.raises(UserError, match="metrics.jsonl:1: not a metrics row"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.jsonl").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(UserError, match="cannot be read as a metrics file"):
+        MetricsWriter(tmp_path, resume_step=0)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(shakespeare_bytes, tmp_path):
@@ -235,6 +251,10 @@ def test_a_failed_start_leaves_the_workdir_free_for_the_corrected_command(shakes
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *too_long),
                           "no window of block_size + 1 = 200001 tokens")
     assert not (tmp_path / "config.json").exists() and not (tmp_path / "train_config.json").exists()
+    new_workdir = tmp_path / "new" / "run"  # one the refused start made: not left behind, lock file and all
+    assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={new_workdir}", *too_long),
+                          "no window of block_size + 1 = 200001 tokens")
+    assert not new_workdir.exists()
     assert train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0), tmp_path)  # not refused
 
 

@@ -2,6 +2,7 @@
 refused with the workdir left byte for byte as it was, and a failed save stops the run naming the
 last good step."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,27 @@ def test_a_setting_that_changes_shapes_is_refused_and_nothing_is_touched(trained
     assert snapshot(workdir) == before
     resumed = run_train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
+
+
+def test_a_resume_refuses_other_data_or_another_seed_and_names_other_changes(trained, shakespeare_bytes, tmp_path):
+    """The data order of a resumed run is the killed run's: its data (by content, wherever it lies) and seed."""
+    workdir = copy_of(trained, tmp_path)
+    other = Path(shutil.copytree(shakespeare_bytes, tmp_path / "other"))
+    meta = json.loads((other / "meta.json").read_text())
+    meta["splits"]["train"][0]["stop"] -= 1000  # the same text split elsewhere: other windows in another order
+    (other / "meta.json").write_text(json.dumps(meta))
+    before = snapshot(workdir)
+    assert_one_line_error(run_train(tiny_run_config(other, max_steps=30, eval_every=0), workdir),
+                          "is not the data the run in")
+    assert_one_line_error(run_train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0, seed=7), workdir),
+                          "--config.seed=7 differs from the run in")
+    done = run_train(tiny_run_config(shakespeare_bytes, max_steps=15, eval_every=0), workdir)  # past it: nothing to do
+    assert done.returncode == 0 and "nothing to do" in done.stdout, done.stderr
+    assert snapshot(workdir) == before  # refused or idle: not even train_config.json was rewritten
+    moved = Path(shutil.copytree(shakespeare_bytes, tmp_path / "moved"))  # the same data elsewhere resumes
+    resumed = run_train(tiny_run_config(moved, max_steps=30, eval_every=0, learning_rate=1e-3), workdir)
+    assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
+    assert "settings changed since this run's last start: learning_rate 0.003 -> 0.001" in resumed.stdout
 
 
 def test_a_flipped_bit_fails_its_checksum_and_the_step_before_is_restored(trained, shakespeare_bytes, tmp_path,
