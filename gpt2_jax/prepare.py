@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,13 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
     if shard_tokens < 1 or workers < 1:
         raise DataError(f"shard_tokens={shard_tokens} and workers={workers} must be at least 1")
-    eot = get_tokenizer(tokenizer).eot_token
+    eot, vocab_size = get_tokenizer(tokenizer).eot_token, get_tokenizer(tokenizer).vocab_size
     if not str(out_dir).strip():
         raise DataError("--out is empty: give the directory to write")
     out_dir, inputs = Path(out_dir), absolute_inputs(inputs)  # the same inputs, from whichever directory
     check_inputs(inputs, out_dir)  # before anything is made: no empty output, no progress bar
     created = _make_output_dir(out_dir)
     settings = dict(inputs=inputs, tokenizer=tokenizer, text_field=text_field, shard_tokens=shard_tokens)
-    vocab_size = get_tokenizer(tokenizer).vocab_size
     meta = {**settings, "vocab_size": vocab_size, "eot_token": eot, "documents": 0, "shards": []}
     if (out_dir / shards.META).exists():
         previous = shards.read_meta(out_dir, complete=False)
@@ -77,9 +77,10 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
 
 
 def _make_output_dir(out_dir: Path) -> bool:
-    """Create `out_dir` if needed (True if it was); a file there, other files or no right to write is a DataError."""
-    created = not out_dir.exists()
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / shards.META).exists():
+    """Create `out_dir` if needed (True if it was); a file, other files or no right to write is a DataError."""
+    created, ours = not out_dir.exists(), re.compile(r"(shard_\d+\.npy|meta\.json)(\.tmp)?")  # and a cut-short run's
+    names = [path.name for path in out_dir.iterdir()] if out_dir.is_dir() else []
+    if shards.META not in names and not all(map(ours.fullmatch, names)):
         raise DataError(f"--out {out_dir} holds other files and no prepared data ({shards.META}); "
                         "give a new or empty directory")
     try:

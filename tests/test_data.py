@@ -261,6 +261,15 @@ def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
     assert [p.name for p in (tmp_path / "others").iterdir()] == ["notes.txt"]
 
 
+def test_a_preparation_cut_before_its_first_meta_json_runs_again(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "shard_000000.npy").write_bytes(b"cut")  # killed between the first shard and the first meta.json
+    (out / "meta.json.tmp").write_bytes(b"{")
+    prepare([SHAKESPEARE], out, tokenizer="byte")
+    assert shards.read_meta(out)["complete"] and len(np.load(out / "shard_000000.npy")) == 1_115_394
+
+
 def test_a_parquet_file_that_does_not_fit_is_one_line(tmp_path):
     import pyarrow
     import pyarrow.parquet as parquet
