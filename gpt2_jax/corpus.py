@@ -123,15 +123,18 @@ def _hf_documents(name: str, text_field: str) -> Iterator[str]:
     except ImportError:
         raise DataError("hf: inputs need the datasets package (pip install datasets)") from None
     name, _, config = name.partition(":")
-    try:
-        rows = iter(datasets.load_dataset(name, config or None, split="train", streaming=True))
-        first = next(rows, None)
-    except Exception as error:  # no network, no such dataset or config: datasets and the hub raise many types
-        raise DataError(f"hf:{name}: cannot be read ({type(error).__name__}: "
-                        f"{' '.join(str(error).split())[:160]})") from None
-    if first is None:
-        return
-    if not isinstance(first.get(text_field), str):
-        raise DataError(f"hf:{name}: no string field {text_field!r} (it has {', '.join(first)}); see --text-field")
-    yield first[text_field]
-    yield from (row[text_field] for row in rows)
+    rows, number = None, 0
+    while True:
+        try:  # no network, no such dataset or config, a connection lost midway: datasets raises many types
+            rows = rows or iter(datasets.load_dataset(name, config or None, split="train", streaming=True))
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as error:
+            raise DataError(f"hf:{name}: cannot be read ({type(error).__name__}: "
+                            f"{' '.join(str(error).split())[:160]})") from None
+        number += 1
+        if not isinstance(row.get(text_field) if isinstance(row, dict) else None, str):
+            raise DataError(f"hf:{name}: row {number}: no string field {text_field!r} "
+                            f"(it has {', '.join(row) if isinstance(row, dict) else 'none'}); see --text-field")
+        yield row[text_field]

@@ -83,8 +83,8 @@ class MetricsWriter:
     """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events in DIR/tensorboard.
 
     On resume from step S, lines of steps after S (logged before the run was killed, and
-    about to be logged again) are dropped, so the file reads as one straight run. Nothing is
-    changed before the first row is written: a start that trains nothing leaves the file as it was.
+    about to be logged again) are dropped when training begins (`begin`, or the first row), so the
+    file reads as one straight run; a start that trains nothing leaves the file as it was.
     """
 
     def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
@@ -97,7 +97,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         if self.tensorboard is None:
-            self._start()
+            self.begin()
         with open(self.path, "a") as file:
             file.write(json.dumps({"step": step, **metrics}) + "\n")
         for name, value in metrics.items():
@@ -105,9 +105,12 @@ class MetricsWriter:
                 self.tensorboard.add_scalar(name, value, step)
         self.tensorboard.flush()
 
-    def _start(self) -> None:
+    def begin(self) -> None:
+        """The first step is about to run: drop the rows after the resume step, start TensorBoard's events."""
         from tensorboardX import SummaryWriter
 
+        if not self.enabled or self.tensorboard is not None:
+            return
         if self.path.exists():
             self.path.write_text("".join(line + "\n" for line in self.kept))
         self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.resume_step + 1)

@@ -136,6 +136,7 @@ class Run:
             # Only now: a start that trains nothing (refused, failed, stopped, already done) changes nothing.
             if self.process == 0 and self.start < c.max_steps:
                 write_settings(self.workdir, self.model_config, c, self.meta)
+                self.writer.begin()
             for step in range(self.start + 1, c.max_steps + 1):
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
                 self.checkpoints.check()  # a background save that failed stops the run now
@@ -212,7 +213,7 @@ class Run:
 
     def summarize(self, step: int) -> None:
         """The closing lines; draws DIR/loss.png."""
-        rows = metrics.read_metrics(self.workdir)
+        rows = [row for row in metrics.read_metrics(self.workdir) if row["step"] <= step]  # never a killed run's later rows
         plot = plot_runs({self.workdir.name: rows}, self.workdir / "loss.png") if rows else None
         print(console.summary(rows, self.start + 1, step, self.config.max_steps, time.perf_counter() - self.began,
                               self.workdir, plot))

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError
+from gpt2_jax.train_checkpoints import CHECKPOINTS
 
 LOCK, MODEL_CONFIG, TRAIN_CONFIG = "train.lock", "config.json", "train_config.json"
 # Settings that change the shapes of the saved state without changing the model's config.json.
 SHAPE_SETTINGS = ("vocab_pad_multiple",)
-ORDER_SETTINGS = ("seed",)  # with the data itself, what fixes the order in which a run reads its windows
+# With the data itself, what fixes which windows each step reads (a restored iterator counts steps).
+ORDER_SETTINGS = ("seed", "tokens_per_step")
 DATA = "data_fingerprint"  # train_config.json's record of the data's identity (data_fingerprint)
 
 
@@ -63,11 +65,21 @@ class WorkdirLock:
     def release(self) -> None:
         """Unlock; a workdir this lock created and nothing else wrote into (a refused start) is removed."""
         if self.file:
-            if self.created and [p.name for p in self.workdir.iterdir()] == [LOCK]:
-                (self.workdir / LOCK).unlink()  # while still held: no other trainer can hold it meanwhile
-                self.workdir.rmdir()
+            if self.created and self._only_setup_left():
+                try:  # while still held; a trainer starting this very moment may keep it (then it stays)
+                    (self.workdir / LOCK).unlink()
+                    if (self.workdir / CHECKPOINTS).exists():
+                        (self.workdir / CHECKPOINTS).rmdir()
+                    self.workdir.rmdir()
+                except OSError:
+                    pass
             self.file.close()  # closing the file releases the lock
             self.file = None
+
+    def _only_setup_left(self) -> bool:
+        """Nothing but the lock and the empty checkpoints/ that setup makes: a start that trained nothing."""
+        names = sorted(p.name for p in self.workdir.iterdir())
+        return names in ([LOCK], [CHECKPOINTS, LOCK]) and not any((self.workdir / CHECKPOINTS).glob("*"))
 
 
 def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> list[str]:
@@ -87,7 +99,7 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) 
         saved = json.loads((workdir / TRAIN_CONFIG).read_text())
     except (OSError, ValueError) as error:
         raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None
-    resuming = any(path.name.isdigit() for path in (workdir / "checkpoints").glob("*"))
+    resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
     for key in SHAPE_SETTINGS + (ORDER_SETTINGS if resuming else ()):
         if key in saved and saved[key] != config[key]:
             why = "changes the shapes of its checkpoints" if key in SHAPE_SETTINGS else "changes its data order"

@@ -302,7 +302,21 @@ def test_an_hf_dataset_that_cannot_be_read_is_a_data_error(monkeypatch):
         list(iter_documents(["hf:roneneldan/TinyStories"]))
     rows = types.SimpleNamespace(load_dataset=lambda *args, **kwargs: iter([{"story": "x"}]))
     monkeypatch.setitem(sys.modules, "datasets", rows)
-    with pytest.raises(shards.DataError, match="no string field 'text' .it has story.; see --text-field"):
+    with pytest.raises(shards.DataError, match="row 1: no string field 'text' .it has story.; see --text-field"):
+        list(iter_documents(["hf:roneneldan/TinyStories"]))
+
+    def lost_midway():
+        yield {"text": "once"}
+        raise ConnectionError("Connection reset by peer")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: lost_midway()))
+    documents = iter_documents(["hf:roneneldan/TinyStories"])
+    assert next(documents) == "once"
+    with pytest.raises(shards.DataError, match="cannot be read .ConnectionError: Connection reset by peer"):
+        next(documents)
+    later_null = types.SimpleNamespace(load_dataset=lambda *a, **k: iter([{"text": "a"}, {"text": None}]))
+    monkeypatch.setitem(sys.modules, "datasets", later_null)
+    with pytest.raises(shards.DataError, match="row 2: no string field 'text'"):
         list(iter_documents(["hf:roneneldan/TinyStories"]))
 
 

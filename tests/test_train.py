@@ -140,6 +140,10 @@ def test_a_row_cut_short_in_metrics_jsonl_is_dropped_and_the_rest_kept_byte_for_
     writer.write(7, {"train_loss": 0.5})
     writer.close()
     assert (tmp_path / "metrics.jsonl").read_text() == rows.replace('"train_loss": 0.14285714285714285', '"train_loss": 0.5')
+    writer = MetricsWriter(tmp_path, resume_step=3)
+    writer.begin()  # training begins at step 4: the rows after 3 go, whether or not a row gets logged
+    writer.close()
+    assert [row["step"] for row in read_metrics(tmp_path)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("line", ["5", '{"train_loss": 1.0}', '{"step": 3, "val_loss": "x"}', '{"step": 3, "val_loss": null}',
@@ -269,10 +273,10 @@ def test_a_stop_signal_during_setup_stops_before_the_first_step(shakespeare_byte
 
     monkeypatch.setattr(train_module, "learning_rate_schedule", press_ctrl_c_during_setup)
     with pytest.raises(train_module.Stopped) as stopped:  # a KeyboardInterrupt, as Ctrl-C in a notebook should be
-        train(tiny_run_config(shakespeare_bytes), tmp_path)
+        train(tiny_run_config(shakespeare_bytes), tmp_path / "new")
     assert stopped.value.signum == signal.SIGINT and stopped.value.rows == []
     assert "SIGINT before the first step: stopped, nothing trained" in capsys.readouterr().out
-    assert not (tmp_path / "config.json").exists() and not any((tmp_path / "checkpoints").iterdir())
+    assert not (tmp_path / "new").exists()  # the workdir it made, with its lock and empty checkpoints/, is gone
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

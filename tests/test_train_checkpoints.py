@@ -100,6 +100,8 @@ def test_a_resume_refuses_other_data_or_another_seed_and_names_other_changes(tra
                           "is not the data the run in")
     assert_one_line_error(run_train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0, seed=7), workdir),
                           "--config.seed=7 differs from the run in")
+    doubled = tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0, tokens_per_step=2 * 8 * 32)
+    assert_one_line_error(run_train(doubled, workdir), "--config.tokens_per_step=512 differs from the run in")
     done = run_train(tiny_run_config(shakespeare_bytes, max_steps=15, eval_every=0), workdir)  # past it: nothing to do
     assert done.returncode == 0 and "nothing to do" in done.stdout, done.stderr
     assert snapshot(workdir) == before  # refused or idle: not even train_config.json was rewritten
