@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -99,6 +100,8 @@ def quiet_orbax_failures() -> None:
     hook.quiet_orbax = True
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(lambda record: "never retrieved" not in record.getMessage())
+    # Its reads abandoned by a failure may also be dropped unstarted, each a warning at exit (we run no coroutines).
+    warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
     logging.getLogger("absl").addFilter(lambda record: record.levelno < logging.ERROR or "orbax" not in record.pathname)
 
 
