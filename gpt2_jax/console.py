@@ -31,6 +31,7 @@ def summary(rows: list[dict], first: int, last: int, max_steps: int, seconds: fl
     vals = [(row["val_loss"], row["step"]) for row in rows if "val_loss" in row]
     evaluated = (f"; val loss {vals[-1][0]:.4f} at step {vals[-1][1]}, best {min(vals)[0]:.4f} at step "
                  f"{min(vals)[1]}" if vals else "")
-    return (f"{'done' if last == max_steps else 'stopped'}: steps {first}-{last} of {max_steps} in {duration(seconds)}{evaluated}\n"
+    ended = "done" if last == max_steps else "stopped"
+    return (f"{ended}: steps {first}-{last} of {max_steps} in {duration(seconds)}{evaluated}\n"
             f"checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}"
             + (f", curves in {plot}" if plot else ""))

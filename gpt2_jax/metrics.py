@@ -90,7 +90,8 @@ class MetricsWriter:
     def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
         self.enabled, self.resume_step, self.tensorboard = enabled, resume_step, None
         self.workdir, self.path = Path(workdir), Path(workdir) / "metrics.jsonl"
-        if enabled and self.path.exists():  # read now: a damaged file stops the run before it trains
+        self.kept = None  # the lines to keep, read now: a damaged file stops the run before it trains
+        if enabled and self.path.exists():
             self.kept = [line for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
 
     def write(self, step: int, metrics: dict) -> None:
@@ -107,11 +108,11 @@ class MetricsWriter:
 
     def begin(self) -> None:
         """The first step is about to run: drop the rows after the resume step, start TensorBoard's events."""
-        from tensorboardX import SummaryWriter
-
         if not self.enabled or self.tensorboard is not None:
             return
-        if self.path.exists():
+        from tensorboardX import SummaryWriter
+
+        if self.kept is not None:
             self.path.write_text("".join(line + "\n" for line in self.kept))
         self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.resume_step + 1)
 
@@ -131,7 +132,8 @@ def _lines_and_rows(path: Path) -> list[tuple[str, dict]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot be read as a metrics file ({getattr(error, 'strerror', None) or error})") from None
+        reason = getattr(error, "strerror", None) or error
+        raise UserError(f"{path}: cannot be read as a metrics file ({reason})") from None
     pairs = []
     for number, line in enumerate(lines, 1):
         try:

@@ -213,7 +213,7 @@ class Run:
 
     def summarize(self, step: int) -> None:
         """The closing lines; draws DIR/loss.png."""
-        rows = [row for row in metrics.read_metrics(self.workdir) if row["step"] <= step]  # never a killed run's later rows
+        rows = metrics.read_metrics(self.workdir)
         plot = plot_runs({self.workdir.name: rows}, self.workdir / "loss.png") if rows else None
         print(console.summary(rows, self.start + 1, step, self.config.max_steps, time.perf_counter() - self.began,
                               self.workdir, plot))
