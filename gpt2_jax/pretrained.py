@@ -27,14 +27,15 @@ def model_config(config, meta: dict, workdir: Path) -> GPT2Config:
     n_positions = block_size; ConfigError on a disagreement with the run's settings or data (meta.json)."""
     saved = workdir / "config.json"
     pretrained = GPT2Config.from_json(saved) if saved.is_file() else load_config(config.init_from)
+    source = f"this run's {saved} (its shape since its first start)" if saved.is_file() else config.init_from
     defaults = train_config.default_config()
     for key in SHAPE_KEYS:
         if config[key] not in (getattr(pretrained, key), defaults[key]):
-            raise ConfigError(f"{key}={config[key]} disagrees with {config.init_from} ({key}={getattr(pretrained, key)}); "
+            raise ConfigError(f"{key}={config[key]} disagrees with {source} ({key}={getattr(pretrained, key)}); "
                               f"drop --config.{key}: with init_from the model's shape comes from its config.json")
     if config.block_size > pretrained.n_positions:
         raise ConfigError(f"block_size={config.block_size} exceeds the {pretrained.n_positions} positions of "
-                          f"{config.init_from}; lower --config.block_size")
+                          f"{source}; lower --config.block_size")
     if meta["vocab_size"] != pretrained.vocab_size:
         raise ConfigError(f"the data in {config.data_dir} is {meta['tokenizer']} tokens ({meta['vocab_size']} ids), but "
                           f"{config.init_from} reads {pretrained.vocab_size} ids; prepare the data with its tokenizer")
@@ -51,5 +52,7 @@ def initial_params(reference: str, model_config: GPT2Config, abstract_params) ->
     expected = jax.tree_util.tree_structure(abstract_params)
     if jax.tree_util.tree_structure(params) != expected or any(
             np.shape(a) != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(abstract_params))):
-        raise ConfigError(f"{reference}: its parameters do not have the shapes of its config.json")
+        raise ConfigError(f"{reference}: its parameters do not fit the model this run trains ({model_config.n_layer} "
+                          f"layers, {model_config.n_embd} wide: a workdir keeps the shape of its first start); "
+                          "use a new --workdir, or the init_from it started with")
     return jax.tree.map(lambda a: np.asarray(a, np.float32), params)

@@ -111,8 +111,11 @@ class Run:
         self.model_config, self.meta = model_config, meta  # written to the workdir when the first step starts (loop)
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
-        if restored and changed:
-            print(f"settings changed since this run's last start: {', '.join(changed)}")
+        if restored and changed:  # init_from is read only at a first start; a longer run restretches the schedule
+            stretched = any(change.startswith("max_steps") for change in changed) and c.min_lr_ratio < 1
+            print(f"settings changed since this run's last start: {', '.join(changed)}" + (
+                "; the cosine schedule now decays to the new max_steps, so the learning rate rises again"
+                if stretched else ""))
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "

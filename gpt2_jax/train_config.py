@@ -93,7 +93,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
         (c.batch_size % n_devices == 0, f"batch_size={c.batch_size} does not split over {n_devices} devices"),
         (c.batch_size % n_processes == 0, f"batch_size={c.batch_size} does not split over {n_processes} processes"),
         (c.fsdp >= 0 and n_devices % (c.fsdp or n_devices) == 0,
-         f"fsdp={c.fsdp} does not divide the {n_devices} devices"),
+         f"fsdp={c.fsdp} does not divide the {n_devices} device{'s' * (n_devices != 1)}"),
         (0 <= c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps}"),
         (0 < c.min_lr_ratio <= 1, f"min_lr_ratio={c.min_lr_ratio} must be in (0, 1]"),
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1,

@@ -109,8 +109,7 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) 
         raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
                            "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
     as_saved = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as train_config.json holds them
-    return [f"{key} {saved[key]} -> {value}" for key, value in as_saved.items()
-            if key in saved and saved[key] != value and key not in ("data_dir", "init_from")]
+    return [f"{key} {saved[key]} -> {value}" for key, value in as_saved.items() if key in saved and saved[key] != value]
 
 
 def data_fingerprint(meta: dict) -> str:

@@ -76,6 +76,10 @@ def test_a_resumed_finetune_resumes_from_its_own_checkpoints(bpe_model_dir, shak
     reference.unlink()  # gone: a resume must not need it
     logged = train(finetune_config(shakespeare_bpe, reference, max_steps=30, eval_every=0), tmp_path / "run")
     assert [row["step"] for row in logged if "train_loss" in row] == [30]
+    # Its shape is the run's own now: a longer block is refused naming the run's config.json, not REF.
+    longer = finetune_config(shakespeare_bpe, bpe_model_dir, block_size=48, tokens_per_step=8 * 48, max_steps=40)
+    assert_one_line_error(run_cli(longer, tmp_path / "run"), f"block_size=48 exceeds the 32 positions of this run's "
+                                                            f"{tmp_path / 'run' / 'config.json'}")
 
 
 def run_cli(config, workdir):

@@ -108,7 +108,9 @@ def test_a_resume_refuses_other_data_or_another_seed_and_names_other_changes(tra
     moved = Path(shutil.copytree(shakespeare_bytes, tmp_path / "moved"))  # the same data elsewhere resumes
     resumed = run_train(tiny_run_config(moved, max_steps=30, eval_every=0, learning_rate=1e-3), workdir)
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
-    assert "settings changed since this run's last start: learning_rate 0.003 -> 0.001" in resumed.stdout
+    changed = next(line for line in resumed.stdout.splitlines() if line.startswith("settings changed since this run"))
+    assert f"data_dir {shakespeare_bytes} -> {moved}" in changed and "learning_rate 0.003 -> 0.001" in changed
+    assert "max_steps 20 -> 30" in changed and changed.endswith("so the learning rate rises again")
 
 
 def test_a_flipped_bit_fails_its_checksum_and_the_step_before_is_restored(trained, shakespeare_bytes, tmp_path,
