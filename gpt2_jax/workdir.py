@@ -105,7 +105,8 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) 
             why = "changes the shapes of its checkpoints" if key in SHAPE_SETTINGS else "changes its data order"
             raise WorkdirError(f"--config.{key}={config[key]} differs from the run in {workdir} ({key}={saved[key]}) "
                                f"and {why}; rerun with --config.{key}={saved[key]}, or use a new --workdir")
-    if resuming and saved.get(DATA, data_fingerprint(meta)) != data_fingerprint(meta):
+    fingerprint = data_fingerprint(meta)
+    if resuming and saved.get(DATA, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
         raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
                            "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
     as_saved = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as train_config.json holds them
