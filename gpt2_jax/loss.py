@@ -38,14 +38,17 @@ def _unchunk(a_NxBxPx_, time: int):
     return jnp.swapaxes(a_NxBxPx_, 0, 1).reshape(B, n * P, *a_NxBxPx_.shape[3:])[:, :time]
 
 
-def _logits_and_losses(x_BxPxD, embedding_VxD, labels_BxP, vocab_size: int):
-    """fp32 logits over the padded rows (padding masked to -inf), log-sum-exp and token losses."""
+def _logits_and_max(x_BxPxD, embedding_VxD, vocab_size: int):
+    """fp32 logits over the padded rows (padding masked to -inf) and each position's largest."""
     logits_BxPxV = jnp.einsum("bpd,vd->bpv", x_BxPxD, embedding_VxD).astype(jnp.float32)
     if embedding_VxD.shape[0] > vocab_size:
         logits_BxPxV = jnp.where(jnp.arange(embedding_VxD.shape[0]) < vocab_size, logits_BxPxV, -jnp.inf)
-    lse_BxP = jax.nn.logsumexp(logits_BxPxV, axis=-1)
-    label_logits_BxP = jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
-    return logits_BxPxV, lse_BxP, lse_BxP - label_logits_BxP
+    return logits_BxPxV, jnp.max(logits_BxPxV, axis=-1)
+
+
+def _set_at_labels(a_BxPxV, labels_BxP, values_BxP):
+    B, P = labels_BxP.shape
+    return a_BxPxV.at[jnp.arange(B)[:, None], jnp.arange(P)[None, :], labels_BxP].set(values_BxP.astype(a_BxPxV.dtype))
 
 
 def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_tokens: int = CHUNK_TOKENS):
@@ -58,7 +61,9 @@ def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_toke
 
     def chunk_losses(inputs):
         x_BxPxD, labels_BxP = inputs
-        return _logits_and_losses(x_BxPxD, embedding_VxD, labels_BxP, vocab_size)[2]
+        logits_BxPxV, max_BxP = _logits_and_max(x_BxPxD, embedding_VxD, vocab_size)
+        lse_BxP = max_BxP + jnp.log(jnp.sum(jnp.exp(logits_BxPxV - max_BxP[..., None]), axis=-1))
+        return lse_BxP - jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
 
     losses = jax.lax.map(chunk_losses, (_chunks(x_BxTxD, *layout), _chunks(labels_BxT, *layout)))
     return _unchunk(losses, labels_BxT.shape[1])  # the padding's losses are cut off
@@ -85,13 +90,21 @@ def _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_to
 
     def chunk(d_embedding_VxD, inputs):
         x_BxPxD, labels_BxP, real_BxP = inputs
-        logits_BxPxV, lse_BxP, losses_BxP = _logits_and_losses(x_BxPxD, embedding, labels_BxP, vocab_size)
-        losses_BxP = jnp.where(real_BxP, losses_BxP, 0)  # padding: its x is 0, so it adds nothing to d_embedding
-        one_hot_BxPxV = jax.nn.one_hot(labels_BxP, embedding.shape[0], dtype=jnp.float32)
-        d_logits_BxPxV = ((jnp.exp(logits_BxPxV - lse_BxP[..., None]) - one_hot_BxPxV) * scale).astype(x_BxPxD.dtype)
-        d_x_BxPxD = jnp.einsum("bpv,vd->bpd", d_logits_BxPxV, embedding)
-        d_embedding_VxD += jnp.einsum("bpv,bpd->vd", d_logits_BxPxV, x_BxPxD, preferred_element_type=jnp.float32)
-        return d_embedding_VxD, (losses_BxP.sum(), d_x_BxPxD)
+        logits_BxPxV, max_BxP = _logits_and_max(x_BxPxD, embedding, vocab_size)
+        exp_BxPxV = jnp.exp(logits_BxPxV - max_BxP[..., None])
+        sum_BxP = jnp.sum(exp_BxPxV, axis=-1)  # one pass over the logits: the sum and the exps it writes
+        label_logits_BxP = jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
+        losses_BxP = jnp.where(real_BxP, max_BxP + jnp.log(sum_BxP) - label_logits_BxP, 0)  # padding: 0
+        # d loss / d logits = (softmax - one_hot) * scale = (exp - sum x one_hot) x scale / sum: the one-hot
+        # term is written over the labels' entries in place, and scale / sum multiplies the small side of
+        # each matmul, so the logits are read twice (max; exp and sum) rather than four times.
+        d_BxPxV = _set_at_labels(exp_BxPxV.astype(x_BxPxD.dtype), labels_BxP,
+                                 jnp.exp(label_logits_BxP - max_BxP) - sum_BxP)
+        row_scale_BxPx1 = (scale / sum_BxP)[..., None]
+        d_x_BxPxD = jnp.einsum("bpv,vd->bpd", d_BxPxV, embedding, preferred_element_type=jnp.float32) * row_scale_BxPx1
+        scaled_x_BxPxD = (x_BxPxD * row_scale_BxPx1).astype(x_BxPxD.dtype)
+        d_embedding_VxD += jnp.einsum("bpv,bpd->vd", d_BxPxV, scaled_x_BxPxD, preferred_element_type=jnp.float32)
+        return d_embedding_VxD, (losses_BxP.sum(), d_x_BxPxD.astype(x_BxPxD.dtype))
 
     zeros = jnp.zeros(embedding.shape, jnp.float32)
     real_BxT = jnp.ones(labels_BxT.shape, bool)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from gpt2_jax.attention import attend
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.gelu import gelu_tanh
 
 # The KV cache: one {"k", "v"} dict of [batch, max_len, n_head, head_dim] arrays per layer.
 KVCache = list[dict[str, jax.Array]]
@@ -47,17 +48,42 @@ def dense(config: GPT2Config, features: int, dtype: Any, name: str, residual: bo
     return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(std), name=name)
 
 
+class QKV(nn.Module):
+    """c_attn: queries, keys and values from one [D, 3D] kernel and bias (transformers' layout).
+
+    split: three matmuls, one per [D, D] third, each writing the dense [B, T, D] that cuDNN's
+    attention reads, instead of one matmul whose [B, T, 3D] output XLA copies apart (and
+    concatenates again in the backward pass).
+    """
+
+    config: GPT2Config
+    dtype: Any
+    split: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        D = x_BxTxD.shape[-1]
+        kernel_Dx3D = self.param("kernel", nn.initializers.normal(self.config.initializer_range), (D, 3 * D))
+        bias_3D = self.param("bias", nn.initializers.zeros, (3 * D,))
+        x_BxTxD, kernel_Dx3D, bias_3D = (a.astype(self.dtype) for a in (x_BxTxD, kernel_Dx3D, bias_3D))
+        if not self.split:
+            return jnp.split(jnp.einsum("btd,de->bte", x_BxTxD, kernel_Dx3D) + bias_3D, 3, axis=-1)
+        return [jnp.einsum("btd,de->bte", x_BxTxD, kernel_Dx3D[:, i * D:(i + 1) * D]) + bias_3D[i * D:(i + 1) * D]
+                for i in range(3)]
+
+
 class Attention(nn.Module):
     config: GPT2Config
     dtype: Any
     attention_impl: str | None
+    split_qkv: bool
 
     @nn.compact
     def __call__(self, x_BxTxD, cache, start):
         c = self.config
         B, T, D = x_BxTxD.shape
-        qkv_BxTx3D = dense(c, 3 * D, self.dtype, name="c_attn")(x_BxTxD)
-        q, k, v = (t.reshape(B, T, c.n_head, c.head_dim) for t in jnp.split(qkv_BxTx3D, 3, axis=-1))
+        qkv = QKV(c, self.dtype, self.split_qkv, name="c_attn")(x_BxTxD)
+        q, k, v = (t.reshape(B, T, c.n_head, c.head_dim) for t in qkv)
         if cache is not None:  # write this step's keys/values at `start`, attend over all
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
@@ -75,7 +101,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD):
         h_BxTxF = dense(self.config, self.config.mlp_width, self.dtype, name="c_fc")(x_BxTxD)
-        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)  # GPT-2's "gelu_new" is the tanh form
+        h_BxTxF = gelu_tanh(h_BxTxF)
         return dense(self.config, x_BxTxD.shape[-1], self.dtype, residual=True, name="c_proj")(h_BxTxF)
 
 
@@ -83,11 +109,12 @@ class Block(nn.Module):
     config: GPT2Config
     dtype: Any
     attention_impl: str | None
+    split_qkv: bool
 
     @nn.compact
     def __call__(self, x_BxTxD, cache, start):
         # Pre-LN: normalise the input of each sub-block; the residual stream keeps its own dtype.
-        attn_out, cache = Attention(self.config, self.dtype, self.attention_impl, name="attn")(
+        attn_out, cache = Attention(self.config, self.dtype, self.attention_impl, self.split_qkv, name="attn")(
             layer_norm(self.config, self.dtype, "ln_1")(x_BxTxD), cache, start
         )
         x_BxTxD = x_BxTxD + attn_out.astype(x_BxTxD.dtype)
@@ -108,6 +135,7 @@ class GPT2(nn.Module):
       attention_impl: None/"xla"/"cudnn" for `jax.nn.dot_product_attention`, or "pallas" for
         the splash-attention kernel (accelerator.py picks one per platform for training).
       remat: recompute each block's activations in the backward pass (saves memory).
+      split_qkv: queries, keys and values as three matmuls rather than one split by copying (QKV).
     """
 
     config: GPT2Config
@@ -116,6 +144,7 @@ class GPT2(nn.Module):
     attention_impl: str | None = None
     remat: bool = False
     residual_dtype: Any = jnp.float32
+    split_qkv: bool = False
 
     def setup(self):
         c = self.config
@@ -124,7 +153,7 @@ class GPT2(nn.Module):
         self.wte = nn.Embed(padded_vocab, c.n_embd, embedding_init=embed_init)
         self.wpe = nn.Embed(c.n_positions, c.n_embd, embedding_init=embed_init)
         block = nn.remat(Block) if self.remat else Block
-        self.h = [block(c, self.dtype, self.attention_impl) for _ in range(c.n_layer)]  # h_0, h_1, ...
+        self.h = [block(c, self.dtype, self.attention_impl, self.split_qkv) for _ in range(c.n_layer)]  # h_0, h_1, ...
         self.ln_f = layer_norm(c, self.dtype, "ln_f")
 
     def __call__(self, input_ids_BxT):

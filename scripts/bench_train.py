@@ -50,6 +50,9 @@ def parse_args():
     parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
     parser.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="ours with the residual stream in this dtype (model.py)")
+    parser.add_argument("--split-qkv", action="store_true", help="ours with queries, keys, values as three matmuls")
+    parser.add_argument("--autodiff-gelu", action="store_true",
+                        help="ours with the GELU's gradient by autodiff of jax.nn.gelu, as before gelu.py")
     parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
     parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
     return parser.parse_args()
@@ -68,7 +71,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from gpt2_jax import GPT2, GPT2Config, sharding, step as steps  # noqa: E402
+from gpt2_jax import GPT2, GPT2Config, model as model_module, sharding, step as steps  # noqa: E402
 from gpt2_jax.metrics import peak_flops_per_device, train_flops_per_token  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.train_config import default_config  # noqa: E402
@@ -110,9 +113,11 @@ def ours(shape, batch, dtype, n_steps, profile=False):
     attention = accelerator.attention_impl("", dtype)
     model = GPT2(GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head),
                  dtype=jnp.dtype(dtype), vocab_pad_multiple=64 if vocab > 1000 else 1, attention_impl=attention,
-                 residual_dtype=jnp.dtype(args.residual_dtype))
+                 residual_dtype=jnp.dtype(args.residual_dtype), split_qkv=args.split_qkv)
     if args.plain_loss:
         steps.mean_loss = plain_mean_loss
+    if args.autodiff_gelu:
+        model_module.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
     optimizer, mesh = make_optimizer(c), sharding.make_mesh(1)
     init = functools.partial(steps.init_train_state, model, optimizer)
     state_sharding = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))

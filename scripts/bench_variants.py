@@ -27,7 +27,10 @@ from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: this proce
 # name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags)
 VARIANTS = {
     "default": ([], []),
+    "autodiff-gelu": ([], ["--autodiff-gelu"]),  # the GELU before gelu.py: what that change gave
+    "split-qkv": ([], ["--split-qkv"]),
     "residual-bf16": ([], ["--residual-dtype", "bfloat16"]),
+    "split-qkv+residual-bf16": ([], ["--split-qkv", "--residual-dtype", "bfloat16"]),
     "triton-priority-fusions": (["--xla_gpu_experimental_enable_triton_heroless_priority_fusion=true"], []),
     "triton-all-fusions": (["--xla_gpu_experimental_all_fusions_with_triton=true"], []),
     "block-level-fusions": (["--xla_gpu_experimental_enable_fusion_block_level_rewriter=true"], []),

@@ -46,6 +46,15 @@ def test_mean_cross_entropy_and_its_gradient_equal_the_plain_ones(inputs, chunk_
     assert rel_error(doubled, 2 * plain[1][0]) < 1e-6
 
 
+def test_in_bfloat16_the_loss_and_its_gradient_stay_close_to_fp32(inputs):
+    half = [a.astype(jnp.bfloat16) for a in inputs[:2]]
+    ours = jax.value_and_grad(loss.mean_cross_entropy, argnums=(0, 1))(*half, inputs[2], VOCAB, 9)
+    plain = jax.value_and_grad(plain_mean_loss, argnums=(0, 1))(*inputs)
+    assert ours[1][0].dtype == jnp.bfloat16
+    assert rel_error(ours[0], plain[0]) < 1e-2
+    assert rel_error(ours[1][0], plain[1][0]) < 2e-2 and rel_error(ours[1][1], plain[1][1]) < 2e-2
+
+
 def test_token_losses_equal_the_plain_ones(inputs):
     x, embedding, labels = inputs
     logits = jnp.einsum("btd,vd->btv", x, embedding[:VOCAB])

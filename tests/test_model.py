@@ -8,6 +8,9 @@ import torch
 from conftest import TINY_SHAPE, rel_error
 
 from gpt2_jax import GPT2, GPT2Config, from_hf
+from gpt2_jax.convert import state_dict_from_params
+from gpt2_jax.gelu import gelu_tanh
+from gpt2_jax.step import mean_loss
 
 
 def test_logits_match_transformers_fp32(hf_model, hf_dir):
@@ -18,6 +21,30 @@ def test_logits_match_transformers_fp32(hf_model, hf_dir):
         theirs = hf_model(torch.tensor(ids)).logits.numpy()
     assert ours.shape == theirs.shape and ours.dtype == jnp.float32
     assert rel_error(ours, theirs) < 1e-5
+
+
+def test_gradients_match_transformers_fp32(hf_model, hf_dir):
+    """The whole backward pass (GELU's own gradient, the chunked loss's) against PyTorch's autograd."""
+    config, params = from_hf(str(hf_dir))
+    windows = np.random.RandomState(6).randint(0, config.vocab_size, (3, 30))
+    grads = jax.grad(lambda p: mean_loss(GPT2(config), p, jnp.asarray(windows)))(params)
+    hf_model.zero_grad()
+    hf_model(torch.tensor(windows), labels=torch.tensor(windows)).loss.backward()
+    theirs = {name: param.grad.numpy() for name, param in hf_model.named_parameters()}
+    ours = state_dict_from_params(config, grads)
+    assert ours.keys() == theirs.keys() - {"lm_head.weight"}  # tied: wte's gradient holds the head's
+    for name, grad in ours.items():
+        assert rel_error(grad, theirs[name]) < 1e-5, name
+
+
+def test_gelu_keeps_only_its_input_for_the_backward_pass():
+    x = jnp.asarray(np.random.RandomState(7).standard_normal(4096) * 4, jnp.float32)
+    reference = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=True) ** 2))(x)
+    assert rel_error(jax.grad(lambda x: jnp.sum(gelu_tanh(x) ** 2))(x), reference) < 1e-6
+    half = jax.grad(lambda x: jnp.sum(gelu_tanh(x.astype(jnp.bfloat16)).astype(jnp.float32) ** 2))(x)
+    assert rel_error(half, reference) < 1e-2
+    residuals = jax.linearize(gelu_tanh, x)[1]  # what the backward pass reads: the input alone
+    assert [leaf.shape for leaf in jax.tree.leaves(residuals)] == [x.shape]
 
 
 def test_init_is_gpt2s_scheme():
@@ -86,6 +113,17 @@ def test_remat_gives_the_same_logits_and_gradients(hf_dir):
     np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_split_qkv_gives_the_same_params_logits_and_gradients(hf_dir):
+    config, params = from_hf(str(hf_dir))
+    ids = jnp.asarray(np.random.RandomState(8).randint(0, config.vocab_size, (2, 11)))
+    one, three = GPT2(config), GPT2(config, split_qkv=True)
+    init_one, init_three = (m.init(jax.random.key(1), ids)["params"] for m in (one, three))
+    assert jax.tree.all(jax.tree.map(np.array_equal, init_one, init_three))
+    assert rel_error(three.apply({"params": params}, ids), one.apply({"params": params}, ids)) < 1e-6
+    grads = [jax.grad(lambda p, m=m: mean_loss(m, p, ids))(params) for m in (one, three)]
+    assert jax.tree.all(jax.tree.map(lambda a, b: rel_error(a, b) < 1e-5, *grads))
 
 
 def test_causal_no_position_sees_the_future():
