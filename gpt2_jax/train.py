@@ -81,7 +81,8 @@ class Run:
 
         attention = accelerator.attention_impl(c.attention_impl, c.dtype)
         model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
-                     attention_impl=attention, remat=c.remat)
+                     attention_impl=attention, remat=c.remat, residual_dtype=jnp.dtype(c.residual_dtype),
+                     split_qkv=c.split_qkv)
         optimizer = make_optimizer(c)
         init = functools.partial(init_train_state, model, optimizer)
         abstract = jax.eval_shape(init, jax.random.key(c.seed))

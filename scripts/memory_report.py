@@ -32,7 +32,8 @@ from gpt2_jax.train_flags import parse_flags  # noqa: E402
 def planned_bytes(config) -> dict:
     model_config = train_config.model_config(config, 50257, 50256)
     model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
-                 attention_impl=accelerator.attention_impl(config.attention_impl, config.dtype), remat=config.remat)
+                 attention_impl=accelerator.attention_impl(config.attention_impl, config.dtype), remat=config.remat,
+                 residual_dtype=jnp.dtype(config.residual_dtype), split_qkv=config.split_qkv)
     optimizer = make_optimizer(config)
     mesh = sharding.make_mesh(1, jax.devices()[:1])
     state = jax.eval_shape(functools.partial(init_train_state, model, optimizer), jax.random.key(0))

@@ -39,6 +39,14 @@ def test_a_tiny_run_learns_and_writes_its_workdir(shakespeare_bytes, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C raises again after train()
 
 
+def test_the_split_qkv_and_bf16_residual_options_reach_the_model(shakespeare_bytes, tmp_path):
+    plain = train(tiny_run_config(shakespeare_bytes, max_steps=3, warmup_steps=1, eval_every=0), tmp_path / "plain")
+    options = train(tiny_run_config(shakespeare_bytes, max_steps=3, warmup_steps=1, eval_every=0, split_qkv=True,
+                                    residual_dtype="bfloat16"), tmp_path / "options")
+    first, second = ([row["train_loss"] for row in rows if "train_loss" in row] for rows in (plain, options))
+    assert first[0] == pytest.approx(second[0], rel=1e-2) and first != second  # same init, a bf16 stream
+
+
 def start_run(config, workdir, code=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = ["-c", code] if code else ["-m", "gpt2_jax.train"]
@@ -194,6 +202,7 @@ def run_cli(*args):
     (["--config.seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**32)"),
     (["--config.learning_rate=nan"], "learning_rate=nan must be a positive number"),
     (["--config.attention_impl=cudnn"], "attention_impl='cudnn' needs an NVIDIA GPU, not cpu"),
+    (["--config.residual_dtype=float16"], "residual_dtype='float16'; choose one of ('float32', 'bfloat16')"),
     # Found by trying: each failed only at the first evaluation, after training, or with a traceback.
     (["--config.num_samples=-1"], "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
     (["--config.sample_tokens=-1"], "num_samples, sample_tokens, hellaswag_limit"),
