@@ -4,7 +4,9 @@ Autodiff of `jax.nn.gelu` saves the tanh and three other intermediates for the b
 on a GPU that is one more [tokens, 4 x n_embd] tensor written and read per layer, and a GELU
 kernel of its own. With only the input saved, XLA folds the GELU into the MLP's first matmul
 (cuBLAS's GELU epilogue, which also writes the input for the backward) and recomputes the tanh
-inside the backward's fused kernel, for free: the values are the same.
+inside the backward's fused kernel, for free: the values are the same. A custom VJP is reverse-mode
+only: `jax.jvp`/`jax.jacfwd` through the model raise (a custom JVP would save the slope instead of x,
+and XLA could no longer fold the GELU into the matmul).
 """
 
 from __future__ import annotations

@@ -46,9 +46,12 @@ def _logits_and_max(x_BxPxD, embedding_VxD, vocab_size: int):
     return logits_BxPxV, jnp.max(logits_BxPxV, axis=-1)
 
 
-def _set_at_labels(a_BxPxV, labels_BxP, values_BxP):
-    B, P = labels_BxP.shape
-    return a_BxPxV.at[jnp.arange(B)[:, None], jnp.arange(P)[None, :], labels_BxP].set(values_BxP.astype(a_BxPxV.dtype))
+def _exps_and_losses(logits_BxPxV, max_BxP, labels_BxP):
+    """exp(logits - max), their sums and the token losses: one pass over the logits."""
+    exp_BxPxV = jnp.exp(logits_BxPxV - max_BxP[..., None])
+    sum_BxP = jnp.sum(exp_BxPxV, axis=-1)
+    label_logits_BxP = jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
+    return exp_BxPxV, sum_BxP, max_BxP + jnp.log(sum_BxP) - label_logits_BxP
 
 
 def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_tokens: int = CHUNK_TOKENS):
@@ -61,9 +64,7 @@ def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_toke
 
     def chunk_losses(inputs):
         x_BxPxD, labels_BxP = inputs
-        logits_BxPxV, max_BxP = _logits_and_max(x_BxPxD, embedding_VxD, vocab_size)
-        lse_BxP = max_BxP + jnp.log(jnp.sum(jnp.exp(logits_BxPxV - max_BxP[..., None]), axis=-1))
-        return lse_BxP - jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
+        return _exps_and_losses(*_logits_and_max(x_BxPxD, embedding_VxD, vocab_size), labels_BxP)[2]
 
     losses = jax.lax.map(chunk_losses, (_chunks(x_BxTxD, *layout), _chunks(labels_BxT, *layout)))
     return _unchunk(losses, labels_BxT.shape[1])  # the padding's losses are cut off
@@ -90,26 +91,23 @@ def _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_to
 
     def chunk(d_embedding_VxD, inputs):
         x_BxPxD, labels_BxP, real_BxP = inputs
-        logits_BxPxV, max_BxP = _logits_and_max(x_BxPxD, embedding, vocab_size)
-        exp_BxPxV = jnp.exp(logits_BxPxV - max_BxP[..., None])
-        sum_BxP = jnp.sum(exp_BxPxV, axis=-1)  # one pass over the logits: the sum and the exps it writes
-        label_logits_BxP = jnp.take_along_axis(logits_BxPxV, labels_BxP[..., None], axis=-1)[..., 0]
-        losses_BxP = jnp.where(real_BxP, max_BxP + jnp.log(sum_BxP) - label_logits_BxP, 0)  # padding: 0
-        # d loss / d logits = (softmax - one_hot) * scale = (exp - sum x one_hot) x scale / sum: the one-hot
-        # term is written over the labels' entries in place, and scale / sum multiplies the small side of
-        # each matmul, so the logits are read twice (max; exp and sum) rather than four times.
-        d_BxPxV = _set_at_labels(exp_BxPxV.astype(x_BxPxD.dtype), labels_BxP,
-                                 jnp.exp(label_logits_BxP - max_BxP) - sum_BxP)
-        row_scale_BxPx1 = (scale / sum_BxP)[..., None]
-        d_x_BxPxD = jnp.einsum("bpv,vd->bpd", d_BxPxV, embedding, preferred_element_type=jnp.float32) * row_scale_BxPx1
+        exp_BxPxV, sum_BxP, losses_BxP = _exps_and_losses(*_logits_and_max(x_BxPxD, embedding, vocab_size), labels_BxP)
+        # d loss / d logits = (softmax - one_hot) x scale = exp x (scale / sum) - one_hot x scale. The matmuls take
+        # the exps as that one pass wrote them (in [0, 1], the compute dtype) with scale / sum on their small
+        # side, so the logits are read twice (max; exps and sums), not three times (max; sums; gradient). The
+        # one-hot term is exact in fp32: the labels' embedding rows here, x added at the labels' rows below.
+        exp_BxPxV, row_scale_BxPx1 = exp_BxPxV.astype(x_BxPxD.dtype), (scale / sum_BxP)[..., None]
+        d_x_BxPxD = (jnp.einsum("bpv,vd->bpd", exp_BxPxV, embedding, preferred_element_type=jnp.float32) * row_scale_BxPx1
+                     - scale * embedding[labels_BxP].astype(jnp.float32))
         scaled_x_BxPxD = (x_BxPxD * row_scale_BxPx1).astype(x_BxPxD.dtype)
-        d_embedding_VxD += jnp.einsum("bpv,bpd->vd", d_BxPxV, scaled_x_BxPxD, preferred_element_type=jnp.float32)
-        return d_embedding_VxD, (losses_BxP.sum(), d_x_BxPxD.astype(x_BxPxD.dtype))
+        d_embedding_VxD += jnp.einsum("bpv,bpd->vd", exp_BxPxV, scaled_x_BxPxD, preferred_element_type=jnp.float32)
+        return d_embedding_VxD, (jnp.where(real_BxP, losses_BxP, 0).sum(), d_x_BxPxD.astype(x_BxPxD.dtype))
 
     zeros = jnp.zeros(embedding.shape, jnp.float32)
     real_BxT = jnp.ones(labels_BxT.shape, bool)
     d_embedding, (loss_sums, d_x) = jax.lax.scan(
         chunk, zeros, (_chunks(x_BxTxD, *layout), _chunks(labels_BxT, *layout), _chunks(real_BxT, *layout)))
+    d_embedding = d_embedding.at[labels_BxT.reshape(-1)].add(-scale * x_BxTxD.reshape(B * T, -1).astype(jnp.float32))
     return loss_sums.sum() * scale, (_unchunk(d_x, T), d_embedding.astype(embedding_VxD.dtype))
 
 

@@ -10,6 +10,7 @@ process measures its own matmul peak, so its MFU differs between variants.
 
     python scripts/bench_variants.py                          # GPT-2 124M, T=1024, bf16, B=64: ~40 s a variant
     python scripts/bench_variants.py --only default residual-bf16 --batch-size 16
+    python scripts/bench_variants.py --budget-s 420 --peer torch-compile   # a GPU: the peer's row too
 """
 
 import argparse
@@ -49,15 +50,18 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=15, help="timed steps per variant")
     parser.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
     parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
+    parser.add_argument("--peer", choices=("torch-compile", "transformers"),
+                        help="also time this PyTorch peer in the first default run (its row in the table)")
     return parser.parse_args()
 
 
-def run_variant(name, args, profile, timeout):
+def run_variant(name, args, profile, timeout, peer=None):
     """(tok/s, MFU text, peak GiB text) or None, and the process's output."""
     xla_flags, bench_flags = VARIANTS[name]
     env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *xla_flags]).strip()}
     command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", args.shape, "--dtype", "bfloat16",
-               "--batch-sizes", str(args.batch_size), "--steps", str(args.steps), "--peers", *bench_flags]
+               "--batch-sizes", str(args.batch_size), "--steps", str(args.steps), "--peers", *([peer] if peer else []),
+               *bench_flags]
     try:
         result = subprocess.run(command + (["--profile"] if profile else []), capture_output=True, text=True,
                                 env=env, timeout=timeout)
@@ -73,13 +77,16 @@ def main():
     args = parse_args()
     names = args.only or list(VARIANTS)
     order = ["default", *[n for n in names if n != "default"], "default"]
-    start, results, failures = time.perf_counter(), [], []
+    start, results, failures, peer_tokens = time.perf_counter(), [], [], None
     for i, name in enumerate(order):
         if i and time.perf_counter() - start > args.budget_s:
             print(f"# budget spent: not run: {', '.join(order[i:])}", flush=True)
             break
         timeout = min(300, max(60, args.budget_s + 150 - (time.perf_counter() - start)))  # ends by budget + 150 s
-        measured, output = run_variant(name, args, args.profile and i == 0, timeout)
+        measured, output = run_variant(name, args, args.profile and i == 0, timeout, args.peer if i == 0 else None)
+        if i == 0 and args.peer:
+            peer_row = re.search(rf"^# {args.peer} \S+ B=\d+: ([\d,]+) tok/s", output, re.MULTILINE)
+            peer_tokens = int(peer_row[1].replace(",", "")) if peer_row else None
         if args.profile and i == 0:
             print("\n".join(line for line in output.splitlines() if line.startswith("# profile") or
                             line.startswith("#  ")), flush=True)
@@ -100,6 +107,10 @@ def main():
         else:
             ratio = f"{measured[0] / baseline:.3f}x" if baseline else "-"
             print(f"| {name} | {measured[0]:,} | {measured[1]} | {measured[2]} | {ratio} |")
+    if args.peer:
+        ratio = f"{peer_tokens / baseline:.3f}x" if peer_tokens and baseline else "-"
+        print(f"| {args.peer} (PyTorch, in the first default's run) | {f'{peer_tokens:,}' if peer_tokens else 'failed'} "
+              f"| | | {ratio} |")
 
 
 if __name__ == "__main__":

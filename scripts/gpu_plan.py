@@ -52,29 +52,36 @@ def parse_args():
     return args
 
 
+def compile_only_device(gpu: str):
+    """One `gpu` (scripts/gpu_targets/) to compile for, whether or not this machine has one."""
+    from jax.experimental import topologies
+
+    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver to check here
+    try:
+        return topologies.get_topology_desc(platform="cuda", topology="1x1x1",
+                                            target_config=(TARGETS / f"{gpu}.txtpb").read_text()).devices[0]
+    except Exception as error:  # no plugin, or one that cannot compile without a device
+        raise UserError(f"cannot compile for a CUDA GPU here ({str(error).splitlines()[0]}); "
+                        "install JAX's CUDA plugin: pip install 'jax[cuda12]' at this jax's version") from None
+
+
 def compile_step(args):
     """The compiled train step (bench_train.py's, GPT-2 124M at T=1024 in bf16) for one `args.gpu`."""
     import jax
     import jax.numpy as jnp
-    from jax.experimental import topologies
 
     from gpt2_jax import GPT2, GPT2Config, model, sharding, step
     from gpt2_jax.optim import make_optimizer
     from gpt2_jax.train_config import default_config
 
-    try:
-        topology = topologies.get_topology_desc(platform="cuda", topology="1x1x1",
-                                                target_config=(TARGETS / f"{args.gpu}.txtpb").read_text())
-    except Exception as error:  # no plugin, or one that cannot compile without a device
-        raise UserError(f"cannot compile for a CUDA GPU here ({str(error).splitlines()[0]}); "
-                        "install JAX's CUDA plugin: pip install 'jax[cuda12]' at this jax's version") from None
-    if args.autodiff_gelu:
+    device = compile_only_device(args.gpu)
+    if args.autodiff_gelu:  # the GELU before gelu.py, for comparison (as bench_train.py --autodiff-gelu)
         model.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
     config = default_config()
     config.warmup_steps, config.max_steps = 10, 1000
     gpt2 = GPT2(GPT2Config(), dtype=jnp.bfloat16, vocab_pad_multiple=64, attention_impl="cudnn",
                 residual_dtype=jnp.dtype(args.residual_dtype), split_qkv=args.split_qkv)
-    optimizer, mesh = make_optimizer(config), sharding.make_mesh(1, topology.devices[:1])
+    optimizer, mesh = make_optimizer(config), sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(step.init_train_state, gpt2, optimizer), jax.random.key(0))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
                          sharding.tree_shardings(mesh, state))
@@ -96,7 +103,6 @@ def group(op_name: str) -> str:
 def main():
     args = parse_args()
     bandwidth = float(re.search(r"memory_bandwidth: (\d+)", (TARGETS / f"{args.gpu}.txtpb").read_text()).group(1))
-    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no driver to check here
     accelerator.set_xla_flags()
     compiled = compile_step(args)
     text = compiled.as_text()

@@ -6,6 +6,7 @@ bytes XLA plans for its arguments (params, optimizer state, windows), outputs no
 them, and temporaries (activations kept for the backward pass, gradients, workspace).
 
     python scripts/memory_report.py configs/gpt2_124m.py configs/gpt2_350m.py [--batch-size N] [--remat]
+    python scripts/memory_report.py configs/gpt2_*.py --gpu h100   # for an H100, on any machine (gpu_plan.py)
 """
 
 import argparse
@@ -29,13 +30,14 @@ from gpt2_jax.step import init_train_state, train_step  # noqa: E402
 from gpt2_jax.train_flags import parse_flags  # noqa: E402
 
 
-def planned_bytes(config) -> dict:
+def planned_bytes(config, device) -> dict:
     model_config = train_config.model_config(config, 50257, 50256)
+    attention = accelerator.attention_impl(config.attention_impl, config.dtype, device)
     model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
-                 attention_impl=accelerator.attention_impl(config.attention_impl, config.dtype), remat=config.remat,
+                 attention_impl=attention, remat=config.remat,
                  residual_dtype=jnp.dtype(config.residual_dtype), split_qkv=config.split_qkv)
     optimizer = make_optimizer(config)
-    mesh = sharding.make_mesh(1, jax.devices()[:1])
+    mesh = sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(init_train_state, model, optimizer), jax.random.key(0))
     state_sharding = sharding.tree_shardings(mesh, state)
     windows = jax.ShapeDtypeStruct((train_config.accumulation_steps(config), config.batch_size, config.block_size + 1),
@@ -53,10 +55,18 @@ def main():
     parser.add_argument("configs", nargs="+", help="configs/*.py files")
     parser.add_argument("--batch-size", type=int, help="override the config's micro-batch")
     parser.add_argument("--remat", action="store_true", help="force remat on")
+    parser.add_argument("--gpu", choices=("h100", "h200"),
+                        help="plan for this GPU without one (needs JAX's CUDA plugin: scripts/gpu_plan.py)")
     args = parser.parse_args()
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size} must be at least 1")
-    print(f"# {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    if args.gpu:
+        import gpu_plan  # beside this script
+
+        device = gpu_plan.compile_only_device(args.gpu)
+    else:
+        device = jax.devices()[0]
+    print(f"# {device.device_kind}{' (compiled for, not run on)' if args.gpu else ''}, jax {jax.__version__}")
     print("| config | batch | remat | arguments GiB | temporaries GiB | total GiB |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for path in args.configs:
@@ -65,7 +75,7 @@ def main():
             config.batch_size = args.batch_size or config.batch_size
             config.tokens_per_step = max(config.tokens_per_step, config.batch_size * config.block_size)
             config.remat = config.remat or args.remat
-        planned = planned_bytes(config)
+        planned = planned_bytes(config, device)
         print(f"| {Path(path).name} | {config.batch_size} | {config.remat} | {planned['arguments'] / 2**30:.1f} | "
               f"{planned['temporaries'] / 2**30:.1f} | {planned['total'] / 2**30:.1f} |", flush=True)
 

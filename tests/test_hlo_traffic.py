@@ -78,12 +78,32 @@ def test_each_kernel_counts_what_it_reads_and_writes():
     assert kernels["gemm"].bytes == 64 * 32 * 2 + 32 * 1000 * 2 + 64 * 1000 * 2
     # A gather through a convert reads one bf16 logit per row, not the row.
     assert kernels["picked"].bytes == 64 * 2 + 64 * 4 + 64 * 4
-    # A scatter into the logits in place moves its indices and updates, twice the updates' bytes.
-    assert kernels["updated"].bytes == 64 * 2 * 4 + 64 * 2 + 64 * 2
+    # A scatter into the logits in place moves its indices and updates, and reads and writes the entries
+    # it updates (a scatter-add reads them back), not the rest of the buffer.
+    assert kernels["updated"].bytes == 64 * 2 * 4 + 64 * 2 + 2 * 64 * 2
     # A loop's body counts once per known trip; an elementwise kernel reads and writes everything.
     assert kernels["exp_fusion"].launches == 5 and kernels["exp_fusion"].bytes == 5 * 2 * 64 * 1000 * 2
     assert [hlo_traffic.category(kernels[n]) for n in ("gemm", "picked")] == ["matmul", "fusion"]
     assert kernels["picked"].op_name == "jit(loss)/take_along_axis"
+
+
+def test_what_reads_a_whole_buffer_counts_it_whole():
+    # The buffer a scatter updates, reached through a convert: not in place, so read and written whole;
+    # a gather that takes more than its operand holds counts the operand once; of a conditional's
+    # branches, the one that moves the most.
+    text = LOSS_LIKE.replace("ROOT %scatter.1 = bf16[64,1000]{1,0} scatter(%param_0.2,",
+                             "%c.2 = bf16[64,1000]{1,0} convert(%param_0.2)\n  ROOT %scatter.1 = bf16[64,1000]{1,0} scatter(%c.2,")
+    kernels = {k.name: k for k in hlo_traffic.kernels(text)}
+    assert kernels["updated"].bytes == 64 * 1000 * 2 + 64 * 2 * 4 + 64 * 2 + 64 * 1000 * 2
+    wide = LOSS_LIKE.replace("%gather.1 = f32[64,1]{1,0} gather(", "%gather.1 = f32[64,5000]{1,0} gather(")
+    assert {k.name: k for k in hlo_traffic.kernels(wide)}["picked"].bytes == 64 * 1000 * 2 + 64 * 4 + 64 * 4
+    branches = LOSS_LIKE.replace(
+        "%loop = (s32[], bf16[64,1000]{1,0}) while(%init), condition=%condition, body=%body, "
+        'backend_config={"known_trip_count":{"n":"5"}}',
+        "%loop = (s32[], bf16[64,1000]{1,0}) conditional(%zero, %init, %init), "
+        "branch_computations={%condition, %body}")
+    launched = [k.name for k in hlo_traffic.kernels(branches)]
+    assert launched.count("exp_fusion") == 1 and "constant.2" not in launched
 
 
 def test_a_program_compiled_here_reads_back():

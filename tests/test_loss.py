@@ -46,13 +46,26 @@ def test_mean_cross_entropy_and_its_gradient_equal_the_plain_ones(inputs, chunk_
     assert rel_error(doubled, 2 * plain[1][0]) < 1e-6
 
 
-def test_in_bfloat16_the_loss_and_its_gradient_stay_close_to_fp32(inputs):
-    half = [a.astype(jnp.bfloat16) for a in inputs[:2]]
-    ours = jax.value_and_grad(loss.mean_cross_entropy, argnums=(0, 1))(*half, inputs[2], VOCAB, 9)
-    plain = jax.value_and_grad(plain_mean_loss, argnums=(0, 1))(*inputs)
-    assert ours[1][0].dtype == jnp.bfloat16
-    assert rel_error(ours[0], plain[0]) < 1e-2
-    assert rel_error(ours[1][0], plain[1][0]) < 2e-2 and rel_error(ours[1][1], plain[1][1]) < 2e-2
+def test_in_bfloat16_it_is_as_accurate_as_autodiff_of_the_plain_loss():
+    """Against fp32, at a vocabulary large enough that a softmax's sum is in the thousands (where rounding
+    the one-hot term in bf16 would show): no worse than autodiff of the plain loss in bf16."""
+    rng = np.random.default_rng(1)
+    vocab, padded, dim = 8000, 8064, 64
+    x = jnp.asarray(rng.normal(size=(4, 64, dim)), jnp.float32)
+    embedding = jnp.asarray(rng.normal(size=(padded, dim)) * 0.05, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, vocab, size=(4, 64)), jnp.int32)
+
+    def plain(x, embedding):
+        logits = jnp.einsum("btd,vd->btv", x, embedding[:vocab]).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    exact = jax.value_and_grad(plain, argnums=(0, 1))(x, embedding)
+    half = x.astype(jnp.bfloat16), embedding.astype(jnp.bfloat16)
+    ours = jax.value_and_grad(loss.mean_cross_entropy, argnums=(0, 1))(*half, labels, vocab, 64)
+    autodiff = jax.value_and_grad(plain, argnums=(0, 1))(*half)
+    assert ours[1][0].dtype == jnp.bfloat16 and rel_error(ours[0], exact[0]) < 1e-3
+    for ours_grad, autodiff_grad, exact_grad in zip(ours[1], autodiff[1], exact[1]):
+        assert rel_error(ours_grad, exact_grad) < 1.1 * rel_error(autodiff_grad, exact_grad)
 
 
 def test_token_losses_equal_the_plain_ones(inputs):

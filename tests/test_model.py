@@ -115,7 +115,7 @@ def test_remat_gives_the_same_logits_and_gradients(hf_dir):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_split_qkv_gives_the_same_params_logits_and_gradients(hf_dir):
+def test_split_qkv_gives_the_same_params_logits_and_gradients_from_three_matmuls(hf_dir):
     config, params = from_hf(str(hf_dir))
     ids = jnp.asarray(np.random.RandomState(8).randint(0, config.vocab_size, (2, 11)))
     one, three = GPT2(config), GPT2(config, split_qkv=True)
@@ -124,6 +124,8 @@ def test_split_qkv_gives_the_same_params_logits_and_gradients(hf_dir):
     assert rel_error(three.apply({"params": params}, ids), one.apply({"params": params}, ids)) < 1e-6
     grads = [jax.grad(lambda p, m=m: mean_loss(m, p, ids))(params) for m in (one, three)]
     assert jax.tree.all(jax.tree.map(lambda a, b: rel_error(a, b) < 1e-5, *grads))
+    matmuls = [str(jax.make_jaxpr(m.apply)({"params": params}, ids)).count("dot_general") for m in (one, three)]
+    assert matmuls[1] - matmuls[0] == 2 * config.n_layer  # q, k, v: three where there was one
 
 
 def test_causal_no_position_sees_the_future():
