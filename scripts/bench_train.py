@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: the flags are read before jax starts)
+import model_variants  # noqa: E402  (beside this script; argparse only too)
 SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), vocab
     "quickstart": (4, 4, 128, 64, 12, 257),
     "gpt2-124m-256": (12, 12, 768, 256, 4, 50257),
@@ -48,11 +49,7 @@ def parse_args():
     parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
                         help="PyTorch runs to compare with")
     parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
-    parser.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="ours with the residual stream in this dtype (model.py)")
-    parser.add_argument("--split-qkv", action="store_true", help="ours with queries, keys, values as three matmuls")
-    parser.add_argument("--autodiff-gelu", action="store_true",
-                        help="ours with the GELU's gradient by autodiff of jax.nn.gelu, as before gelu.py")
+    model_variants.add_flags(parser)
     parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
     parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
     return parser.parse_args()
@@ -71,7 +68,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from gpt2_jax import GPT2, GPT2Config, model as model_module, sharding, step as steps  # noqa: E402
+from gpt2_jax import GPT2, GPT2Config, sharding, step as steps  # noqa: E402
 from gpt2_jax.metrics import peak_flops_per_device, train_flops_per_token  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.train_config import default_config  # noqa: E402
@@ -113,11 +110,9 @@ def ours(shape, batch, dtype, n_steps, profile=False):
     attention = accelerator.attention_impl("", dtype)
     model = GPT2(GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head),
                  dtype=jnp.dtype(dtype), vocab_pad_multiple=64 if vocab > 1000 else 1, attention_impl=attention,
-                 residual_dtype=jnp.dtype(args.residual_dtype), split_qkv=args.split_qkv)
+                 **model_variants.model_options(args))
     if args.plain_loss:
         steps.mean_loss = plain_mean_loss
-    if args.autodiff_gelu:
-        model_module.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
     optimizer, mesh = make_optimizer(c), sharding.make_mesh(1)
     init = functools.partial(steps.init_train_state, model, optimizer)
     state_sharding = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import hlo_traffic  # noqa: E402  (beside this script)
+import model_variants  # noqa: E402
 
 from gpt2_jax import accelerator  # noqa: E402
 from gpt2_jax.cli import HelpFormatter  # noqa: E402
@@ -37,11 +38,7 @@ def parse_args():
     parser.add_argument("--gpu", default="h200", choices=sorted(p.stem for p in TARGETS.glob("*.txtpb")),
                         help="the card to compile for (scripts/gpu_targets/)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows of 1,024 tokens per step")
-    parser.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="the residual stream's dtype (model.py)")
-    parser.add_argument("--split-qkv", action="store_true", help="queries, keys, values as three matmuls (model.py)")
-    parser.add_argument("--autodiff-gelu", action="store_true",
-                        help="the GELU's gradient by autodiff of jax.nn.gelu, as before gelu.py (for comparison)")
+    model_variants.add_flags(parser)
     parser.add_argument("--top", type=int, default=15, help="fusion groups to list")
     parser.add_argument("--save-hlo", metavar="PATH", help="also write the optimized HLO text here")
     args = parser.parse_args()
@@ -70,17 +67,15 @@ def compile_step(args):
     import jax
     import jax.numpy as jnp
 
-    from gpt2_jax import GPT2, GPT2Config, model, sharding, step
+    from gpt2_jax import GPT2, GPT2Config, sharding, step
     from gpt2_jax.optim import make_optimizer
     from gpt2_jax.train_config import default_config
 
     device = compile_only_device(args.gpu)
-    if args.autodiff_gelu:  # the GELU before gelu.py, for comparison (as bench_train.py --autodiff-gelu)
-        model.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
     config = default_config()
     config.warmup_steps, config.max_steps = 10, 1000
     gpt2 = GPT2(GPT2Config(), dtype=jnp.bfloat16, vocab_pad_multiple=64, attention_impl="cudnn",
-                residual_dtype=jnp.dtype(args.residual_dtype), split_qkv=args.split_qkv)
+                **model_variants.model_options(args))
     optimizer, mesh = make_optimizer(config), sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(step.init_train_state, gpt2, optimizer), jax.random.key(0))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
