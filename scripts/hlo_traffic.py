@@ -40,14 +40,11 @@ def _attribute(instruction: Instruction, pattern: str) -> str:
     return match.group(1) if match else ""
 
 
-def _parameter_reads(body: list[Instruction], parameter: Instruction) -> int:
+def _parameter_reads(body: list[Instruction], users: dict, parameter: Instruction) -> int:
     """Bytes a fusion reads of one parameter: all of it, unless every path from it through elementwise
     ops ends in a gather/slice (then what those take, at most all of it), or it is the very buffer the
-    fusion's scatter updates in place (then the rows a scatter-add reads back; an update slice reads none)."""
-    users = {}
-    for instruction in body:
-        for position, operand in enumerate(instruction.operands):
-            users.setdefault(operand, []).append((instruction, position))
+    fusion's scatter updates in place (then the rows a scatter-add reads back; an update slice reads none).
+    `users`: each value's (user, operand position) pairs in `body`."""
     whole = array_bytes(parameter.type)
     read, frontier, seen = 0, [parameter], set()
     while frontier:
@@ -76,7 +73,11 @@ def _updated_bytes(body: list[Instruction], root: Instruction) -> int:
 
 def _fusion_bytes(instruction: Instruction, shapes: dict[str, str], body: list[Instruction]) -> int:
     parameters = {int(b.arguments): b for b in body if b.op == "parameter"}
-    read = sum(_parameter_reads(body, parameters[i]) if i in parameters else array_bytes(shapes.get(operand, ""))
+    users = {}
+    for user in body:
+        for position, operand in enumerate(user.operands):
+            users.setdefault(operand, []).append((user, position))
+    read = sum(_parameter_reads(body, users, parameters[i]) if i in parameters else array_bytes(shapes.get(operand, ""))
                for i, operand in enumerate(instruction.operands))
     root = next((b for b in body if b.root), None)
     in_place = root is not None and root.op in WRITES_PART and any(
