@@ -13,6 +13,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from gpt2_jax.cli import argument_parser
 from gpt2_jax.corpus import absolute_inputs, check_inputs, count_documents, iter_documents
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
+
+SMALL_SPLIT = 1024  # train splits of at most this many tokens hold no window of GPT-2's context: warn
 
 DataError = shards.DataError
 
@@ -144,6 +147,9 @@ def main(argv=None):
     sizes = {split: sum(s["stop"] - s["start"] for s in segments) for split, segments in meta["splits"].items()}
     print(f"{args.out}: {meta['documents']:,} documents, {sizes['train']:,} train + {sizes['val']:,} val "
           f"{meta['tokenizer']} tokens in {len(meta['shards'])} shard(s)")
+    if sizes["train"] <= SMALL_SPLIT:
+        print(f"warning: the train split holds only {sizes['train']:,} tokens, and a run needs block_size + 1 "
+              f"(GPT-2's: 1,025) for one window; a smaller --val-fraction keeps more", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,17 @@ def test_cli_prepares_and_reports_bad_input(tmp_path):
     assert {path.name: path.read_bytes() for path in (tmp_path / "ok").iterdir()} == before
 
 
+def test_a_train_split_too_small_for_a_window_is_warned_about(tmp_path):
+    (tmp_path / "t.txt").write_text("To be, or not to be: that is the question. " * 50)
+    result = run_prepare("--input", str(tmp_path / "t.txt"), "--out", str(tmp_path / "out"), "--tokenizer", "byte",
+                         "--val-fraction", "0.999")
+    assert result.returncode == 0, result.stderr
+    assert "2 train + 2,148 val byte tokens" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (  # after the progress bar
+        "warning: the train split holds only 2 tokens, and a run needs block_size + 1 (GPT-2's: 1,025) for one "
+        "window; a smaller --val-fraction keeps more")
+
+
 def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
     """Each with worker processes: the pool is closed on the error (no `Pool.__del__` traceback at exit)."""
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 4)
