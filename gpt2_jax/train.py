@@ -82,7 +82,7 @@ class Run:
         attention = accelerator.attention_impl(c.attention_impl, c.dtype)
         model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
                      attention_impl=attention, remat=c.remat, residual_dtype=jnp.dtype(c.residual_dtype),
-                     split_qkv=c.split_qkv)
+                     split_qkv=c.split_qkv, fused_norm=c.fused_norm)
         optimizer = make_optimizer(c)
         init = functools.partial(init_train_state, model, optimizer)
         abstract = jax.eval_shape(init, jax.random.key(c.seed))
@@ -120,7 +120,8 @@ class Run:
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
-              f"{dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention")
+              f"{dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
+              + " | fused add+LayerNorm kernel" * c.fused_norm)
 
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)

@@ -302,7 +302,9 @@ def main():
             tokens = batch * block
             seconds, memory, attention = ours(shape, batch, args.dtype, args.steps, args.profile)
             variant = attention + (", plain loss" if args.plain_loss else "") + (
-                f", {args.residual_dtype} residual" if args.residual_dtype != "float32" else "")
+                f", {args.residual_dtype} residual" if args.residual_dtype != "float32" else "") + (
+                ", split qkv" if args.split_qkv else "") + (", fused norm" if args.fused_norm else "") + (
+                ", autodiff GELU" if args.autodiff_gelu else "")
             row = [f"{name} B={batch} ({variant})", f"{tokens:,}",
                    f"{tokens / seconds:,.0f}", f"{tokens / seconds * flops / peak:.1%}",
                    f"{memory / 2**30:.1f}" if memory else "-"]

@@ -25,9 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: this process never starts JAX)
 
-# name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags)
+# name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags); the most promising
+# first, since the ones after --budget-s is spent are not run
 VARIANTS = {
     "default": ([], []),
+    "fused-norm": ([], ["--fused-norm"]),
+    "fused-norm+residual-bf16": ([], ["--fused-norm", "--residual-dtype", "bfloat16"]),
+    "fused-norm+split-qkv+residual-bf16": ([], ["--fused-norm", "--split-qkv", "--residual-dtype", "bfloat16"]),
     "autodiff-gelu": ([], ["--autodiff-gelu"]),  # the GELU before gelu.py: what that change gave
     "split-qkv": ([], ["--split-qkv"]),
     "residual-bf16": ([], ["--residual-dtype", "bfloat16"]),

@@ -125,9 +125,12 @@ def _kernel(instruction: Instruction, shapes: dict[str, str], found: dict, trips
 
 
 def category(kernel: Kernel) -> str:
-    """matmul (cuBLAS, or XLA's Triton GEMMs), attention (cuDNN), or fusion (everything XLA emits itself)."""
+    """matmul (cuBLAS, or XLA's Triton GEMMs), attention (cuDNN), pallas (our Triton kernels), or fusion
+    (everything XLA emits itself)."""
     if "cublas" in kernel.target or kernel.name.startswith(("gemm_fusion", "triton_gemm")) or kernel.op == "dot":
         return "matmul"
     if "cudnn" in kernel.target:
         return "attention"
+    if "triton" in kernel.target:  # a custom call of Triton code: a pallas_call
+        return "pallas"
     return "fusion"

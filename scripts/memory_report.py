@@ -35,7 +35,8 @@ def planned_bytes(config, device) -> dict:
     attention = accelerator.attention_impl(config.attention_impl, config.dtype, device)
     model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
                  attention_impl=attention, remat=config.remat,
-                 residual_dtype=jnp.dtype(config.residual_dtype), split_qkv=config.split_qkv)
+                 residual_dtype=jnp.dtype(config.residual_dtype), split_qkv=config.split_qkv,
+                 fused_norm=config.fused_norm)
     optimizer = make_optimizer(config)
     mesh = sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(init_train_state, model, optimizer), jax.random.key(0))

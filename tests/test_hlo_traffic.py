@@ -87,6 +87,20 @@ def test_each_kernel_counts_what_it_reads_and_writes():
     assert kernels["picked"].op_name == "jit(loss)/take_along_axis"
 
 
+def test_a_pallas_kernel_is_its_own_kind():
+    """What a pallas_call becomes on a GPU (layer_norm_kernel.py's, as gpu_plan.py compiles it)."""
+    hlo = """HloModule jit_norm, is_scheduled=true
+
+ENTRY %main (x: f32[128,768], scale: f32[768]) -> f32[128,768] {
+  %x = f32[128,768]{1,0} parameter(0)
+  %scale = f32[768]{0} parameter(1)
+  ROOT %pallas_call.1 = f32[128,768]{1,0} custom-call(%x, %scale), custom_call_target="__gpu$xla.gpu.triton", metadata={op_name="jit(norm)/pallas_call"}
+}
+"""
+    (kernel,) = hlo_traffic.kernels(hlo)
+    assert hlo_traffic.category(kernel) == "pallas" and kernel.bytes == 2 * 128 * 768 * 4 + 768 * 4
+
+
 def test_what_reads_a_whole_buffer_counts_it_whole():
     # The buffer a scatter updates, reached through a convert: not in place, so read and written whole;
     # a gather that takes more than its operand holds counts the operand once; of a conditional's

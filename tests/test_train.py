@@ -207,6 +207,7 @@ def run_cli(*args):
     (["--config.learning_rate=nan"], "learning_rate=nan must be a positive number"),
     (["--config.attention_impl=cudnn"], "attention_impl='cudnn' needs an NVIDIA GPU, not cpu"),
     (["--config.residual_dtype=float16"], "residual_dtype='float16'; choose one of ('float32', 'bfloat16')"),
+    (["--config.fused_norm=True"], "fused_norm=True needs an NVIDIA GPU (its Triton kernel), not cpu"),
     # Found by trying: each failed only at the first evaluation, after training, or with a traceback.
     (["--config.num_samples=-1"], "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
     (["--config.sample_tokens=-1"], "num_samples, sample_tokens, hellaswag_limit"),

@@ -1,0 +1,126 @@
+"""layer_norm.py and layer_norm_kernel.py: the residual add + LayerNorm, XLA's and the Pallas kernel's
+(in Pallas's interpreter here, the same kernel code a GPU compiles), against plain two-pass math."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt2_jax import GPT2, GPT2Config, sharding
+from gpt2_jax.layer_norm import AddLayerNorm, fused_add_layer_norm
+
+EPS = 1e-5
+
+
+def reference(x, delta, scale, bias, y_dtype, keep_sum=True):
+    """The add in x's dtype, then LayerNorm with float32 statistics and the two-pass variance."""
+    x_new = x if delta is None else x + delta.astype(x.dtype)
+    x32 = x_new.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    variance = ((x32 - mean) ** 2).mean(-1, keepdims=True)
+    y = ((x32 - mean) * jax.lax.rsqrt(variance + EPS) * scale + bias).astype(y_dtype)
+    return (x_new, y) if keep_sum else y
+
+
+def inputs(x_dtype=jnp.float32, delta_dtype=jnp.float32, shape=(3, 50, 48)):
+    """150 rows (not a multiple of the kernel's 64 per program), 48 columns (not a power of two)."""
+    keys = jax.random.split(jax.random.key(0), 6)
+    x = (2 * jax.random.normal(keys[0], shape) + 0.5).astype(x_dtype)
+    delta = jax.random.normal(keys[1], shape).astype(delta_dtype)
+    scale = 1 + 0.3 * jax.random.normal(keys[2], shape[-1:])
+    bias = 0.2 * jax.random.normal(keys[3], shape[-1:])
+    return x, delta, scale, bias, jax.random.normal(keys[4], shape), jax.random.normal(keys[5], shape)
+
+
+def weighted(fn, keep_sum, weight_sum, weight_y):
+    """A scalar of both outputs, with a nonlinearity so that no gradient is a constant."""
+    def loss(x, delta, scale, bias):
+        out = fn(x, delta, scale, bias)
+        x_new, y = out if keep_sum else (None, out)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)) * weight_y) + (
+            0.0 if x_new is None else jnp.sum(x_new.astype(jnp.float32) * weight_sum))
+    return loss
+
+
+def max_relative(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("keep_sum", [True, False])
+@pytest.mark.parametrize("with_delta", [True, False])
+def test_kernel_matches_the_two_pass_layer_norm_and_its_gradients_in_fp32(keep_sum, with_delta):
+    x, delta, scale, bias, w_sum, w_y = inputs()
+    delta = delta if with_delta else None
+    kernel = lambda *a: fused_add_layer_norm(*a, EPS, jnp.float32, keep_sum)
+    plain = lambda *a: reference(*a, jnp.float32, keep_sum)
+    for ours, expected in zip(jax.tree.leaves(jax.jit(kernel)(x, delta, scale, bias)),
+                              jax.tree.leaves(plain(x, delta, scale, bias))):
+        assert max_relative(ours, expected) < 1e-6
+    argnums = (0, 1, 2, 3) if with_delta else (0, 2, 3)
+    ours, expected = (jax.jit(jax.grad(weighted(f, keep_sum, w_sum, w_y), argnums))(x, delta, scale, bias)
+                      for f in (kernel, plain))
+    for name, a, b in zip("x delta scale bias".split() if with_delta else "x scale bias".split(), ours, expected):
+        assert max_relative(a, b) < 1e-6, name
+
+
+def test_kernel_in_mixed_precision_keeps_each_dtype_and_matches_xla():
+    """The training layout: a float32 stream, bf16 deltas (sub-block outputs) and a bf16 LayerNorm output."""
+    x, delta, scale, bias, w_sum, w_y = inputs(jnp.float32, jnp.bfloat16)
+    kernel = lambda *a: fused_add_layer_norm(*a, EPS, jnp.bfloat16)
+    plain = lambda *a: reference(*a, jnp.bfloat16)
+    (x_new, y), (x_ref, y_ref) = jax.jit(kernel)(x, delta, scale, bias), plain(x, delta, scale, bias)
+    assert (x_new.dtype, y.dtype) == (jnp.float32, jnp.bfloat16)
+    assert max_relative(x_new, x_ref) < 1e-7 and max_relative(y, y_ref) < 1e-2  # y: one bf16 rounding apart
+    grads = [jax.jit(jax.grad(weighted(f, True, w_sum, w_y), (0, 1, 2, 3)))(x, delta, scale, bias)
+             for f in (kernel, plain)]
+    assert [g.dtype for g in grads[0]] == [jnp.float32, jnp.bfloat16, jnp.float32, jnp.float32]
+    for a, b in zip(*grads):
+        assert max_relative(a, b) < 1e-2
+
+
+def test_xla_path_is_flax_layer_norm_to_the_bit():
+    x, delta, _, _, _, _ = inputs()
+    for x_dtype, y_dtype in ((jnp.float32, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)):
+        ours = AddLayerNorm(EPS, y_dtype)
+        flax_norm = nn.LayerNorm(epsilon=EPS, dtype=y_dtype, use_fast_variance=True)
+        params = {"scale": 1 + 0.1 * delta[0, 0], "bias": 0.1 * delta[0, 1]}
+        x_new, y = ours.apply({"params": params}, x.astype(x_dtype), delta)
+        expected_sum = x.astype(x_dtype) + delta.astype(x_dtype)
+        assert np.array_equal(x_new, expected_sum)
+        assert np.array_equal(y, flax_norm.apply({"params": params}, expected_sum))
+
+
+def test_fused_norm_model_has_the_same_params_logits_and_gradients():
+    config = GPT2Config(vocab_size=101, n_positions=40, n_embd=20, n_layer=2, n_head=5, n_inner=36)
+    ids = jnp.asarray(np.random.RandomState(3).randint(0, config.vocab_size, (2, 11)))
+    plain, fused = GPT2(config), GPT2(config, fused_norm=True)
+    params = plain.init(jax.random.key(1), ids)["params"]
+    assert jax.tree.all(jax.tree.map(np.array_equal, params, fused.init(jax.random.key(1), ids)["params"]))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)  # LNs too
+    assert max_relative(fused.apply({"params": params}, ids), plain.apply({"params": params}, ids)) < 1e-5
+
+    def loss(model, params):
+        return jnp.mean(jax.nn.log_softmax(model.apply({"params": params}, ids))[..., 0] ** 2)
+
+    grads = [jax.jit(jax.grad(loss, 1), static_argnums=0)(model, params) for model in (plain, fused)]
+    assert jax.tree.all(jax.tree.map(lambda a, b: max_relative(a, b) < 1e-5, *grads))
+    assert "pallas_call" in str(jax.make_jaxpr(fused.apply)({"params": params}, ids))
+
+
+def test_kernel_runs_per_device_under_a_mesh():
+    """Each device normalises its own rows; the scale's and bias's gradients are summed over all of them."""
+    x, delta, scale, bias, w_sum, w_y = inputs(jnp.float32, jnp.bfloat16, shape=(4, 20, 48))
+    mesh = sharding.make_mesh(1, jax.devices()[:4])
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+    for delta in (delta, None):  # the first block's ln_1 has nothing to add
+        loss = weighted(lambda *a: fused_add_layer_norm(*a, EPS, jnp.float32), True, w_sum, w_y)
+        argnums = (0, 1, 2, 3) if delta is not None else (0, 2, 3)
+        alone = jax.jit(jax.grad(loss, argnums))(x, delta, scale, bias)
+        with jax.set_mesh(mesh):
+            sharded_delta = None if delta is None else jax.device_put(delta, batch)
+            sharded = jax.jit(jax.grad(loss, argnums))(jax.device_put(x, batch), sharded_delta, scale, bias)
+            assert "shard_map" in str(jax.make_jaxpr(jax.grad(loss, argnums))(x, delta, scale, bias))
+        for a, b in zip(sharded, alone):
+            assert max_relative(a, b) < 1e-6
