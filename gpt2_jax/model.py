@@ -184,6 +184,8 @@ class GPT2(nn.Module):
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
         delta_BxTxD, new_cache = None, None if cache is None else []
         for i, block in enumerate(self.h):
+            if self.remat and delta_BxTxD is not None:  # a remat block keeps its inputs: the stream alone, then
+                x_BxTxD, delta_BxTxD = x_BxTxD + delta_BxTxD.astype(x_BxTxD.dtype), None
             x_BxTxD, delta_BxTxD, layer_cache = block(x_BxTxD, delta_BxTxD, None if cache is None else cache[i], start)
             if cache is not None:
                 new_cache.append(layer_cache)

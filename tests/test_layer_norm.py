@@ -1,11 +1,15 @@
 """layer_norm.py and layer_norm_kernel.py: the residual add + LayerNorm, XLA's and the Pallas kernel's
 (in Pallas's interpreter here, the same kernel code a GPU compiles), against plain two-pass math."""
 
+import contextlib
+import io
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from gpt2_jax import GPT2, GPT2Config, sharding
 from gpt2_jax.layer_norm import AddLayerNorm, fused_add_layer_norm
@@ -76,20 +80,39 @@ def test_kernel_in_mixed_precision_keeps_each_dtype_and_matches_xla():
     grads = [jax.jit(jax.grad(weighted(f, True, w_sum, w_y), (0, 1, 2, 3)))(x, delta, scale, bias)
              for f in (kernel, plain)]
     assert [g.dtype for g in grads[0]] == [jnp.float32, jnp.bfloat16, jnp.float32, jnp.float32]
+    assert np.array_equal(grads[0][1], grads[0][0].astype(jnp.bfloat16))  # one gradient, in each one's dtype
     for a, b in zip(*grads):
         assert max_relative(a, b) < 1e-2
 
 
-def test_xla_path_is_flax_layer_norm_to_the_bit():
+def test_kernel_with_a_bf16_stream_rounds_the_sum_as_the_unfused_add():
+    x, delta, scale, bias, w_sum, w_y = inputs(jnp.bfloat16, jnp.bfloat16)
+    kernel = lambda *a: fused_add_layer_norm(*a, EPS, jnp.bfloat16)
+    plain = lambda *a: reference(*a, jnp.bfloat16)
+    (x_new, y), (x_ref, y_ref) = jax.jit(kernel)(x, delta, scale, bias), plain(x, delta, scale, bias)
+    assert x_new.dtype == jnp.bfloat16 and np.array_equal(x_new, x_ref)
+    assert max_relative(y, y_ref) < 1e-2
+    grads = [jax.jit(jax.grad(weighted(f, True, w_sum, w_y), (0, 1, 2, 3)))(x, delta, scale, bias)
+             for f in (kernel, plain)]
+    assert [g.dtype for g in grads[0]] == [jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.float32]
+    for a, b in zip(*grads):
+        assert max_relative(a, b) < 2e-2
+
+
+def test_xla_path_is_the_add_then_flax_layer_norm_with_the_same_parameter_names():
     x, delta, _, _, _, _ = inputs()
     for x_dtype, y_dtype in ((jnp.float32, jnp.float32), (jnp.float32, jnp.bfloat16), (jnp.bfloat16, jnp.bfloat16)):
         ours = AddLayerNorm(EPS, y_dtype)
         flax_norm = nn.LayerNorm(epsilon=EPS, dtype=y_dtype, use_fast_variance=True)
+        params = ours.init(jax.random.key(0), x.astype(x_dtype), delta)["params"]
+        assert jax.tree.map(jnp.shape, params) == {"scale": (48,), "bias": (48,)}  # no submodule in the path
         params = {"scale": 1 + 0.1 * delta[0, 0], "bias": 0.1 * delta[0, 1]}
         x_new, y = ours.apply({"params": params}, x.astype(x_dtype), delta)
         expected_sum = x.astype(x_dtype) + delta.astype(x_dtype)
         assert np.array_equal(x_new, expected_sum)
         assert np.array_equal(y, flax_norm.apply({"params": params}, expected_sum))
+        assert jax.tree.map(jnp.shape, AddLayerNorm(EPS, y_dtype, fused=True).init(
+            jax.random.key(0), x.astype(x_dtype), delta)["params"]) == {"scale": (48,), "bias": (48,)}
 
 
 def test_fused_norm_model_has_the_same_params_logits_and_gradients():
@@ -124,3 +147,20 @@ def test_kernel_runs_per_device_under_a_mesh():
             assert "shard_map" in str(jax.make_jaxpr(jax.grad(loss, argnums))(x, delta, scale, bias))
         for a, b in zip(sharded, alone):
             assert max_relative(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_remat_blocks_keep_only_the_stream_for_the_backward_pass(fused):
+    """A remat block keeps its inputs: the stream alone (the last block's output is added before it), so
+    remat's memory is one fp32 [B, T, D] a block, as before the add moved into the LayerNorm (not also
+    the bf16 block output)."""
+    config = GPT2Config(vocab_size=101, n_positions=40, n_embd=20, n_layer=3, n_head=5, n_inner=36)
+    ids = jnp.asarray(np.random.RandomState(3).randint(0, config.vocab_size, (2, 11)))
+    model = GPT2(config, dtype=jnp.bfloat16, remat=True, fused_norm=fused)
+    params = model.init(jax.random.key(1), ids)["params"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_saved_residuals(lambda p: model.apply({"params": p}, ids, method=GPT2.hidden).sum(), params)
+    kept = [line for line in printed.getvalue().splitlines() if "[2,11,20]" in line]
+    assert not [line for line in kept if line.startswith("bf16")]  # no block output kept
+    assert [line.split()[0] for line in kept if "GPT2._forward" in line] == ["f32[2,11,20]"] * config.n_layer
