@@ -94,6 +94,9 @@ def main():
         if args.profile and i == 0:
             print("\n".join(line for line in output.splitlines() if line.startswith("# profile") or
                             line.startswith("#  ")), flush=True)
+        for line in output.splitlines():
+            if line.startswith("# fused add + LayerNorm"):  # bench_train's check of the kernel on this device
+                print(f"# {name}: {line[2:]}", flush=True)
         last_line = output.strip().splitlines()[-1][:300] if output.strip() else "no output"
         print(f"# {name}: " + (f"{measured[0]:,} tok/s" if measured else f"failed: {last_line}") +
               f" ({time.perf_counter() - start:.0f} s)", flush=True)
