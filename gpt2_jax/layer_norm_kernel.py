@@ -11,7 +11,8 @@ delta, in its dtype), with the scale's and bias's gradients summed per program a
 programs by XLA (the only reduction across rows). Statistics in float32, the variance in two passes.
 
 Triton kernels for NVIDIA GPUs (`interpret`: Pallas's interpreter, for CPUs). layer_norm.py makes
-them differentiable and runs them on each device's rows under a mesh.
+them differentiable and runs them on each device's rows under a mesh. Pallas's Triton backend is
+deprecated since JAX 0.11 (docs/benchmarks.md says why it is used here, and what would replace it).
 """
 
 from __future__ import annotations
