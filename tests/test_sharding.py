@@ -88,15 +88,17 @@ def test_bad_layouts_are_clear_errors():
         sharding.make_mesh(3)
 
 
-def test_pallas_attention_runs_per_device_under_a_mesh():
-    """Splash attention inside a sharded train step (4 devices, interpreted): the same loss as XLA's on one."""
+@pytest.mark.parametrize("pallas_options", [{"attention_impl": "pallas"}, {"fused_norm": True, "remat": True}])
+def test_pallas_kernels_run_per_device_under_a_mesh(pallas_options):
+    """Splash attention, or the fused add + LayerNorm with remat, inside a sharded train step (4 devices,
+    interpreted, with fsdp sharding the parameters): the same loss as XLA's on one."""
     config = GPT2Config(vocab_size=101, n_positions=128, n_embd=32, n_layer=2, n_head=2)
     optimizer = make_optimizer(default_config())
     windows = np.random.RandomState(0).randint(0, 101, (1, 8, 129)).astype(np.int32)
     losses = {}
     for impl, n_devices in (("xla", 1), ("pallas", 4)):
-        model = GPT2(config, attention_impl=impl)
-        mesh = sharding.make_mesh(1, jax.devices()[:n_devices])
+        model = GPT2(config, **(pallas_options if impl == "pallas" else {"attention_impl": "xla"}))
+        mesh = sharding.make_mesh(2 if n_devices > 1 else 1, jax.devices()[:n_devices])  # (data 2, fsdp 2)
         init = functools.partial(init_train_state, model, optimizer)
         state_sharding = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.key(0)))
         windows_sharding = sharding.batch_sharding(mesh, leading_dims=1)
