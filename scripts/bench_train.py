@@ -122,15 +122,15 @@ def fused_norm_error() -> float:
     return max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(fused, plain))
 
 
-def ours(shape, batch, dtype, n_steps, profile=False):
-    """(seconds per step, peak device bytes or None, attention kernel)."""
+def ours(shape, batch, dtype, n_steps, model_options, profile=False):
+    """(seconds per step, peak device bytes or None, attention kernel); model_options: GPT2's variant."""
     n_layer, n_head, n_embd, block, _, vocab = shape
     c = default_config()
     c.learning_rate, c.warmup_steps, c.max_steps = 1e-3, 10, 1000
     attention = accelerator.attention_impl("", dtype)
     model = GPT2(GPT2Config(vocab_size=vocab, n_positions=block, n_embd=n_embd, n_layer=n_layer, n_head=n_head),
                  dtype=jnp.dtype(dtype), vocab_pad_multiple=64 if vocab > 1000 else 1, attention_impl=attention,
-                 **model_variants.model_options(args))
+                 **model_options)
     if args.plain_loss:
         steps.mean_loss = plain_mean_loss
     optimizer, mesh = make_optimizer(c), sharding.make_mesh(1)
@@ -302,6 +302,7 @@ def main():
           f"{peers_on}peak {peak / 1e12:.2f} TFLOP/s "
           f"({'datasheet' if known_peak else 'measured 2048^3 matmul, jax'}); XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
     peers = [p for p in args.peers if p != "torch-compile" or device == "cuda"]
+    model_options = model_variants.model_options(args)  # first: it may retile the kernel checked next
     if args.fused_norm:
         print(f"# fused add + LayerNorm against XLA's ops here, fp32 [8, 1024, 768]: largest relative error "
               f"{fused_norm_error():.1e} (values and gradients)", flush=True)
@@ -323,10 +324,11 @@ def main():
                     torch.cuda.empty_cache()
         for batch in batches:
             tokens = batch * block
-            seconds, memory, attention = ours(shape, batch, args.dtype, args.steps, args.profile)
+            seconds, memory, attention = ours(shape, batch, args.dtype, args.steps, model_options, args.profile)
             variant = attention + (", plain loss" if args.plain_loss else "") + (
                 f", {args.residual_dtype} residual" if args.residual_dtype != "float32" else "") + (
                 ", split qkv" if args.split_qkv else "") + (", fused norm" if args.fused_norm else "") + (
+                f" tiles {','.join(map(str, args.fused_norm_tiles))}" if args.fused_norm_tiles else "") + (
                 ", autodiff GELU" if args.autodiff_gelu else "")
             row = [f"{name} B={batch} ({variant})", f"{tokens:,}",
                    f"{tokens / seconds:,.0f}", f"{tokens / seconds * flops / peak:.1%}",

@@ -105,7 +105,7 @@ def main():
         Path(args.save_hlo).write_text(text)
     memory = compiled.memory_analysis()
     print(f"# {args.gpu}, B={args.batch_size}, residual {args.residual_dtype}, split_qkv={args.split_qkv}, "
-          f"fused_norm={args.fused_norm}, "
+          f"fused_norm={args.fused_norm}{' tiles ' + str(args.fused_norm_tiles) if args.fused_norm_tiles else ''}, "
           f"gelu {'autodiff' if args.autodiff_gelu else 'gelu.py'}, XLA_FLAGS={os.environ['XLA_FLAGS']}")
     print(f"memory: arguments {memory.argument_size_in_bytes / 2**30:.1f} GiB, "
           f"temporaries {memory.temp_size_in_bytes / 2**30:.1f} GiB")

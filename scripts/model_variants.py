@@ -10,21 +10,41 @@ def add_flags(parser) -> None:
     parser.add_argument("--split-qkv", action="store_true", help="ours with queries, keys, values as three matmuls")
     parser.add_argument("--fused-norm", action="store_true",
                         help="ours with each residual add and LayerNorm as one Pallas kernel (layer_norm_kernel.py)")
+    parser.add_argument("--fused-norm-tiles", type=_tiles, metavar="ROWS,CHUNK,WARPS",
+                        help="with --fused-norm: the kernel's rows per program, rows per tile and warps per "
+                             "program, in place of layer_norm_kernel.py's first guesses (64,4,4)")
     parser.add_argument("--autodiff-gelu", action="store_true",
                         help="ours with the GELU's gradient by autodiff of jax.nn.gelu, as before gelu.py")
 
 
+def _tiles(text: str) -> tuple[int, int, int]:
+    """ROWS,CHUNK,WARPS: powers of two, CHUNK dividing ROWS (what the kernel's loops and Triton need)."""
+    import argparse
+
+    try:
+        rows, chunk, warps = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWS,CHUNK,WARPS (three integers), got {text!r}") from None
+    if not all(n > 0 and n & (n - 1) == 0 for n in (rows, chunk, warps)) or chunk > rows:
+        raise argparse.ArgumentTypeError(f"expected powers of two with CHUNK <= ROWS, got {text!r}")
+    return rows, chunk, warps
+
+
 def model_options(args) -> dict:
-    """GPT2's keyword arguments for the variant; with --autodiff-gelu, also puts back the GELU before gelu.py
-    (for this process: a measurement of what gelu.py gave, not a way to train)."""
+    """GPT2's keyword arguments for the variant. For this process only (measurements, not ways to train):
+    --autodiff-gelu puts back the GELU before gelu.py, --fused-norm-tiles retiles the fused kernel."""
     import functools
 
     import jax
     import jax.numpy as jnp
 
-    from gpt2_jax import model
+    from gpt2_jax import layer_norm_kernel, model
 
     if args.autodiff_gelu:
         model.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
+    if args.fused_norm_tiles and not args.fused_norm:
+        raise SystemExit("error: --fused-norm-tiles retiles the fused kernel: it needs --fused-norm")
+    if args.fused_norm_tiles:  # read by the kernels when they are traced, so before any step is compiled
+        layer_norm_kernel.ROWS, layer_norm_kernel.CHUNK, layer_norm_kernel.WARPS = args.fused_norm_tiles
     return {"residual_dtype": jnp.dtype(args.residual_dtype), "split_qkv": args.split_qkv,
             "fused_norm": args.fused_norm}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from gpt2_jax import GPT2, GPT2Config, sharding
+from gpt2_jax import GPT2, GPT2Config, layer_norm_kernel, sharding
 from gpt2_jax.layer_norm import AddLayerNorm, fused_add_layer_norm
 
 EPS = 1e-5
@@ -67,6 +67,26 @@ def test_kernel_matches_the_two_pass_layer_norm_and_its_gradients_in_fp32(keep_s
                       for f in (kernel, plain))
     for name, a, b in zip("x delta scale bias".split() if with_delta else "x scale bias".split(), ours, expected):
         assert max_relative(a, b) < 1e-6, name
+
+
+@pytest.mark.parametrize("tiles", [(16, 4, 4), (64, 8, 8), (8, 8, 1)])
+def test_kernel_retiled_as_the_benchmarks_retile_it_gives_the_same_values_and_gradients(tiles, monkeypatch):
+    """bench_variants.py times other tilings (ROWS, CHUNK, WARPS) of the kernel: each must stay exact."""
+    for name, value in zip(("ROWS", "CHUNK", "WARPS"), tiles):
+        monkeypatch.setattr(layer_norm_kernel, name, value)
+    x, delta, scale, bias, w_sum, w_y = inputs()
+    kernel = lambda *a: fused_add_layer_norm(*a, EPS, jnp.float32)
+    plain = lambda *a: reference(*a, jnp.float32)
+    for ours, expected in zip(jax.tree.leaves(jax.jit(kernel)(x, delta, scale, bias)),
+                              jax.tree.leaves(plain(x, delta, scale, bias))):
+        assert max_relative(ours, expected) < 1e-6
+    ours, expected = (jax.jit(jax.grad(weighted(f, True, w_sum, w_y), (0, 1, 2, 3)))(x, delta, scale, bias)
+                      for f in (kernel, plain))
+    for name, a, b in zip("x delta scale bias".split(), ours, expected):
+        assert max_relative(a, b) < 1e-6, name
+    _, _, mean, rstd = layer_norm_kernel.forward(x, delta, scale, bias, EPS, jnp.float32, interpret=True)
+    d_scale_per_program = layer_norm_kernel.backward(x, w_y, mean, rstd, None, scale, None, interpret=True)[2]
+    assert d_scale_per_program.shape == (-(-150 // tiles[0]), 48)  # the retiling took: one row per program
 
 
 def test_kernel_in_mixed_precision_keeps_each_dtype_and_matches_xla():
