@@ -96,8 +96,9 @@ def _backward_kernel(x_ref, dy_ref, mean_ref, rstd_ref, scale_ref, dx_new_ref,
     plgpu.store(dbias_ref.at[program, cols], dbias, mask=cols < n_cols)
 
 
-def _call(kernel, args, out_shapes, interpret):
-    """`kernel` over pl.cdiv(rows, ROWS) programs; None in `args` or `out_shapes` reaches it as a None ref."""
+def _call(kernel, name, args, out_shapes, interpret):
+    """`kernel` over pl.cdiv(rows, ROWS) programs, `name` in profiles; None in `args` or `out_shapes` reaches
+    it as a None ref."""
     given = [a for a in args if a is not None]
     wanted = [s for s in out_shapes if s is not None]
 
@@ -106,7 +107,7 @@ def _call(kernel, args, out_shapes, interpret):
         kernel(*[None if a is None else next(inputs) for a in args],
                *[None if s is None else next(outputs) for s in out_shapes])
 
-    results = iter(pl.pallas_call(with_nones, out_shape=wanted, grid=(pl.cdiv(args[0].shape[0], ROWS),),
+    results = iter(pl.pallas_call(with_nones, out_shape=wanted, grid=(pl.cdiv(args[0].shape[0], ROWS),), name=name,
                                   compiler_params=plgpu.CompilerParams(num_warps=WARPS), interpret=interpret)(*given))
     return [None if s is None else next(results) for s in out_shapes]
 
@@ -119,7 +120,7 @@ def forward(x, delta, scale_D, bias_D, eps: float, y_dtype, interpret: bool):
     N = x.size // D
     shapes = [None if delta is None else jax.ShapeDtypeStruct((N, D), x.dtype), jax.ShapeDtypeStruct((N, D), y_dtype),
               jax.ShapeDtypeStruct((N,), jnp.float32), jax.ShapeDtypeStruct((N,), jnp.float32)]
-    x_new, y, mean, rstd = _call(functools.partial(_forward_kernel, eps=eps),
+    x_new, y, mean, rstd = _call(functools.partial(_forward_kernel, eps=eps), "add_layer_norm_forward",
                                  [x.reshape(N, D), None if delta is None else delta.reshape(N, D), scale_D, bias_D],
                                  shapes, interpret)
     return (x if x_new is None else x_new.reshape(x.shape)), y.reshape(x.shape), mean.reshape(rows), rstd.reshape(rows)
@@ -138,7 +139,7 @@ def backward(x_new, dy, mean, rstd, d_x_new, scale_D, delta_dtype, interpret: bo
               jax.ShapeDtypeStruct((programs, D), jnp.float32), jax.ShapeDtypeStruct((programs, D), jnp.float32)]
     args = [x_new.reshape(N, D), dy.reshape(N, D), mean.reshape(N), rstd.reshape(N), scale_D,
             None if d_x_new is None else d_x_new.reshape(N, D)]
-    dx, d_delta, d_scale, d_bias = _call(_backward_kernel, args, shapes, interpret)
+    dx, d_delta, d_scale, d_bias = _call(_backward_kernel, "add_layer_norm_backward", args, shapes, interpret)
     dx = dx.reshape(x_new.shape)
     d_delta = d_delta.reshape(x_new.shape) if separate else (dx if delta_dtype is not None else None)
     return dx, d_delta, d_scale, d_bias

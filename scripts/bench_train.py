@@ -20,6 +20,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -153,6 +154,12 @@ def ours(shape, batch, dtype, n_steps, model_options, profile=False):
     return seconds, memory.get("peak_bytes_in_use"), attention
 
 
+# Which library or compiler wrote a GPU kernel, from its name (the first match; "other" if none)
+KERNEL_KINDS = (("fused add+LayerNorm (Pallas)", r"add_layer_norm"), ("attention (cuDNN)", r"sdpa|fmha|flash|cudnn"),
+                ("matmul (cuBLAS)", r"gemm|xmma|nvjet|cutlass|cublas"),
+                ("XLA fusions", r"fusion|^loop_|^input_|^wrapped_|reduce|transpose|concatenate|slice|copy"))
+
+
 def print_profile(step, n_steps=3):
     """Device time by kernel over a few steps (jax's profiler, read back with jax.profiler.ProfileData)."""
     from jax.profiler import ProfileData
@@ -178,6 +185,12 @@ def print_profile(step, n_steps=3):
                   f"{wall / n_steps * 1e3:.1f} ms wall; top kernels (ms per step, share):")
             for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:25]:
                 print(f"#   {ns / 1e6 / n_steps:8.2f}  {ns / 1e9 / busy:6.1%}  {name[:110]}")
+            by_kind = {}
+            for name, ns in totals.items():
+                kind = next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.I)), "other")
+                by_kind[kind] = by_kind.get(kind, 0.0) + ns / 1e6 / n_steps
+            print("# profile by kind (ms per step, from the kernels' names): " +
+                  ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])))
 
 
 def transformers_step(shape, batch, dtype, device):
