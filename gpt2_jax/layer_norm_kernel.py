@@ -24,10 +24,12 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# Rows per program, and rows per step of its loop ([CHUNK, D] tiles in registers), with 4 warps a program:
-# first guesses (1,024 programs for GPT-2 124M's 65,536 rows; a few tiles of 32 floats a thread), not yet
-# tuned on a GPU (scripts/bench_variants.py times two other tilings).
-ROWS, CHUNK, WARPS = 64, 4, 4
+# Rows per program, rows per step of its loop ([CHUNK, D] tiles in registers) and warps per program. Not yet
+# timed (scripts/bench_variants.py times two other tilings); chosen by ptxas's register counts for sm_90 at
+# D=768: 55-64 registers a thread forward, 96-123 backward, so 8 and 4 programs (32 and 16 warps) stay
+# resident per SM, and GPT-2 124M's 1,024 programs fill 132 SMs in ~1 and ~2 waves. [4, D] tiles took
+# 126 and 206 registers: half the resident warps for the same waves.
+ROWS, CHUNK, WARPS = 64, 2, 4
 
 
 def _tile(first_row, n_rows, n_cols, chunk_index):

@@ -32,8 +32,8 @@ VARIANTS = {
     "fused-norm": ([], ["--fused-norm"]),
     "fused-norm+residual-bf16": ([], ["--fused-norm", "--residual-dtype", "bfloat16"]),
     "fused-norm+split-qkv+residual-bf16": ([], ["--fused-norm", "--split-qkv", "--residual-dtype", "bfloat16"]),
-    "fused-norm-16-rows": ([], ["--fused-norm", "--fused-norm-tiles", "16,4,4"]),  # its tiles: 4x the programs
-    "fused-norm-8-warps": ([], ["--fused-norm", "--fused-norm-tiles", "64,8,8"]),  # twice the rows per tile
+    "fused-norm-4-row-tiles": ([], ["--fused-norm", "--fused-norm-tiles", "64,4,4"]),  # half its resident warps
+    "fused-norm-1-row-tiles": ([], ["--fused-norm", "--fused-norm-tiles", "16,1,4"]),  # ~2x them, worse waves
     "autodiff-gelu": ([], ["--autodiff-gelu"]),  # the GELU before gelu.py: what that change gave
     "split-qkv": ([], ["--split-qkv"]),
     "residual-bf16": ([], ["--residual-dtype", "bfloat16"]),

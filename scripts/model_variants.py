@@ -12,7 +12,7 @@ def add_flags(parser) -> None:
                         help="ours with each residual add and LayerNorm as one Pallas kernel (layer_norm_kernel.py)")
     parser.add_argument("--fused-norm-tiles", type=_tiles, metavar="ROWS,CHUNK,WARPS",
                         help="with --fused-norm: the kernel's rows per program, rows per tile and warps per "
-                             "program, in place of layer_norm_kernel.py's first guesses (64,4,4)")
+                             "program, in place of layer_norm_kernel.py's (64,2,4)")
     parser.add_argument("--autodiff-gelu", action="store_true",
                         help="ours with the GELU's gradient by autodiff of jax.nn.gelu, as before gelu.py")
 

@@ -69,7 +69,7 @@ def test_kernel_matches_the_two_pass_layer_norm_and_its_gradients_in_fp32(keep_s
         assert max_relative(a, b) < 1e-6, name
 
 
-@pytest.mark.parametrize("tiles", [(16, 4, 4), (64, 8, 8), (8, 8, 1)])
+@pytest.mark.parametrize("tiles", [(64, 4, 4), (16, 1, 4), (8, 8, 1)])
 def test_kernel_retiled_as_the_benchmarks_retile_it_gives_the_same_values_and_gradients(tiles, monkeypatch):
     """bench_variants.py times other tilings (ROWS, CHUNK, WARPS) of the kernel: each must stay exact."""
     for name, value in zip(("ROWS", "CHUNK", "WARPS"), tiles):
