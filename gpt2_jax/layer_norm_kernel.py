@@ -24,11 +24,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-# Rows per program, rows per step of its loop ([CHUNK, D] tiles in registers) and warps per program. Not yet
-# timed (scripts/bench_variants.py times two other tilings); chosen by ptxas's register counts for sm_90 at
-# D=768: 55-64 registers a thread forward, 96-123 backward, so 8 and 4 programs (32 and 16 warps) stay
-# resident per SM, and GPT-2 124M's 1,024 programs fill 132 SMs in ~1 and ~2 waves. [4, D] tiles took
-# 126 and 206 registers: half the resident warps for the same waves.
+# Rows per program, rows per step of its loop ([CHUNK, D] tiles in registers) and warps per program: a guess
+# from ptxas's register counts, not yet timed (docs/benchmarks.md; scripts/bench_variants.py times others).
 ROWS, CHUNK, WARPS = 64, 2, 4
 
 

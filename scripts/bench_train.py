@@ -53,7 +53,9 @@ def parse_args():
     model_variants.add_flags(parser)
     parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
     parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
-    return parser.parse_args()
+    args = parser.parse_args()
+    model_variants.check_flags(parser, args)
+    return args
 
 
 args = parse_args()
@@ -154,9 +156,9 @@ def ours(shape, batch, dtype, n_steps, model_options, profile=False):
     return seconds, memory.get("peak_bytes_in_use"), attention
 
 
-# Which library or compiler wrote a GPU kernel, from its name (the first match; "other" if none)
+# Which library or compiler wrote a GPU kernel, from its name (the first match; "other" if none: memcpy, memset)
 KERNEL_KINDS = (("fused add+LayerNorm (Pallas)", r"add_layer_norm"), ("attention (cuDNN)", r"sdpa|fmha|flash|cudnn"),
-                ("matmul (cuBLAS)", r"gemm|xmma|nvjet|cutlass|cublas"),
+                ("matmul (cuBLAS, XLA's Triton)", r"gemm|xmma|nvjet|cutlass|cublas"),
                 ("XLA fusions", r"fusion|^loop_|^input_|^wrapped_|reduce|transpose|concatenate|slice|copy"))
 
 

@@ -33,7 +33,7 @@ VARIANTS = {
     "fused-norm+residual-bf16": ([], ["--fused-norm", "--residual-dtype", "bfloat16"]),
     "fused-norm+split-qkv+residual-bf16": ([], ["--fused-norm", "--split-qkv", "--residual-dtype", "bfloat16"]),
     "fused-norm-4-row-tiles": ([], ["--fused-norm", "--fused-norm-tiles", "64,4,4"]),  # half its resident warps
-    "fused-norm-1-row-tiles": ([], ["--fused-norm", "--fused-norm-tiles", "16,1,4"]),  # ~2x them, worse waves
+    "fused-norm-1-row-tiles": ([], ["--fused-norm", "--fused-norm-tiles", "16,1,4"]),  # more warps, emptier last wave
     "autodiff-gelu": ([], ["--autodiff-gelu"]),  # the GELU before gelu.py: what that change gave
     "split-qkv": ([], ["--split-qkv"]),
     "residual-bf16": ([], ["--residual-dtype", "bfloat16"]),

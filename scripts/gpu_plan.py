@@ -42,6 +42,7 @@ def parse_args():
     parser.add_argument("--top", type=int, default=15, help="fusion groups to list")
     parser.add_argument("--save-hlo", metavar="PATH", help="also write the optimized HLO text here")
     args = parser.parse_args()
+    model_variants.check_flags(parser, args)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size} must be at least 1")
     if args.save_hlo and not Path(args.save_hlo).resolve().parent.is_dir():
@@ -104,8 +105,9 @@ def main():
     if args.save_hlo:
         Path(args.save_hlo).write_text(text)
     memory = compiled.memory_analysis()
+    tiles = f" tiles {','.join(map(str, args.fused_norm_tiles))}" if args.fused_norm_tiles else ""
     print(f"# {args.gpu}, B={args.batch_size}, residual {args.residual_dtype}, split_qkv={args.split_qkv}, "
-          f"fused_norm={args.fused_norm}{' tiles ' + str(args.fused_norm_tiles) if args.fused_norm_tiles else ''}, "
+          f"fused_norm={args.fused_norm}{tiles}, "
           f"gelu {'autodiff' if args.autodiff_gelu else 'gelu.py'}, XLA_FLAGS={os.environ['XLA_FLAGS']}")
     print(f"memory: arguments {memory.argument_size_in_bytes / 2**30:.1f} GiB, "
           f"temporaries {memory.temp_size_in_bytes / 2**30:.1f} GiB")

@@ -3,6 +3,8 @@
 Argparse only at import: bench_train.py reads its flags before JAX starts.
 """
 
+import argparse
+
 
 def add_flags(parser) -> None:
     parser.add_argument("--residual-dtype", choices=("float32", "bfloat16"), default="float32",
@@ -12,21 +14,27 @@ def add_flags(parser) -> None:
                         help="ours with each residual add and LayerNorm as one Pallas kernel (layer_norm_kernel.py)")
     parser.add_argument("--fused-norm-tiles", type=_tiles, metavar="ROWS,CHUNK,WARPS",
                         help="with --fused-norm: the kernel's rows per program, rows per tile and warps per "
-                             "program, in place of layer_norm_kernel.py's (64,2,4)")
+                             "program, in place of layer_norm_kernel.py's (64,2,4); not for --cli-steps' run")
     parser.add_argument("--autodiff-gelu", action="store_true",
                         help="ours with the GELU's gradient by autodiff of jax.nn.gelu, as before gelu.py")
 
 
-def _tiles(text: str) -> tuple[int, int, int]:
-    """ROWS,CHUNK,WARPS: powers of two, CHUNK dividing ROWS (what the kernel's loops and Triton need)."""
-    import argparse
+def check_flags(parser, args) -> None:
+    """One-line usage errors (exit 2) for combinations that argparse's types cannot see."""
+    if args.fused_norm_tiles and not args.fused_norm:
+        parser.error("--fused-norm-tiles retiles the fused kernel: it needs --fused-norm")
 
+
+def _tiles(text: str) -> tuple[int, int, int]:
+    """ROWS,CHUNK,WARPS: powers of two, CHUNK <= ROWS (the kernel's loop), CHUNK <= 16 (Triton's 2^20 elements
+    a tile at D <= 65,536), WARPS <= 32 (1,024 threads a program)."""
     try:
         rows, chunk, warps = (int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ROWS,CHUNK,WARPS (three integers), got {text!r}") from None
-    if not all(n > 0 and n & (n - 1) == 0 for n in (rows, chunk, warps)) or chunk > rows:
-        raise argparse.ArgumentTypeError(f"expected powers of two with CHUNK <= ROWS, got {text!r}")
+    if not all(n > 0 and n & (n - 1) == 0 for n in (rows, chunk, warps)) or chunk > min(rows, 16) or warps > 32:
+        raise argparse.ArgumentTypeError(f"expected powers of two with CHUNK <= ROWS, CHUNK <= 16 and WARPS <= 32, "
+                                         f"got {text!r}")
     return rows, chunk, warps
 
 
@@ -42,8 +50,6 @@ def model_options(args) -> dict:
 
     if args.autodiff_gelu:
         model.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
-    if args.fused_norm_tiles and not args.fused_norm:
-        raise SystemExit("error: --fused-norm-tiles retiles the fused kernel: it needs --fused-norm")
     if args.fused_norm_tiles:  # read by the kernels when they are traced, so before any step is compiled
         layer_norm_kernel.ROWS, layer_norm_kernel.CHUNK, layer_norm_kernel.WARPS = args.fused_norm_tiles
     return {"residual_dtype": jnp.dtype(args.residual_dtype), "split_qkv": args.split_qkv,
