@@ -18,7 +18,7 @@ def get_config():
     c.vocab_pad_multiple = 1  # 257 byte ids: nothing to gain
     c.dtype = "float32"  # XLA's CPU matmuls are no faster in bfloat16
     c.tokens_per_step = 12 * 64  # 12 windows per step...
-    c.batch_size = 6  # ...as 2 micro-batches of 6: each one's activations stay in a core's cache (38 vs 55 ms a step)
+    c.batch_size = 6  # ...as 2 micro-batches of 6: each one's activations stay in a core's cache (26 vs 38 ms a step)
     c.learning_rate, c.min_lr_ratio = 1e-3, 0.1
     c.warmup_steps, c.max_steps = 100, 2000
     c.b2 = 0.99  # the small batch makes the gradient noisy; a shorter second-moment memory helps

@@ -1,7 +1,7 @@
 """Hugging Face checkpoints <-> ours, from the command line: `python -m gpt2_jax.convert`.
 
     python -m gpt2_jax.convert --from-hf gpt2 --out gpt2_flax          # -> config.json + params/
-    python -m gpt2_jax.convert --to-hf runs/shakespeare --out hf_out    # -> an HF model directory
+    python -m gpt2_jax.convert --to-hf runs/shakespeare_byte --out hf_out    # -> an HF model directory
 
 Each takes any model reference: a hub name, an HF directory, a params directory or a training
 workdir (its newest readable checkpoint). --to-hf writes config.json + model.safetensors that

@@ -1,4 +1,4 @@
-"""Evaluation: validation loss and bits per byte, and HellaSwag, of a model's params on a mesh; and its CLI.
+"""Evaluate models from the command line: validation loss, bits per byte and HellaSwag, side by side.
 
     python -m gpt2_jax.evaluate --model gpt2 --model runs/gpt2_124m --tasks val_loss,hellaswag \\
         --data-dir data/fineweb_edu_10b [--val-tokens N] --hellaswag official [--limit N] [--out eval.json]

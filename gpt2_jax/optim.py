@@ -23,6 +23,15 @@ def learning_rate_schedule(config) -> optax.Schedule:
     )
 
 
+def learning_rates(config, earlier: dict, step: int) -> tuple[float, float]:
+    """Optimizer step `step`'s learning rate (optax counts from 0) with the `earlier` values of settings
+    ({key: value}; those the schedule does not read are ignored) and with `config`'s: (then, now)."""
+    then = config.copy_and_resolve_references()
+    for key in ("learning_rate", "warmup_steps", "max_steps", "min_lr_ratio"):  # what the schedule reads
+        then[key] = earlier.get(key, config[key])
+    return float(learning_rate_schedule(then)(step)), float(learning_rate_schedule(config)(step))
+
+
 def decay_mask(params):
     """True for the matrices (ndim >= 2), which weight decay applies to."""
     return jax.tree.map(lambda x: x.ndim >= 2, params)

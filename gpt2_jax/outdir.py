@@ -26,7 +26,7 @@ def refuse_other_kind(out_dir: str | Path, same_kind: Callable[[Path], bool], ki
         if not out_dir.is_dir():
             raise OutputError(f"{out_dir} is a file; choose another --out, or pass --overwrite to replace it")
         if any(out_dir.iterdir()) and not same_kind(out_dir):
-            raise OutputError(f"{out_dir} is not empty and not a {kind}; choose another --out, "
+            raise OutputError(f"{out_dir} is not empty and not just a {kind}; choose another --out, "
                               "or pass --overwrite to replace it")
     return out_dir
 

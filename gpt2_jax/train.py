@@ -23,7 +23,7 @@ from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sh
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2
-from gpt2_jax.optim import learning_rate_schedule, make_optimizer
+from gpt2_jax.optim import learning_rate_schedule, learning_rates, make_optimizer
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
@@ -112,11 +112,12 @@ class Run:
         self.model_config, self.meta = model_config, meta  # written to the workdir when the first step starts (loop)
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
-        if restored and changed:  # init_from is read only at a first start; a longer run restretches the schedule
-            stretched = any(change.startswith("max_steps") for change in changed) and c.min_lr_ratio < 1
-            print(f"settings changed since this run's last start: {', '.join(changed)}" + (
-                "; the cosine schedule now decays to the new max_steps, so the learning rate rises again"
-                if stretched else ""))
+        if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start
+            was, now = learning_rates(c, {key: before for key, (before, _) in changed.items()}, self.start)
+            print("settings changed since this run's last start: " + ", ".join(
+                f"{key} {before} -> {value}" for key, (before, value) in changed.items()) + (
+                f"; the next step's learning rate is {now:.3g}, {'up' if now > was else 'down'} from {was:.3g}"
+                if now != was else ""))
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
@@ -161,6 +162,9 @@ class Run:
                 if evaluate:
                     self.evaluate(step)
                 if self.stop.signal and not last:
+                    if not save:  # it came after this step's save was decided (during the evaluation): save now
+                        self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending))
+                        self.save(step)
                     print(f"{self.stop.signal}: saved step {step} in {self.workdir}; rerun the same command to resume")
                     self.stopped_by = self.stop.signal
                     break

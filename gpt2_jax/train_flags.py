@@ -22,7 +22,9 @@ def parse_flags(argv: list[str], help_text: str = ""):
     """(config, workdir) from the command line, every mistake a UserError naming the flag; --help prints
     `help_text` and the config keys."""
     if {"-h", "--help"} & set(argv):
-        print(f"{help_text}\nconfig keys (default, meaning):\n{train_config.describe()}")
+        print(f"{help_text}\nflags:\n  --config=FILE    a config file, configs/*.py (required)\n  --workdir=DIR    "
+              f"where the run writes, and resumes from (required)\n\nconfig keys (default, meaning):\n"
+              f"{train_config.describe()}")
         sys.exit(0)
     known = train_config.default_config().keys()
     for arg in argv[1:]:

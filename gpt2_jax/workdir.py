@@ -82,10 +82,10 @@ class WorkdirLock:
         return names in ([LOCK], [CHECKPOINTS, LOCK]) and not any((self.workdir / CHECKPOINTS).glob("*"))
 
 
-def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> list[str]:
+def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> dict[str, tuple]:
     """Refuse a workdir whose run trained another model, saved its state with other shapes or, with
     checkpoints to resume, read other data or another order of it; return the other settings that
-    changed since the run's last start ("lr 0.001 -> 0.0003"), for the console."""
+    changed since the run's last start, {key: (before, now)}."""
     if (workdir / MODEL_CONFIG).exists():
         saved = GPT2Config.from_json(workdir / MODEL_CONFIG).to_dict()
         changed = [f"{key} {saved[key]} -> {value}" for key, value in model_config.to_dict().items()
@@ -94,7 +94,7 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) 
             raise WorkdirError(f"{workdir} holds a run of another model ({', '.join(changed)} in config.json); "
                                "use a new --workdir")
     if not (workdir / TRAIN_CONFIG).exists():
-        return []
+        return {}
     try:
         saved = json.loads((workdir / TRAIN_CONFIG).read_text())
     except (OSError, ValueError) as error:
@@ -110,7 +110,7 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) 
         raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
                            "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
     as_saved = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as train_config.json holds them
-    return [f"{key} {saved[key]} -> {value}" for key, value in as_saved.items() if key in saved and saved[key] != value]
+    return {key: (saved[key], value) for key, value in as_saved.items() if key in saved and saved[key] != value}
 
 
 def data_fingerprint(meta: dict) -> str:

@@ -45,7 +45,8 @@ def parse_args():
                         help="the models to time")
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="windows per step (default: the shape's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps, after the compiling one")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="timed steps after 3 warm-up ones, in rounds of 5 back to back (the median round)")
     parser.add_argument("--cpu-devices", type=int, default=1, help="split a CPU host into this many devices")
     parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
                         help="PyTorch runs to compare with")
@@ -77,15 +78,20 @@ from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.train_config import default_config  # noqa: E402
 
 
-def seconds_per_step(step, n_steps, warmup=3):
-    """Median of `n_steps` timed steps (each waits for its result) after `warmup`."""
+def seconds_per_step(step, wait, n_steps, warmup=3, per_round=5):
+    """Seconds per step, as a training loop runs them: `step()` launches one and returns its loss without
+    waiting, `wait(loss)` waits for it. After `warmup` steps, rounds of `per_round` steps back to back with
+    one wait at the end of each (both the train CLI and nanoGPT's loop wait only when they log); the median
+    round over `n_steps` steps."""
     for _ in range(warmup):
-        step()
+        wait(step())
     times = []
-    for _ in range(n_steps):
+    for _ in range(max(1, n_steps // per_round)):
         start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+        for _ in range(per_round):
+            loss = step()
+        wait(loss)
+        times.append((time.perf_counter() - start) / per_round)
     return statistics.median(times)
 
 
@@ -147,9 +153,9 @@ def ours(shape, batch, dtype, n_steps, model_options, profile=False):
 
     def step():
         state[0], metrics = compiled(state[0], windows)
-        metrics["loss"].block_until_ready()
+        return metrics["loss"]
 
-    seconds = seconds_per_step(step, n_steps)
+    seconds = seconds_per_step(step, jax.block_until_ready, n_steps)
     if profile:
         print_profile(step)
     memory = jax.devices()[0].memory_stats() or {}
@@ -170,7 +176,8 @@ def print_profile(step, n_steps=3):
         with jax.profiler.trace(trace_dir):
             start = time.perf_counter()
             for _ in range(n_steps):
-                step()
+                loss = step()
+            jax.block_until_ready(loss)
             wall = time.perf_counter() - start
         trace = ProfileData.from_file(str(next(Path(trace_dir).rglob("*.xplane.pb"))))
     for plane in trace.planes:
@@ -224,7 +231,7 @@ def torch_step(loss_fn, model, optimizer, dtype, device):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        return loss.detach()
 
     return step
 
@@ -332,7 +339,8 @@ def main():
         for batch in batches:
             for peer in peers:
                 peer_step = {"transformers": transformers_step, "torch-compile": nanogpt_step}[peer]
-                peer_seconds[batch, peer] = seconds_per_step(peer_step(shape, batch, args.dtype, device), args.steps)
+                peer_seconds[batch, peer] = seconds_per_step(peer_step(shape, batch, args.dtype, device),
+                                                              lambda loss: loss.item(), args.steps)
                 print(f"# {peer} {name} B={batch}: {batch * block / peer_seconds[batch, peer]:,.0f} tok/s", flush=True)
                 del peer_step
                 if device == "cuda":

@@ -224,12 +224,12 @@ def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path)
     (tmp_path / "notes" / "todo.txt").write_text("mine")
     (tmp_path / "file").write_text("a file")
     before = snapshot(tmp_path)
-    for out, message in [(workdir, "is not empty and not a params directory"),
-                         (tmp_path / "notes", "is not empty and not a params directory"),
+    for out, message in [(workdir, "is not empty and not just a params directory"),
+                         (tmp_path / "notes", "is not empty and not just a params directory"),
                          (tmp_path / "file", "is a file")]:
         assert_one_line_error(convert("--from-hf", str(hf_dir), "--out", str(out)), f"{out} {message}")
     assert_one_line_error(convert("--to-hf", str(hf_dir / "no"), "--out", str(tmp_path / "notes")),
-                          "is not empty and not a Hugging Face model directory")
+                          "is not empty and not just a Hugging Face model directory")
     assert snapshot(tmp_path) == before
     result = convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "notes"), "--overwrite")
     assert result.returncode == 0, result.stderr

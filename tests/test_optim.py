@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from gpt2_jax.optim import decay_mask, learning_rate_schedule, make_optimizer
+from gpt2_jax.optim import decay_mask, learning_rate_schedule, learning_rates, make_optimizer
 from gpt2_jax.train_config import default_config
 
 
@@ -27,6 +27,23 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor(config):
     assert float(schedule(1000)) == pytest.approx(1e-4) and float(schedule(5000)) == pytest.approx(1e-4)
     values = [float(schedule(s)) for s in range(100, 1001, 50)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def cosine(step, peak, floor, warmup, total):  # the schedule by hand: past warmup, cosine from peak to floor
+    return floor + 0.5 * (peak - floor) * (1 + np.cos(np.pi * (step - warmup) / (total - warmup)))
+
+
+def test_learning_rates_before_and_after_a_change_of_settings(config):
+    """A resumed run names what its changed settings do to the next step's rate: a later max_steps raises
+    it, an earlier one lowers it, a new peak scales it, settings the schedule does not read change nothing."""
+    later, earlier = learning_rates(config, {"max_steps": 500}, 400), learning_rates(config, {"max_steps": 2000}, 400)
+    assert later == pytest.approx((cosine(400, 1e-3, 1e-4, 100, 500), cosine(400, 1e-3, 1e-4, 100, 1000)))
+    assert later[0] < later[1] and earlier[0] > earlier[1]
+    assert earlier[0] == pytest.approx(cosine(400, 1e-3, 1e-4, 100, 2000))
+    then, now = learning_rates(config, {"learning_rate": 3e-3, "seed": 7, "batch_size": 4}, 400)
+    assert then == pytest.approx(3 * now) and now == pytest.approx(cosine(400, 1e-3, 1e-4, 100, 1000))
+    assert learning_rates(config, {"seed": 7}, 400)[0] == learning_rates(config, {}, 400)[1]
+    assert config.max_steps == 1000 and config.learning_rate == 1e-3  # the run's config is not touched
 
 
 def test_weight_decay_touches_matrices_only(config):

@@ -294,6 +294,30 @@ def test_a_stop_signal_during_setup_stops_before_the_first_step(shakespeare_byte
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_stop_signal_during_an_evaluation_saves_the_step_it_evaluated(shakespeare_bytes, tmp_path, monkeypatch,
+                                                                       capsys):
+    """The step's save was decided before its evaluation began: a signal that comes during the evaluation
+    (HellaSwag can take minutes) still saves that step before stopping, as the console says."""
+    import gpt2_jax.train as train_module
+
+    evaluate = train_module.Run.evaluate
+
+    def sigterm_while_evaluating(self, step):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self, step)
+
+    monkeypatch.setattr(train_module.Run, "evaluate", sigterm_while_evaluating)
+    config = tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=5, checkpoint_every=1000)
+    with pytest.raises(train_module.Stopped) as stopped:
+        train(config, tmp_path)
+    assert stopped.value.signum == signal.SIGTERM and [row["step"] for row in stopped.value.rows][-1] == 5
+    assert f"SIGTERM: saved step 5 in {tmp_path}" in capsys.readouterr().out
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["5"]
+    monkeypatch.setattr(train_module.Run, "evaluate", evaluate)
+    rows = train(config, tmp_path)
+    assert "resuming from step 5" in capsys.readouterr().out and rows[0]["step"] == 6
+
+
 def test_a_stop_signal_after_the_last_step_changes_nothing(shakespeare_bytes, tmp_path, monkeypatch, capsys):
     """The run is finished: no Stopped (the CLI exits 0, a scheduler does not rerun it), no "rerun" advice."""
     import gpt2_jax.train as train_module

@@ -110,7 +110,10 @@ def test_a_resume_refuses_other_data_or_another_seed_and_names_other_changes(tra
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
     changed = next(line for line in resumed.stdout.splitlines() if line.startswith("settings changed since this run"))
     assert f"data_dir {shakespeare_bytes} -> {moved}" in changed and "learning_rate 0.003 -> 0.001" in changed
-    assert "max_steps 20 -> 30" in changed and changed.endswith("so the learning rate rises again")
+    assert "max_steps 20 -> 30" in changed and "; the next step's learning rate is " in changed
+    # Step 21's rate: it was the old schedule's floor (step 20 of 20), now the new cosine's (5 warmup, 30 steps).
+    was, now = 0.003 * 0.1, 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + np.cos(np.pi * (20 - 5) / (30 - 5)))
+    assert changed.endswith(f"; the next step's learning rate is {now:.3g}, up from {was:.3g}"), changed
 
 
 def test_a_flipped_bit_fails_its_checksum_and_the_step_before_is_restored(trained, shakespeare_bytes, tmp_path,
