@@ -1,11 +1,15 @@
 """Our model directories on disk: params directories, and a training workdir's newest good params.
 
-    params directory:  DIR/config.json + DIR/params/                  (convert --from-hf)
-    training workdir:  DIR/config.json + DIR/checkpoints/<step>/...   (train_checkpoints.py)
+    params directory:  DIR/config.json + DIR/params/ + DIR/checksums.json  (convert --from-hf)
+    training workdir:  DIR/config.json + DIR/checkpoints/<step>/...        (train_checkpoints.py)
+
+A params directory's checksums.json holds integrity.py's checksum of every array, checked when it is
+loaded: orbax would give back a flipped bit as a wrong weight. (Directories written before it have none.)
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -15,7 +19,7 @@ from gpt2_jax import integrity, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.train_checkpoints import CHECKPOINTS, CheckpointError, TrainCheckpoints
 
-PARAMS = "params"
+PARAMS, CHECKSUMS = "params", "checksums.json"
 PARAMS_DIR = "params directory (config.json + params/)"
 
 
@@ -25,6 +29,7 @@ def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool
         config.to_json(directory / "config.json")
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(directory / PARAMS, params)
+        (directory / CHECKSUMS).write_text(json.dumps(integrity.checksums(params), indent=0))
 
     outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR, overwrite)
 
@@ -49,17 +54,38 @@ def load_params(path: str | Path) -> tuple[GPT2Config, dict]:
     config = GPT2Config.from_json(path / "config.json")
     integrity.quiet_orbax_failures()
     if (path / PARAMS).is_dir():
-        try:
-            with ocp.StandardCheckpointer() as checkpointer:
-                return config, checkpointer.restore(path / PARAMS, _single_device(checkpointer.metadata(path / PARAMS)))
-        except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            raise CheckpointError(f"{path / PARAMS}: unreadable ({type(error).__name__})") from None
+        return config, _checked(path, _read_params(path / PARAMS))
     checkpoints = TrainCheckpoints(path, read_only=True)
     try:
         restored = checkpoints.restore_latest(lambda metadata: {PARAMS: _single_device(metadata[PARAMS])})
     finally:
         checkpoints.close()
     return config, restored[1][PARAMS]
+
+
+def _read_params(params_dir: Path):
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(params_dir, _single_device(checkpointer.metadata(params_dir)))
+    except Exception as error:  # orbax/tensorstore raise many types for damaged files
+        raise CheckpointError(f"{params_dir}: unreadable ({type(error).__name__})") from None
+
+
+def _checked(path: Path, params):
+    """`params` read from the params directory `path`, if they match its checksums.json (where it has one)."""
+    if not (path / CHECKSUMS).exists():
+        return params
+    try:
+        saved = json.loads((path / CHECKSUMS).read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path / CHECKSUMS}: unreadable ({error})") from None
+    damaged = integrity.first_corrupt_leaf(params, saved)
+    if damaged:
+        raise CheckpointError(f"{path / PARAMS}: corrupt ({damaged} differs from its checksum); write it again "
+                              "(python -m gpt2_jax.convert --from-hf ... --overwrite)")
+    return params
 
 
 def _single_device(metadata_tree):

@@ -19,3 +19,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of `python -m gpt2_jax.{name}`, described by its module docstring `doc`."""
     return argparse.ArgumentParser(prog=f"python -m gpt2_jax.{name}", description=doc, formatter_class=HelpFormatter)
+
+
+def at_least(minimum: int):
+    """An argparse `type`: an integer >= `minimum` ("--steps 0" is refused with what it must be)."""
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return integer

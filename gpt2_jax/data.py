@@ -47,6 +47,7 @@ class WindowSource:
 
     def __init__(self, data_dir: str | Path, split: str, block_size: int):
         self.meta, opened = shards.open_split(data_dir, split)
+        self.data_dir = Path(data_dir)
         self.block_size = block_size
         self.segments = [(tokens, s) for tokens, s in opened if s.stop - s.start > block_size]
         counts = [(s.stop - s.start - 1) // block_size for _, s in self.segments]
@@ -62,9 +63,7 @@ class WindowSource:
         tokens, segment = self.segments[k]
         start = segment.start + (index - int(self.first_window[k])) * self.block_size
         window = np.asarray(tokens[start : start + self.block_size + 1], dtype=np.int32)
-        if window.max() >= self.meta["vocab_size"]:
-            raise DataError(f"{segment.file}: corrupt shard (token {window.max()} near offset {start} is "
-                            f"outside the vocabulary of {self.meta['vocab_size']})")
+        check_vocabulary(window, self.meta["vocab_size"], self.data_dir / segment.file, start)
         return window
 
 
@@ -81,9 +80,31 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
 
 
+def read_split(data_dir: str | Path, split: str, max_tokens: int = 0) -> tuple[dict, np.ndarray]:
+    """(meta, the split's first `max_tokens` tokens (0: all) in one array), reading no further, each id checked."""
+    meta, opened = shards.open_split(data_dir, split)
+    if not sum(segment.stop - segment.start for _, segment in opened):
+        raise DataError(f"{data_dir}: the {split} split has no tokens; prepare the data into a new --out "
+                        "with a --val-fraction that gives it some")
+    pieces, left = [], max_tokens or sum(segment.stop - segment.start for _, segment in opened)
+    for tokens, segment in opened:
+        pieces.append(np.asarray(tokens[segment.start : min(segment.stop, segment.start + left)]))
+        check_vocabulary(pieces[-1], meta["vocab_size"], Path(data_dir) / segment.file, segment.start)
+        left -= pieces[-1].size
+    return meta, np.concatenate(pieces)
+
+
+def check_vocabulary(tokens: np.ndarray, vocab_size: int, path: Path, offset: int) -> None:
+    """Refuse ids >= vocab_size (what a damaged shard holds) in `tokens`, read from shard `path` at `offset`."""
+    if tokens.size and tokens.max() >= vocab_size:
+        first = int(np.argmax(tokens >= vocab_size))
+        raise DataError(f"{path}: corrupt shard (token {tokens[first]} at offset {offset + first} is outside "
+                        f"the vocabulary of {vocab_size})")
+
+
 def read_documents(data_dir: str | Path, max_tokens: int = 0) -> list[str]:
     """The text of the val split's first `max_tokens` tokens (0: all), as documents (module docstring)."""
-    meta, tokens = shards.read_split(data_dir, "val", max_tokens)
+    meta, tokens = read_split(data_dir, "val", max_tokens)
     pieces = np.split(tokens, np.flatnonzero(tokens == meta["eot_token"]))  # each after the first: eot + document
     decode = get_tokenizer(meta["tokenizer"]).decode_bytes
     return [decode(piece[i > 0 :].tolist()).decode("utf-8", errors="ignore") for i, piece in enumerate(pieces)]

@@ -102,7 +102,9 @@ def quiet_orbax_failures() -> None:
     logging.getLogger("asyncio").addFilter(lambda record: "never retrieved" not in record.getMessage())
     # Its reads abandoned by a failure may also be dropped unstarted, each a warning at exit (we run no coroutines).
     warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
-    logging.getLogger("absl").addFilter(lambda record: record.levelno < logging.ERROR or "orbax" not in record.pathname)
+    # Its errors, and its warnings that a step's metadata is missing: the caller names the damaged step in one line.
+    logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname or record.levelno < logging.WARNING
+                                        or record.levelno < logging.ERROR and "does not exist" not in record.getMessage())
 
 
 def failure_reason(error: BaseException) -> str:

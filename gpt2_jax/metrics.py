@@ -107,7 +107,7 @@ class MetricsWriter:
         self.tensorboard.flush()
 
     def begin(self) -> None:
-        """The first step is about to run: drop the rows after the resume step, start TensorBoard's events."""
+        """The first step has run: drop the rows after the resume step, start TensorBoard's events."""
         if not self.enabled or self.tensorboard is not None:
             return
         from tensorboardX import SummaryWriter

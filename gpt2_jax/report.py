@@ -26,6 +26,8 @@ from gpt2_jax.shards import read_meta
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
+# What evaluate_baseline reads of the run's train_config.json.
+BASELINE_SETTINGS = ("data_dir", "block_size", "batch_size", "eval_batches", "hellaswag", "hellaswag_limit")
 
 
 def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
@@ -66,6 +68,9 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
     if baseline:
         try:
             settings = json.loads((workdir / "train_config.json").read_text(encoding="utf-8"))
+            missing = [key for key in BASELINE_SETTINGS if key not in settings] if isinstance(settings, dict) else ()
+            if not isinstance(settings, dict) or missing:
+                raise ValueError(f"no {', '.join(missing)}" if missing else "not a JSON object")
         except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
             raise UserError(f"{workdir / 'train_config.json'}: unreadable ({error})") from None
         values, notes = evaluate_baseline(baseline, settings)

@@ -22,6 +22,7 @@ from gpt2_jax.errors import UserError
 META = "meta.json"
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids and the 257 byte ids both fit
 COMPLETE_KEYS = ("tokenizer", "vocab_size", "eot_token", "shards", "splits")  # what readers of meta.json use
+PREPARE_AGAIN = "; prepare the data again with python -m gpt2_jax.prepare"
 
 
 class DataError(UserError):
@@ -76,8 +77,36 @@ def read_meta(data_dir: str | Path, complete: bool = True) -> dict:
         raise DataError(f"{data_dir}: preparation did not finish; rerun the same prepare command to resume it")
     missing = [key for key in (COMPLETE_KEYS if complete else ()) if key not in meta]
     if missing:
-        raise DataError(f"{path}: no {', '.join(missing)}; prepare the data again with python -m gpt2_jax.prepare")
+        raise DataError(f"{path}: no {', '.join(missing)}{PREPARE_AGAIN}")
+    if complete:
+        check_meta(path, meta)
     return meta
+
+
+def check_meta(path: Path, meta: dict) -> None:
+    """Refuse a meta.json that contradicts itself (a hand edit, or files of two preparations mixed): an
+    eot_token outside the vocabulary, a split segment of a shard it does not list or past that shard's end."""
+    vocab_size, eot = meta["vocab_size"], meta["eot_token"]
+    if not (_is_count(vocab_size) and _is_count(eot) and eot < vocab_size):
+        raise DataError(f"{path}: vocab_size={vocab_size!r}, eot_token={eot!r}: need ints with "
+                        f"0 <= eot_token < vocab_size{PREPARE_AGAIN}")
+    try:
+        sizes = {shard["file"]: shard["tokens"] for shard in meta["shards"]}
+        segments = {f"splits.{name}[{i}]": Segment(**entry)
+                    for name, entries in meta["splits"].items() for i, entry in enumerate(entries)}
+    except (TypeError, KeyError, AttributeError):  # not lists of {file, tokens} and of {file, start, stop}
+        raise DataError(f"{path}: shards or splits are not as prepare writes them{PREPARE_AGAIN}") from None
+    for where, segment in segments.items():
+        file, start, stop = segment.file, segment.start, segment.stop
+        if not isinstance(file, str) or file not in sizes:
+            raise DataError(f"{path}: {where} reads {file!r}, which is not in shards{PREPARE_AGAIN}")
+        if not (_is_count(start) and _is_count(stop) and _is_count(sizes[file]) and start <= stop <= sizes[file]):
+            raise DataError(f"{path}: {where} is tokens [{start!r}, {stop!r}) of {file}, which holds {sizes[file]!r}: "
+                            f"need 0 <= start <= stop <= its tokens{PREPARE_AGAIN}")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def split_segments(shards: list[dict], val_tokens: int) -> dict[str, list[Segment]]:
@@ -115,13 +144,3 @@ def open_split(data_dir: str | Path, split: str) -> tuple[dict, list[tuple[np.nd
                             f"{META} says uint16[{sizes[segment.file]}])")
         opened.append((tokens, segment))
     return meta, opened
-
-
-def read_split(data_dir: str | Path, split: str, max_tokens: int = 0) -> tuple[dict, np.ndarray]:
-    """(meta, the split's first `max_tokens` tokens (0: all) in one array), reading no further."""
-    meta, opened = open_split(data_dir, split)
-    pieces, left = [], max_tokens or sum(segment.stop - segment.start for _, segment in opened)
-    for tokens, segment in opened:
-        pieces.append(np.asarray(tokens[segment.start : min(segment.stop, segment.start + left)]))
-        left -= pieces[-1].size
-    return meta, np.concatenate(pieces)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
+from gpt2_jax.device_errors import initialize_distributed, out_of_memory_as_user_error
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2
@@ -32,6 +33,9 @@ from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.train_flags import parse_flags
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
 
+OUT_OF_MEMORY_ADVICE = ("lower batch_size (tokens_per_step stays, as more micro-batches), set remat=True, shard "
+                        "over more devices with fsdp, or train a smaller model")
+
 
 def train(config, workdir: str | Path) -> list[dict]:
     """Train until config.max_steps; returns the metrics rows logged by this call. A stop signal (SIGTERM,
@@ -42,13 +46,14 @@ def train(config, workdir: str | Path) -> list[dict]:
     """
     accelerator.split_cpu(config.cpu_devices)
     if config.distributed:
-        jax.distributed.initialize()
+        initialize_distributed()
     lock = WorkdirLock(Path(workdir).absolute())
     try:
         mesh = sharding.make_mesh(config.fsdp)
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
-        with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop:  # mesh: for Pallas attention
+        with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop, \
+                out_of_memory_as_user_error(OUT_OF_MEMORY_ADVICE):  # mesh: for Pallas attention
             run = Run(config, lock, mesh, stop)
             rows = run.loop()
     finally:
@@ -139,10 +144,6 @@ class Run:
                 print(f"{self.stop.signal} before the first step: stopped, nothing trained")
                 self.stopped_by = self.stop.signal
                 return self.logged
-            # Only now: a start that trains nothing (refused, failed, stopped, already done) changes nothing.
-            if self.process == 0 and self.start < c.max_steps:
-                write_settings(self.workdir, self.model_config, c, self.meta)
-                self.writer.begin()
             for step in range(self.start + 1, c.max_steps + 1):
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
                 self.checkpoints.check()  # a background save that failed stops the run now
@@ -150,6 +151,10 @@ class Run:
                     self.log_train(*pending, newest=(step, step_metrics))
                 if step == self.start + 1:  # the first step compiles: throughput is measured from its end
                     self.clock.start(step, step_metrics)
+                    # Only now: a start that trains nothing (refused, failed, stopped, out of memory) changes nothing.
+                    if self.process == 0:
+                        write_settings(self.workdir, self.model_config, c, self.meta)
+                        self.writer.begin()
                 last = step == c.max_steps
                 pending = (step, step_metrics) if step % c.log_every == 0 or last else None
                 save = step % c.checkpoint_every == 0 or last or self.stop.signal

@@ -79,12 +79,12 @@ def accumulation_steps(c: ml_collections.ConfigDict) -> int:
 
 def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, platform: str = "") -> None:
     """Raise ConfigError naming the first key that cannot work, and what would (`platform`: jax's backend)."""
-    for key in ("batch_size", "block_size", "tokens_per_step", "max_steps", "n_layer", "n_head", "n_embd"):
+    for key in ("batch_size", "block_size", "tokens_per_step", "max_steps", "n_layer", "n_head", "n_embd",
+                "vocab_pad_multiple"):
         if c[key] < 1:
             raise ConfigError(f"{key}={c[key]} must be at least 1")
     micro_tokens = c.batch_size * c.block_size
-    checks = [
-        (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
+    checks = optimizer_checks(c) + [
         (0 <= c.seed < 2**32, f"seed={c.seed} must be in [0, 2**32)"),
         (c.attention_impl != "cudnn" or platform in ("", "gpu", "cuda"),
          f"attention_impl='cudnn' needs an NVIDIA GPU, not {platform}; use '' (jax picks) or 'xla'"),
@@ -100,18 +100,34 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
         (c.batch_size % n_processes == 0, f"batch_size={c.batch_size} does not split over {n_processes} processes"),
         (c.fsdp >= 0 and n_devices % (c.fsdp or n_devices) == 0,
          f"fsdp={c.fsdp} does not divide the {n_devices} device{'s' * (n_devices != 1)}"),
-        (0 <= c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps}"),
-        (0 < c.min_lr_ratio <= 1, f"min_lr_ratio={c.min_lr_ratio} must be in (0, 1]"),
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1,
          "log_every, checkpoint_every and keep_checkpoints must be >= 1"),
         (c.eval_every >= 0 and c.eval_batches >= 0, "eval_every and eval_batches must be >= 0 (0: never / all)"),
-        (min(c.num_samples, c.sample_tokens, c.hellaswag_limit, c.cpu_devices, c.peak_flops) >= 0,
+        (all(c[key] >= 0 for key in ("num_samples", "sample_tokens", "hellaswag_limit", "cpu_devices", "peak_flops")),
          "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
         (c.sample_prompt or not c.num_samples, "sample_prompt is empty; give one, or set num_samples=0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def optimizer_checks(c: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """(ok, message) for the schedule's and AdamW's keys; a NaN fails every range (its comparisons are False)."""
+    return [
+        (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
+        (0 < c.min_lr_ratio <= 1, f"min_lr_ratio={c.min_lr_ratio} must be in (0, 1]"),
+        (c.warmup_steps >= 0, f"warmup_steps={c.warmup_steps} must be >= 0 (0: no warmup)"),
+        (c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps}"),
+        (0 <= c.b1 < 1, f"b1={c.b1} must be in [0, 1)"),
+        (0 <= c.b2 < 1, f"b2={c.b2} must be in [0, 1)"),
+        # eps keeps the update finite where a gradient is always 0 (the padded vocabulary's rows).
+        (0 < c.eps < math.inf, f"eps={c.eps} must be a finite number > 0"),
+        (0 <= c.weight_decay < math.inf, f"weight_decay={c.weight_decay} must be a finite number >= 0 (0: no decay)"),
+        # optax scales the gradient by grad_clip / its norm above grad_clip: 0 would zero every update.
+        (0 < c.grad_clip < math.inf,
+         f"grad_clip={c.grad_clip} must be a finite number > 0 (the largest gradient norm kept)"),
+    ]
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int, eot_token: int) -> GPT2Config:

@@ -8,6 +8,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gpt2_jax import hellaswag
+from gpt2_jax.config import ConfigError
 from gpt2_jax.data import WindowSource
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.model import GPT2
@@ -19,14 +20,20 @@ class TrainingEvaluation:
     """What the train loop runs every eval_every steps: val loss, HellaSwag if configured, samples."""
 
     def __init__(self, config, model: GPT2, mesh: jax.sharding.Mesh, tokenizer: Tokenizer):
+        """ConfigError if the sample prompt cannot be sampled: refused before the first step, not at the first
+        evaluation."""
         self.config, self.model, self.tokenizer = config, model, tokenizer
+        prompt_ids = tokenizer.encode(config.sample_prompt) if config.num_samples else []
+        if len(prompt_ids) > config.block_size:
+            raise ConfigError(f"sample_prompt is {len(prompt_ids)} tokens, longer than the context (block_size="
+                              f"{config.block_size}); shorten it, or set num_samples=0")
         examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else ()
         self.evaluate = Evaluator(model, mesh, tokenizer, config.batch_size,
                                   WindowSource(config.data_dir, "val", config.block_size),
                                   config.eval_batches * config.batch_size, examples)
         self.prompt = None
         if config.num_samples:
-            prompt = np.tile(tokenizer.encode(config.sample_prompt), (config.num_samples, 1))
+            prompt = np.tile(prompt_ids, (config.num_samples, 1))
             self.prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
 
     def __call__(self, params) -> tuple[dict, list[str]]:

@@ -34,13 +34,12 @@ def parse_flags(argv: list[str], help_text: str = ""):
     try:
         rest = flags.FLAGS(argv)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-        if config is not None:
-            config.keys()  # config_flags defers a load failure to the first use
+        hasattr(config, "keys")  # config_flags defers a load failure to the config's first use: raise it here
     except flags.Error as error:  # config_flags folds a config file's traceback into it: keep its last line
         head, _, trace = str(error).partition("Traceback (most recent call last):")
         raise UserError(head.strip() + (" " + trace.strip().splitlines()[-1] if trace.strip() else "")) from None
-    except OSError as error:  # config_flags reports a config file it cannot load this way
-        raise UserError(f"cannot load --config: {str(error).splitlines()[-1].strip()}") from None
+    except OSError as error:  # config_flags reports a config file it cannot load this way, the reason as its cause
+        raise UserError(f"cannot load --config: {unloadable_file(error.__cause__ or error)}") from None
     except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
         if isinstance(error, AttributeError) and "get_config" in str(error):
             raise UserError("cannot load --config: the file defines no get_config()") from None
@@ -48,6 +47,15 @@ def parse_flags(argv: list[str], help_text: str = ""):
     if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
     if not isinstance(config, ml_collections.ConfigDict):
-        raise UserError(f"cannot load --config: get_config() returned a {type(config).__name__}, not an "
-                        "ml_collections.ConfigDict (start from train_config.default_config())")
+        kind, path = type(config).__name__, config_flags.get_config_filename(flags.FLAGS["config"])
+        raise UserError(f"cannot load --config: get_config() returned {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
+                        f"not an ml_collections.ConfigDict; make {path} return train_config.default_config() with "
+                        "its changes")
     return config, workdir
+
+
+def unloadable_file(error: OSError) -> str:
+    """Why config_flags could not load the --config file, in one line."""
+    if isinstance(error, IsADirectoryError):
+        return f"{error.filename} is a directory, not a config file (configs/NAME.py)"
+    return str(error).splitlines()[-1].strip()

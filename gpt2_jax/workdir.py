@@ -41,6 +41,9 @@ class WorkdirLock:
     def acquire(self) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
             raise WorkdirError(f"{self.workdir} is a file, not a workdir; give a directory")
+        if (self.workdir / CHECKPOINTS).exists() and not (self.workdir / CHECKPOINTS).is_dir():
+            raise WorkdirError(f"{self.workdir / CHECKPOINTS} is a file, where the run keeps its checkpoints; "
+                               "move it away, or use another --workdir")
         try:
             self.created = not self.workdir.exists()
             self.workdir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from gpt2_jax import GPT2, from_hf, generate
-from gpt2_jax.cli import HelpFormatter
+from gpt2_jax.cli import HelpFormatter, at_least
 from gpt2_jax.config import PRESETS
 
 
@@ -34,10 +34,10 @@ def best_time(fn, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--preset", default="gpt2", choices=list(PRESETS), help="the model shape (GPT2Config.preset)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="samples generated together")
-    parser.add_argument("--prompt-len", type=int, default=8, help="prompt tokens")
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
+    parser.add_argument("--batch-sizes", type=at_least(1), nargs="+", default=[1, 8], help="samples generated together")
+    parser.add_argument("--prompt-len", type=at_least(1), default=8, help="prompt tokens")
+    parser.add_argument("--new-tokens", type=at_least(1), default=64, help="tokens generated per sample")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed runs; the best counts")
     args = parser.parse_args()
     try:  # the peer: needed to run, not to read --help
         import torch

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: the flags are read before jax starts)
+from gpt2_jax.cli import HelpFormatter, at_least  # noqa: E402  (argparse only: the flags are read before jax starts)
 import model_variants  # noqa: E402  (beside this script; argparse only too)
 SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), vocab
     "quickstart": (4, 4, 128, 64, 12, 257),
@@ -43,16 +43,16 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["quickstart", "gpt2-124m-256"], choices=list(SHAPES),
                         help="the models to time")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, help="windows per step (default: the shape's)")
+    parser.add_argument("--batch-sizes", nargs="+", type=at_least(1), help="windows per step (default: the shape's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--steps", type=int, default=20,
+    parser.add_argument("--steps", type=at_least(1), default=20,
                         help="timed steps after 3 warm-up ones, in rounds of 5 back to back (the median round)")
-    parser.add_argument("--cpu-devices", type=int, default=1, help="split a CPU host into this many devices")
+    parser.add_argument("--cpu-devices", type=at_least(1), default=1, help="split a CPU host into this many devices")
     parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
                         help="PyTorch runs to compare with")
     parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
     model_variants.add_flags(parser)
-    parser.add_argument("--cli-steps", type=int, default=0, help="also run the train CLI this many steps")
+    parser.add_argument("--cli-steps", type=at_least(0), default=0, help="also run the train CLI this many steps")
     parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
     args = parser.parse_args()
     model_variants.check_flags(parser, args)

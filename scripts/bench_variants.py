@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from gpt2_jax.cli import HelpFormatter  # noqa: E402  (argparse only: this process never starts JAX)
+from gpt2_jax.cli import HelpFormatter, at_least  # noqa: E402  (argparse only: this process never starts JAX)
 
 # name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags); the most promising
 # first, since the ones after --budget-s is spent are not run
@@ -52,8 +52,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--shape", default="gpt2-124m-1024", help="a bench_train.py shape")
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
-    parser.add_argument("--steps", type=int, default=15, help="timed steps per variant")
+    parser.add_argument("--batch-size", type=at_least(1), default=64, help="windows per step")
+    parser.add_argument("--steps", type=at_least(1), default=15, help="timed steps per variant")
     parser.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
     parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
     parser.add_argument("--peer", choices=("torch-compile", "transformers"),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 
-from gpt2_jax import shards
+from gpt2_jax import data
 from gpt2_jax.cli import HelpFormatter
 from gpt2_jax.data import read_documents
 from gpt2_jax.errors import exit_on_user_error
@@ -70,7 +70,7 @@ def train(config: str, workdir: Path) -> float:
 
 def bytes_per_token(data_dir: Path, tokenizer_name: str) -> float:
     """UTF-8 bytes per token of the train split (<|endoftext|> counted as a token of no bytes)."""
-    tokens = shards.read_split(data_dir, "train")[1]
+    tokens = data.read_split(data_dir, "train")[1]
     return get_tokenizer(tokenizer_name).token_bytes()[tokens].sum() / tokens.size
 
 

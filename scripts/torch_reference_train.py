@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,12 @@ def main():
     parser.add_argument("--train-windows", required=True, help=".npy [steps, batch, block_size + 1]")
     parser.add_argument("--val-windows", required=True, help=".npz with windows [n, block_size + 1] and weights [n]")
     args = parser.parse_args()
+    for flag, path, what in (("--init", Path(args.init) / "config.json", "an HF directory (config.json + weights)"),
+                             ("--config", Path(args.config), "a config file"),
+                             ("--train-windows", Path(args.train_windows), "a .npy file"),
+                             ("--val-windows", Path(args.val_windows), "a .npz file")):
+        if not path.is_file():
+            parser.error(f"{flag}: no {path}; expected {what}")
     c = load_config(args.config)
     model = transformers.GPT2LMHeadModel.from_pretrained(args.init, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model.train()

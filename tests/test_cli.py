@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from gpt2_jax.cli import HelpFormatter
+from gpt2_jax.cli import HelpFormatter, at_least
 
 COMMANDS = {"sample": "(default: 30)", "convert": "(default: for GPT-2's vocabulary", "prepare": "(default: 0.1)",
             "evaluate": "(default: val_loss,hellaswag)", "report": "--workdir WORKDIR"}
@@ -44,3 +44,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     process.stdout.readline()
     process.stdout.close()  # the reader goes away
     assert process.wait(timeout=60) == 141 and process.stderr.read() == b""
+
+
+def test_a_count_below_its_minimum_is_refused_by_the_parser(capsys):
+    """The benchmark scripts' counts (`--steps 0` once ended in a StatisticsError traceback)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=at_least(1))
+    assert parser.parse_args(["--steps", "3"]).steps == 3
+    for text, message in (("0", "must be at least 1, got 0"), ("-2", "must be at least 1, got -2"),
+                          ("two", "expected an integer, got 'two'")):
+        with pytest.raises(SystemExit) as exited:
+            parser.parse_args(["--steps", text])
+        assert exited.value.code == 2 and f"argument --steps: {message}" in capsys.readouterr().err

@@ -1,18 +1,23 @@
 """Every configs/*.py loads, validates on a plausible machine, and describes the model it says; the
-bytes-against-BPE pairs differ only where the tokenizer makes them, at equal FLOPs."""
+bytes-against-BPE pairs differ only where the tokenizer makes them, at equal FLOPs. Settings that cannot
+train, and files that are not configs, are refused in one line before the first step."""
 
 import importlib.util
+import math
+import re
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_config
 
 from gpt2_jax import sharding
+from gpt2_jax.config import ConfigError
 from gpt2_jax.metrics import train_flops_per_token
 from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import get_tokenizer
+from gpt2_jax.train import main, train
 from gpt2_jax.train_config import default_config, model_config, validate
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.py"))
@@ -84,3 +89,48 @@ def test_the_124m_byte_config_matches_the_bpe_recipes_flops_per_byte_and_bytes_p
     assert byte.max_steps == bpe.max_steps and byte.block_size == bpe.block_size == 1024
     assert byte.eval_batches * byte.batch_size * byte.block_size == pytest.approx(
         bpe.eval_batches * bpe.batch_size * bpe.block_size * bytes_per_token, rel=0.01)
+
+
+# Found by trying: each of these trained (silently wrong) or failed later with a traceback.
+@pytest.mark.parametrize("overrides, message", [
+    ({"vocab_pad_multiple": 0}, "vocab_pad_multiple=0 must be at least 1"),
+    ({"vocab_pad_multiple": -7}, "vocab_pad_multiple=-7 must be at least 1"),
+    ({"warmup_steps": -3}, "warmup_steps=-3 must be >= 0 (0: no warmup)"),
+    ({"grad_clip": -1.0}, "grad_clip=-1.0 must be a finite number > 0 (the largest gradient norm kept)"),
+    ({"grad_clip": 0.0}, "grad_clip=0.0 must be a finite number > 0"),  # optax would zero every update
+    ({"grad_clip": math.nan}, "grad_clip=nan must be a finite number > 0"),
+    ({"b1": -2.0}, "b1=-2.0 must be in [0, 1)"),
+    ({"b2": 1.5}, "b2=1.5 must be in [0, 1)"),
+    ({"b2": 1.0}, "b2=1.0 must be in [0, 1)"),
+    ({"eps": -1.0}, "eps=-1.0 must be a finite number > 0"),
+    ({"eps": 0.0}, "eps=0.0 must be a finite number > 0"),
+    ({"eps": math.inf}, "eps=inf must be a finite number > 0"),
+    ({"weight_decay": -5.0}, "weight_decay=-5.0 must be a finite number >= 0 (0: no decay)"),
+    ({"weight_decay": math.nan}, "weight_decay=nan must be a finite number >= 0"),
+    ({"peak_flops": math.nan}, "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
+])
+def test_validate_names_the_key_and_its_allowed_range(overrides, message):
+    config = default_config()
+    config.data_dir = "/data"
+    config.update(overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(config, n_devices=1, n_processes=1)
+
+
+def test_a_sample_prompt_longer_than_the_context_is_refused_before_the_first_step(shakespeare_bytes, tmp_path):
+    config = tiny_run_config(shakespeare_bytes, num_samples=1, sample_prompt="x" * 33)  # 33 bytes, block_size 32
+    with pytest.raises(ConfigError, match=re.escape("sample_prompt is 33 tokens, longer than the context "
+                                                    "(block_size=32); shorten it, or set num_samples=0")):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("five.py", "get_config() returned an int, not an ml_collections.ConfigDict; make {d}/five.py"),
+    ("", "cannot load --config: {d} is a directory, not a config file (configs/NAME.py)"),
+], ids=["returns_an_int", "a_directory"])
+def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name, message):
+    (tmp_path / "five.py").write_text("def get_config():\n    return 5\n")
+    result = run_main(main, "train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}")
+    assert_one_line_error(result, message.format(d=tmp_path))
+    assert not (tmp_path / "run").exists()

@@ -3,12 +3,14 @@
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
@@ -16,7 +18,7 @@ from conftest import assert_one_line_error, rel_error, run_main, snapshot
 from safetensors.numpy import save_file
 
 from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, to_hf
-from gpt2_jax.checkpoint import save_params
+from gpt2_jax.checkpoint import load_params, save_params
 from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
 from gpt2_jax.hf_files import CheckpointFileError, check_tokenizer_dir
 
@@ -203,6 +205,27 @@ class PythonObject:
         return print, ("this ran",)
 
 
+def test_a_params_directory_with_a_flipped_bit_is_refused(hf_dir, tmp_path):
+    """Orbax gives back whatever bytes are on disk; the checksums written beside the params catch a bit that
+    storage flipped. A directory written before them (no checksums.json) still loads."""
+    assert convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
+    config, params = load_params(tmp_path / "flax")
+    embedding = np.array(params["wte"]["embedding"])
+    embedding.view(np.uint32)[3, 4] ^= 1 << 29  # an exponent bit: 0.02 becomes ~1e37, in a valid file
+    params["wte"]["embedding"] = embedding
+    shutil.rmtree(tmp_path / "flax" / "params")
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "flax" / "params", params)
+    assert_one_line_error(convert("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf")),
+                          "flax/params: corrupt (wte.embedding differs from its checksum); write it again")
+    assert not (tmp_path / "hf").exists()
+    (tmp_path / "flax" / "checksums.json").write_text("[1, 2]")
+    assert_one_line_error(convert("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf")),
+                          "flax/checksums.json: unreadable (not a JSON object)")
+    (tmp_path / "flax" / "checksums.json").unlink()
+    np.testing.assert_array_equal(load_params(tmp_path / "flax")[1]["wte"]["embedding"], embedding)
+
+
 def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_model_dir, tmp_path):
     assert run_cli("--from-hf", str(bpe_model_dir), "--out", str(tmp_path / "flax")).returncode == 0
     result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"))
@@ -233,7 +256,7 @@ def test_an_output_of_another_kind_is_refused_unless_overwrite(hf_dir, tmp_path)
     assert snapshot(tmp_path) == before
     result = convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "notes"), "--overwrite")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["config.json", "params"]
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["checksums.json", "config.json", "params"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "notes", "run"]  # no temporary left beside it
 
 

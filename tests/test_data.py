@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from conftest import SHAKESPEARE, assert_one_line_error, read_only
 
 from gpt2_jax import shards
 from gpt2_jax.corpus import count_documents
-from gpt2_jax.data import TextWindows, WindowSource, eval_batches, read_documents, train_iterator
+from gpt2_jax.data import TextWindows, WindowSource, eval_batches, read_documents, read_split, train_iterator
 from gpt2_jax.prepare import prepare
 from gpt2_jax.tokenizer import get_tokenizer
 
@@ -68,9 +69,9 @@ def test_the_split_crosses_shards_and_windows_never_do(tmp_path):
     tail = all_tokens[int(total * 0.7):]
     assert all(any((tail[j : j + 17] == w).all() for j in range(len(tail) - 16)) for w in windows)
     assert [s["file"] for s in meta["splits"]["val"]] != [meta["splits"]["val"][0]["file"]]  # val spans shards
-    assert (shards.read_split(tmp_path / "out", "val")[1] == tail).all()
-    assert (shards.read_split(tmp_path / "out", "val", len(tail) - 5)[1] == tail[:-5]).all()
-    assert (shards.read_split(tmp_path / "out", "train", 7)[1] == all_tokens[:7]).all()
+    assert (read_split(tmp_path / "out", "val")[1] == tail).all()
+    assert (read_split(tmp_path / "out", "val", len(tail) - 5)[1] == tail[:-5]).all()
+    assert (read_split(tmp_path / "out", "train", 7)[1] == all_tokens[:7]).all()
 
 
 def test_preparation_resumes_after_the_last_complete_shard(tmp_path):
@@ -210,6 +211,55 @@ def test_damaged_data_is_a_clear_error(shakespeare_dir, tmp_path, damage, messag
     with pytest.raises(shards.DataError, match=message):
         source = WindowSource(data_dir, "train", 64)
         source[0]
+
+
+def rewrite_meta(data_dir, edit):
+    meta = json.loads((data_dir / "meta.json").read_text())
+    edit(meta)
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: meta["shards"][0].update(file="other.npy"),
+     "splits.train[0] reads 'shard_000000.npy', which is not in shards; prepare the data again"),
+    (lambda meta: meta["splits"]["train"][0].update(start=-50),
+     "splits.train[0] is tokens [-50, 1003854) of shard_000000.npy, which holds 1115394: need 0 <= start <= stop"),
+    (lambda meta: meta["splits"]["val"][0].update(stop=99_999_999), "splits.val[0] is tokens [1003854, 99999999)"),
+    (lambda meta: meta["splits"]["val"][0].update(start=1_115_000, stop=1_110_000),
+     "splits.val[0] is tokens [1115000, 1110000)"),
+    (lambda meta: meta["splits"]["val"][0].update(stop=2.5), "splits.val[0] is tokens [1003854, 2.5)"),
+    (lambda meta: meta.update(eot_token=99_999), "vocab_size=257, eot_token=99999: need ints with 0 <= eot_token <"),
+    (lambda meta: meta.update(eot_token=-1), "vocab_size=257, eot_token=-1: need ints"),
+    (lambda meta: meta.update(vocab_size="257"), "vocab_size='257', eot_token=256: need ints"),
+    (lambda meta: meta["splits"]["val"][0].pop("stop"), "shards or splits are not as prepare writes them"),
+    (lambda meta: meta.update(shards=[{"file": "shard_000000.npy"}]), "shards or splits are not as prepare writes them"),
+], ids=["unlisted_shard", "negative_start", "stop_past_the_shard", "start_after_stop", "float_stop", "eot_too_big",
+        "eot_negative", "vocab_a_string", "segment_without_stop", "shard_without_size"])
+def test_a_meta_json_that_contradicts_itself_is_a_clear_error(shakespeare_dir, tmp_path, edit, message):
+    data_dir = copy_data(shakespeare_dir, tmp_path / "data")
+    rewrite_meta(data_dir, edit)
+    with pytest.raises(shards.DataError, match=re.escape(f"{data_dir / 'meta.json'}: {message}")):
+        shards.read_meta(data_dir)
+
+
+def test_val_text_refuses_ids_outside_the_vocabulary_where_it_reads(shakespeare_dir, tmp_path):
+    data_dir = copy_data(shakespeare_dir, tmp_path / "data")
+    shard = data_dir / "shard_000000.npy"
+    tokens = np.load(shard)
+    tokens[1_003_854 + 100 :: 7] = 60000  # from the 100th val token on
+    np.save(shard, tokens)
+    with pytest.raises(shards.DataError, match=re.escape(
+            f"{shard}: corrupt shard (token 60000 at offset 1003954 is outside the vocabulary of 257)")):
+        read_documents(data_dir, 5000)
+    assert read_documents(data_dir, 100) == read_documents(shakespeare_dir, 100)  # only what it reads is checked
+
+
+def test_an_empty_val_split_is_a_clear_error(tmp_path):
+    (tmp_path / "t.txt").write_text("To be, or not to be. " * 20)
+    prepare([str(tmp_path / "t.txt")], tmp_path / "out", tokenizer="byte", val_fraction=0.0)
+    with pytest.raises(shards.DataError, match=re.escape(f"{tmp_path / 'out'}: the val split has no tokens; prepare "
+                                                         "the data into a new --out with a --val-fraction that gives it some")):
+        read_documents(tmp_path / "out")
 
 
 def run_prepare(*args):

@@ -7,8 +7,10 @@ import json
 import logging
 import math
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -193,6 +195,30 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         assert_one_line_error(run_main(evaluate.main, *args), message)
 
 
+def test_bad_data_is_one_line_not_a_traceback_or_wrong_numbers(byte_model_dir, shakespeare_bytes, tmp_path):
+    """A val split prepared empty, a meta.json naming a shard it does not list, ids outside the vocabulary."""
+    from gpt2_jax.prepare import prepare
+
+    empty, unlisted, garbage = tmp_path / "empty", tmp_path / "unlisted", tmp_path / "garbage"
+    prepare([SHAKESPEARE], empty, tokenizer="byte", val_fraction=0.0)
+    shutil.copytree(shakespeare_bytes, unlisted)
+    shutil.copy(unlisted / "shard_000000.npy", unlisted / "other.npy")
+    meta = json.loads((unlisted / "meta.json").read_text())
+    meta["shards"][0]["file"] = "other.npy"
+    (unlisted / "meta.json").write_text(json.dumps(meta))
+    shutil.copytree(shakespeare_bytes, garbage)
+    tokens = np.load(garbage / "shard_000000.npy")
+    tokens[::7] = 60000
+    np.save(garbage / "shard_000000.npy", tokens)
+    for data_dir, message in [(empty, f"{empty}: the val split has no tokens; prepare the data into a new --out"),
+                              (unlisted, "splits.train[0] reads 'shard_000000.npy', which is not in shards"),
+                              (garbage, "shard_000000.npy: corrupt shard (token 60000 at offset 1003856 is outside the "
+                                        "vocabulary of 257)")]:
+        result = run_main(evaluate.main, "--model", str(byte_model_dir), "--tasks", "val_loss", "--data-dir",
+                          str(data_dir), "--val-tokens", "5000")
+        assert_one_line_error(result, message)
+
+
 def test_every_models_tokenizer_is_found_before_the_first_is_scored(byte_model_dir, hellaswag_file, tmp_path,
                                                                      monkeypatch):
     odd_vocab = tmp_path / "odd_vocab"
@@ -267,6 +293,16 @@ def test_report_compares_the_run_with_its_baseline_or_with_itself(evaluated_run,
     result = subprocess.run([sys.executable, "-m", "gpt2_jax.report", "--workdir", str(workdir), "--baseline",
                              str(workdir / "nothing")], capture_output=True, text=True)
     assert_one_line_error(result, "no such directory")
+
+
+def test_a_report_against_a_baseline_names_what_the_run_settings_lack(evaluated_run, byte_model_dir, tmp_path):
+    """The baseline is evaluated on the run's data and windows: a train_config.json without them is one line."""
+    workdir = Path(shutil.copytree(evaluated_run[0], tmp_path / "run"))
+    settings = json.loads((workdir / "train_config.json").read_text())
+    del settings["data_dir"], settings["eval_batches"]
+    (workdir / "train_config.json").write_text(json.dumps(settings))
+    assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", str(byte_model_dir)),
+                          "train_config.json: unreadable (no data_dir, eval_batches)")
 
 
 def fake_run(workdir, vocab_size, val_bpb=True):

@@ -221,6 +221,23 @@ def test_bad_input_is_one_line(shakespeare_bytes, tmp_path, args, message):
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *flags, *args), message)
 
 
+def test_out_of_memory_is_one_line_and_a_new_workdir_is_left_as_it_was(shakespeare_bytes, tmp_path):
+    """A model too large for the device fails its first step: one line with what to change, and the workdir
+    it made is gone (a config.json left there would refuse the smaller model the user tries next)."""
+    flags = config_flags_of(tiny_run_config(shakespeare_bytes, n_layer=1, n_head=1, n_embd=1_000_000))
+    result = run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path / 'run'}", *flags)
+    assert_one_line_error(result, "out of memory on cpu (")
+    assert "lower batch_size (tokens_per_step stays, as more micro-batches), set remat=True" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_distributed_without_a_cluster_is_one_line(shakespeare_bytes, tmp_path):
+    flags = config_flags_of(tiny_run_config(shakespeare_bytes, distributed=True))
+    result = run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path / 'run'}", *flags)
+    assert_one_line_error(result, "distributed=True, but no cluster to join (coordinator_address should be defined")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ("x = 1\n", "cannot load --config: the file defines no get_config()"),
     ("def get_config(:\n", "cannot load --config: SyntaxError: invalid syntax"),

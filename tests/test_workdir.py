@@ -36,6 +36,15 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     assert (tmp_path / "run").read_text() == "notes"
 
 
+def test_a_checkpoints_path_that_is_a_file_is_refused_before_the_run_starts(tmp_path):
+    """Found by trying: the run trained to its first save, then waited minutes on orbax before failing."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("notes")
+    with pytest.raises(WorkdirError, match="run/checkpoints is a file, where the run keeps its checkpoints"):
+        WorkdirLock(tmp_path / "run").acquire()
+    assert (tmp_path / "run" / "checkpoints").read_text() == "notes"
+
+
 def test_a_lock_left_by_a_killed_process_is_not_in_the_way(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gpt2_jax.workdir import WorkdirLock; "
                                "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)",
