@@ -85,7 +85,7 @@ def read_split(data_dir: str | Path, split: str, max_tokens: int = 0) -> tuple[d
     meta, opened = shards.open_split(data_dir, split)
     if not sum(segment.stop - segment.start for _, segment in opened):
         raise DataError(f"{data_dir}: the {split} split has no tokens; prepare the data into a new --out "
-                        "with a --val-fraction that gives it some")
+                        f"with {'a --val-fraction that gives it some' if split == 'val' else 'more text'}")
     pieces, left = [], max_tokens or sum(segment.stop - segment.start for _, segment in opened)
     for tokens, segment in opened:
         pieces.append(np.asarray(tokens[segment.start : min(segment.stop, segment.start + left)]))

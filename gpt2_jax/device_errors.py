@@ -14,6 +14,10 @@ import jax
 
 from gpt2_jax.errors import UserError
 
+# What a training run can change when its step does not fit (train_config.py's keys).
+TRAINING_MEMORY_ADVICE = ("lower batch_size (tokens_per_step stays, as more micro-batches), set remat=True, shard "
+                          "over more devices with fsdp, or train a smaller model")
+
 
 class DeviceError(UserError):
     """The devices cannot run what was asked: too little memory, or no cluster to join."""
@@ -35,7 +39,7 @@ def initialize_distributed() -> None:
     """jax.distributed.initialize(), or a DeviceError saying why this process found no cluster to join."""
     try:
         jax.distributed.initialize()
-    except (ValueError, RuntimeError) as error:
+    except ValueError as error:  # what it raises when nothing names the coordinator
         raise DeviceError(f"distributed=True, but no cluster to join ({error}); on one machine set distributed=False, "
                           "on several run where jax.distributed finds its cluster (a TPU pod, SLURM, Open MPI) or "
                           "set JAX_COORDINATOR_ADDRESS") from None

@@ -36,11 +36,15 @@ class Evaluator:
             self.loss = None
         self.scorer = hellaswag.HellaSwagScorer(model, mesh, min(batch_size, len(examples))) if examples else None
 
-    def __call__(self, params, progress: str = "") -> dict:
+    def __call__(self, params, progress: str = "", stop=None) -> dict:
         """{"val_loss": {"loss", "bpb", "tokens", "bytes"}, "hellaswag": {"acc", "acc_norm", "n"}}, of the tasks
-        it was given; `progress`, if given, labels a progress bar for each."""
+        it was given; `progress`, if given, labels a progress bar for each. `stop()`, if given, is asked before
+        each batch: True raises EvaluationStopped (a stop signal that should not wait for the whole evaluation)."""
         def bar(task):
-            return functools.partial(tqdm, desc=f"{task} {progress}", unit="batch", leave=False) if progress else None
+            tqdm_bar = functools.partial(tqdm, desc=f"{task} {progress}", unit="batch", leave=False) if progress else None
+            if stop is None:
+                return tqdm_bar
+            return lambda batches, **options: _until(stop, tqdm_bar(batches, **options) if tqdm_bar else batches)
 
         results = {}
         if self.loss:
@@ -49,3 +53,14 @@ class Evaluator:
             scores = self.scorer.score(params, self.examples, self.tokenizer, bar("hellaswag"))
             results["hellaswag"] = {key: scores[key] for key in ("acc", "acc_norm", "n")}
         return results
+
+
+class EvaluationStopped(Exception):
+    """An evaluation given up between batches because its `stop()` said so."""
+
+
+def _until(stop, batches):
+    for batch in batches:
+        if stop():
+            raise EvaluationStopped
+        yield batch

@@ -70,7 +70,7 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
             settings = json.loads((workdir / "train_config.json").read_text(encoding="utf-8"))
             missing = [key for key in BASELINE_SETTINGS if key not in settings] if isinstance(settings, dict) else ()
             if not isinstance(settings, dict) or missing:
-                raise ValueError(f"no {', '.join(missing)}" if missing else "not a JSON object")
+                raise ValueError(f"it lacks {', '.join(missing)}" if missing else "not a JSON object")
         except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
             raise UserError(f"{workdir / 'train_config.json'}: unreadable ({error})") from None
         values, notes = evaluate_baseline(baseline, settings)

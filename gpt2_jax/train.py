@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from absl import logging
 
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
-from gpt2_jax.device_errors import initialize_distributed, out_of_memory_as_user_error
+from gpt2_jax.device_errors import TRAINING_MEMORY_ADVICE, initialize_distributed, out_of_memory_as_user_error
 from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, learning_rates, make_optimizer
@@ -32,9 +33,6 @@ from gpt2_jax.train_checkpoints import TrainCheckpoints
 from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.train_flags import parse_flags
 from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
-
-OUT_OF_MEMORY_ADVICE = ("lower batch_size (tokens_per_step stays, as more micro-batches), set remat=True, shard "
-                        "over more devices with fsdp, or train a smaller model")
 
 
 def train(config, workdir: str | Path) -> list[dict]:
@@ -53,7 +51,7 @@ def train(config, workdir: str | Path) -> list[dict]:
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
         with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop, \
-                out_of_memory_as_user_error(OUT_OF_MEMORY_ADVICE):  # mesh: for Pallas attention
+                out_of_memory_as_user_error(TRAINING_MEMORY_ADVICE):  # mesh: for Pallas attention
             run = Run(config, lock, mesh, stop)
             rows = run.loop()
     finally:
@@ -150,11 +148,12 @@ class Run:
                 if pending:
                     self.log_train(*pending, newest=(step, step_metrics))
                 if step == self.start + 1:  # the first step compiles: throughput is measured from its end
-                    self.clock.start(step, step_metrics)
+                    jax.block_until_ready(step_metrics)
                     # Only now: a start that trains nothing (refused, failed, stopped, out of memory) changes nothing.
                     if self.process == 0:
                         write_settings(self.workdir, self.model_config, c, self.meta)
                         self.writer.begin()
+                    self.clock.start(step, step_metrics)
                 last = step == c.max_steps
                 pending = (step, step_metrics) if step % c.log_every == 0 or last else None
                 save = step % c.checkpoint_every == 0 or last or self.stop.signal
@@ -219,7 +218,13 @@ class Run:
         # Every device finishes the step before the evaluation's programs start: CPU devices share one
         # thread pool, and programs with collectives that overlap on it can deadlock.
         jax.block_until_ready(self.state)
-        row, samples = self.evaluation(self.state.params)
+        # Stop between batches (a preemption's grace is short), if alone: processes would await each other's batches.
+        stop = (lambda: self.stop.signal is not None) if jax.process_count() == 1 else None
+        try:
+            row, samples = self.evaluation(self.state.params, stop=stop)
+        except EvaluationStopped:
+            print(f"{self.stop.signal}: evaluation of step {step} stopped")
+            return
         self.write(step, row)
         for sample in samples if self.process == 0 else ():
             print(f"> {sample}")

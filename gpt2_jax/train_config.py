@@ -42,7 +42,7 @@ FIELDS = (
     ("b2", 0.95, "AdamW beta2"),
     ("eps", 1e-8, "AdamW epsilon"),
     ("weight_decay", 0.1, "AdamW weight decay, on matrices only"),
-    ("grad_clip", 1.0, "clip the global gradient norm to this"),
+    ("grad_clip", 1.0, "clip the global gradient norm to this (inf: no clipping)"),
     ("seed", 0, "init and data order"),
     ("log_every", 10, "steps between logged rows"),
     ("eval_every", 250, "steps between evaluations (0: never)"),
@@ -125,8 +125,7 @@ def optimizer_checks(c: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
         (0 < c.eps < math.inf, f"eps={c.eps} must be a finite number > 0"),
         (0 <= c.weight_decay < math.inf, f"weight_decay={c.weight_decay} must be a finite number >= 0 (0: no decay)"),
         # optax scales the gradient by grad_clip / its norm above grad_clip: 0 would zero every update.
-        (0 < c.grad_clip < math.inf,
-         f"grad_clip={c.grad_clip} must be a finite number > 0 (the largest gradient norm kept)"),
+        (0 < c.grad_clip, f"grad_clip={c.grad_clip} must be > 0 (the largest gradient norm kept; inf: no clipping)"),
     ]
 
 

@@ -36,10 +36,10 @@ class TrainingEvaluation:
             prompt = np.tile(prompt_ids, (config.num_samples, 1))
             self.prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
 
-    def __call__(self, params) -> tuple[dict, list[str]]:
+    def __call__(self, params, stop=None) -> tuple[dict, list[str]]:
         """({"val_loss", "val_bpb", "hellaswag_acc", "hellaswag_acc_norm"}, sample texts); val_bpb is over
-        val_loss's windows, the bytes of their target tokens."""
-        results = self.evaluate(params)
+        val_loss's windows, the bytes of their target tokens. `stop()`: see Evaluator."""
+        results = self.evaluate(params, stop=stop)
         row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
         if "hellaswag" in results:
             row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])

@@ -46,7 +46,7 @@ def parse_args():
     parser.add_argument("--batch-sizes", nargs="+", type=at_least(1), help="windows per step (default: the shape's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
     parser.add_argument("--steps", type=at_least(1), default=20,
-                        help="timed steps after 3 warm-up ones, in rounds of 5 back to back (the median round)")
+                        help="timed steps after 3 warm-up ones, in rounds of 5 back to back (rounded up; the median round)")
     parser.add_argument("--cpu-devices", type=at_least(1), default=1, help="split a CPU host into this many devices")
     parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
                         help="PyTorch runs to compare with")
@@ -81,12 +81,12 @@ from gpt2_jax.train_config import default_config  # noqa: E402
 def seconds_per_step(step, wait, n_steps, warmup=3, per_round=5):
     """Seconds per step, as a training loop runs them: `step()` launches one and returns its loss without
     waiting, `wait(loss)` waits for it. After `warmup` steps, rounds of `per_round` steps back to back with
-    one wait at the end of each (both the train CLI and nanoGPT's loop wait only when they log); the median
-    round over `n_steps` steps."""
+    one wait at the end of each (both the train CLI and nanoGPT's loop wait only when they log): the median
+    of ceil(n_steps / per_round) rounds."""
     for _ in range(warmup):
         wait(step())
     times = []
-    for _ in range(max(1, n_steps // per_round)):
+    for _ in range(-(-n_steps // per_round)):
         start = time.perf_counter()
         for _ in range(per_round):
             loss = step()

@@ -53,7 +53,7 @@ def parse_args():
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--shape", default="gpt2-124m-1024", help="a bench_train.py shape")
     parser.add_argument("--batch-size", type=at_least(1), default=64, help="windows per step")
-    parser.add_argument("--steps", type=at_least(1), default=15, help="timed steps per variant")
+    parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps per variant")
     parser.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
     parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
     parser.add_argument("--peer", choices=("torch-compile", "transformers"),

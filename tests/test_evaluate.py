@@ -302,7 +302,7 @@ def test_a_report_against_a_baseline_names_what_the_run_settings_lack(evaluated_
     del settings["data_dir"], settings["eval_batches"]
     (workdir / "train_config.json").write_text(json.dumps(settings))
     assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", str(byte_model_dir)),
-                          "train_config.json: unreadable (no data_dir, eval_batches)")
+                          "train_config.json: unreadable (it lacks data_dir, eval_batches)")
 
 
 def fake_run(workdir, vocab_size, val_bpb=True):

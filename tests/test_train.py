@@ -314,7 +314,8 @@ def test_a_stop_signal_during_setup_stops_before_the_first_step(shakespeare_byte
 def test_a_stop_signal_during_an_evaluation_saves_the_step_it_evaluated(shakespeare_bytes, tmp_path, monkeypatch,
                                                                        capsys):
     """The step's save was decided before its evaluation began: a signal that comes during the evaluation
-    (HellaSwag can take minutes) still saves that step before stopping, as the console says."""
+    (HellaSwag can take minutes, a preemption's grace is seconds) stops it at its next batch and saves the
+    step before stopping, as the console says."""
     import gpt2_jax.train as train_module
 
     evaluate = train_module.Run.evaluate
@@ -328,7 +329,9 @@ def test_a_stop_signal_during_an_evaluation_saves_the_step_it_evaluated(shakespe
     with pytest.raises(train_module.Stopped) as stopped:
         train(config, tmp_path)
     assert stopped.value.signum == signal.SIGTERM and [row["step"] for row in stopped.value.rows][-1] == 5
-    assert f"SIGTERM: saved step 5 in {tmp_path}" in capsys.readouterr().out
+    assert not any("val_loss" in row for row in stopped.value.rows)  # stopped before its first batch, not after all
+    output = capsys.readouterr().out
+    assert "SIGTERM: evaluation of step 5 stopped" in output and f"SIGTERM: saved step 5 in {tmp_path}" in output
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["5"]
     monkeypatch.setattr(train_module.Run, "evaluate", evaluate)
     rows = train(config, tmp_path)
