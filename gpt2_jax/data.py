@@ -83,10 +83,11 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
 def read_split(data_dir: str | Path, split: str, max_tokens: int = 0) -> tuple[dict, np.ndarray]:
     """(meta, the split's first `max_tokens` tokens (0: all) in one array), reading no further, each id checked."""
     meta, opened = shards.open_split(data_dir, split)
-    if not sum(segment.stop - segment.start for _, segment in opened):
+    total = sum(segment.stop - segment.start for _, segment in opened)
+    if not total:
         raise DataError(f"{data_dir}: the {split} split has no tokens; prepare the data into a new --out "
                         f"with {'a --val-fraction that gives it some' if split == 'val' else 'more text'}")
-    pieces, left = [], max_tokens or sum(segment.stop - segment.start for _, segment in opened)
+    pieces, left = [], max_tokens or total
     for tokens, segment in opened:
         pieces.append(np.asarray(tokens[segment.start : min(segment.stop, segment.start + left)]))
         check_vocabulary(pieces[-1], meta["vocab_size"], Path(data_dir) / segment.file, segment.start)

@@ -41,10 +41,10 @@ class Evaluator:
         it was given; `progress`, if given, labels a progress bar for each. `stop()`, if given, is asked before
         each batch: True raises EvaluationStopped (a stop signal that should not wait for the whole evaluation)."""
         def bar(task):
-            tqdm_bar = functools.partial(tqdm, desc=f"{task} {progress}", unit="batch", leave=False) if progress else None
+            shown = functools.partial(tqdm, desc=f"{task} {progress}", unit="batch", leave=False) if progress else None
             if stop is None:
-                return tqdm_bar
-            return lambda batches, **options: _until(stop, tqdm_bar(batches, **options) if tqdm_bar else batches)
+                return shown
+            return lambda batches, **options: _until(stop, shown(batches, **options) if shown else batches)
 
         results = {}
         if self.loss:

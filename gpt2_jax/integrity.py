@@ -103,8 +103,9 @@ def quiet_orbax_failures() -> None:
     # Its reads abandoned by a failure may also be dropped unstarted, each a warning at exit (we run no coroutines).
     warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
     # Its errors, and its warnings that a step's metadata is missing: the caller names the damaged step in one line.
-    logging.getLogger("absl").addFilter(lambda record: "orbax" not in record.pathname or record.levelno < logging.WARNING
-                                        or record.levelno < logging.ERROR and "does not exist" not in record.getMessage())
+    logging.getLogger("absl").addFilter(
+        lambda record: "orbax" not in record.pathname or record.levelno < logging.WARNING
+        or record.levelno < logging.ERROR and "does not exist" not in record.getMessage())
 
 
 def failure_reason(error: BaseException) -> str:

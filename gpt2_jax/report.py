@@ -68,9 +68,10 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
     if baseline:
         try:
             settings = json.loads((workdir / "train_config.json").read_text(encoding="utf-8"))
-            missing = [key for key in BASELINE_SETTINGS if key not in settings] if isinstance(settings, dict) else ()
-            if not isinstance(settings, dict) or missing:
-                raise ValueError(f"it lacks {', '.join(missing)}" if missing else "not a JSON object")
+            if not isinstance(settings, dict):
+                raise ValueError("not a JSON object")
+            if missing := [key for key in BASELINE_SETTINGS if key not in settings]:
+                raise ValueError(f"it lacks {', '.join(missing)}")
         except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
             raise UserError(f"{workdir / 'train_config.json'}: unreadable ({error})") from None
         values, notes = evaluate_baseline(baseline, settings)

@@ -112,7 +112,7 @@ class Run:
         else:
             self.start, origin = 0, "training from scratch"
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
-        self.model_config, self.meta = model_config, meta  # written to the workdir when the first step starts (loop)
+        self.model_config, self.meta = model_config, meta  # written to the workdir once the first step has run (loop)
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
         if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start

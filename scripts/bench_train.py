@@ -45,8 +45,8 @@ def parse_args():
                         help="the models to time")
     parser.add_argument("--batch-sizes", nargs="+", type=at_least(1), help="windows per step (default: the shape's)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
-    parser.add_argument("--steps", type=at_least(1), default=20,
-                        help="timed steps after 3 warm-up ones, in rounds of 5 back to back (rounded up; the median round)")
+    parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps after 3 warm-up ones, in "
+                        "rounds of 5 back to back (rounded up; the median round)")
     parser.add_argument("--cpu-devices", type=at_least(1), default=1, help="split a CPU host into this many devices")
     parser.add_argument("--peers", nargs="*", default=["transformers"], choices=("transformers", "torch-compile"),
                         help="PyTorch runs to compare with")
