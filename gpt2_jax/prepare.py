@@ -9,37 +9,21 @@ complete shard.
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
 import os
 import re
 import sys
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from gpt2_jax import shards
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.corpus import absolute_inputs, check_inputs, count_documents, iter_documents
+from gpt2_jax.corpus import absolute_inputs, check_inputs
 from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.shard_writer import tokenize_into_shards
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
 
 SMALL_SPLIT = 1024  # train splits of at most this many tokens hold no window of GPT-2's context: warn
 
 DataError = shards.DataError
-
-_worker_tokenizer = None
-
-
-def _start_worker(tokenizer_name: str) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = get_tokenizer(tokenizer_name)
-
-
-def _encode(text: str) -> np.ndarray:
-    return np.asarray(_worker_tokenizer.encode(text), dtype=shards.TOKEN_DTYPE)
-
 
 def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val_fraction: float = 0.1,
             shard_tokens: int = 100_000_000, workers: int = 1, text_field: str = "text") -> dict:
@@ -67,7 +51,7 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
         meta = previous
     if not meta.get("complete"):
         try:
-            _tokenize(meta, out_dir, workers, eot)
+            tokenize_into_shards(meta, out_dir, workers, eot)
         except BaseException:
             if created and not any(out_dir.iterdir()):
                 out_dir.rmdir()  # a failure before the first shard leaves nothing behind
@@ -95,40 +79,6 @@ def _make_output_dir(out_dir: Path) -> bool:
     except OSError as error:
         raise DataError(f"--out {out_dir}: cannot write there ({error.strerror or error})") from None
     return created
-
-
-def _tokenize(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
-    """Append shards to `meta` from document `meta["documents"]` on, saving progress per shard."""
-    documents = itertools.islice(iter_documents(meta["inputs"], meta["text_field"]), meta["documents"], None)
-    pool = multiprocessing.Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
-    if pool is None:
-        _start_worker(meta["tokenizer"])
-    pending, pending_tokens, count = [], 0, meta["documents"]
-    try:
-        with tqdm(desc="tokenize", unit="doc", initial=count, total=count_documents(meta["inputs"])) as progress:
-            for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
-                if count:  # <|endoftext|> between documents
-                    tokens = np.concatenate([np.asarray([eot], shards.TOKEN_DTYPE), tokens])
-                pending.append(tokens)
-                pending_tokens, count = pending_tokens + tokens.size, count + 1
-                progress.update()
-                if pending_tokens >= meta["shard_tokens"]:
-                    _flush(meta, out_dir, pending, count)
-                    pending, pending_tokens = [], 0
-    finally:  # on an error too: a pool left to the garbage collector fails loudly at exit
-        if pool:
-            pool.terminate()
-            pool.join()
-    if not meta["shards"] and not pending_tokens:
-        raise DataError(f"no text found in {', '.join(meta['inputs'])}")
-    if pending:
-        _flush(meta, out_dir, pending, count)
-
-
-def _flush(meta: dict, out_dir: Path, pending: list[np.ndarray], documents: int) -> None:
-    meta["shards"].append(shards.write_shard(out_dir, len(meta["shards"]), np.concatenate(pending)))
-    meta["documents"] = documents
-    shards.write_meta(out_dir, meta)
 
 
 @exit_on_user_error
