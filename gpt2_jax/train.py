@@ -3,7 +3,8 @@
 DIR holds everything a run writes: config.json (the model, HF schema), train_config.json,
 checkpoints/, metrics.jsonl, tensorboard/ and loss.png. Rerunning the same command resumes from
 the newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and exits with
-128 + the signal's number (143, 130): a stopped run is not a finished one.
+128 + the signal's number (143, 130): a stopped run is not a finished one. With several processes
+(distributed=True), a signal to any one of them stops all of them after the same step (agreed_stop.py).
 `--config.init_from=REF` fine-tunes a pretrained model instead of starting from GPT-2's init.
 """
 
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
+from gpt2_jax.agreed_stop import AgreedStop, Stopped
 from gpt2_jax.device_errors import TRAINING_MEMORY_ADVICE, initialize_distributed, out_of_memory_as_user_error
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
@@ -50,9 +52,9 @@ def train(config, workdir: str | Path) -> list[dict]:
         mesh = sharding.make_mesh(config.fsdp)
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
-        with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as stop, \
+        with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as signals, \
                 out_of_memory_as_user_error(TRAINING_MEMORY_ADVICE):  # mesh: for Pallas attention
-            run = Run(config, lock, mesh, stop)
+            run = Run(config, lock, mesh, AgreedStop(signals, mesh))  # several processes stop together
             rows = run.loop()
     finally:
         lock.release()
@@ -61,18 +63,10 @@ def train(config, workdir: str | Path) -> list[dict]:
     return rows  # a signal after the last step (during the final save or plot) changes nothing
 
 
-class Stopped(KeyboardInterrupt):
-    """A stop signal ended `train` early, cleanly (saved, or nothing begun): the CLI exits 128 + signum."""
-
-    def __init__(self, signum: signal.Signals, rows: list[dict]):
-        super().__init__(signum.name)
-        self.signum, self.rows = signum, rows
-
-
 class Run:
     """One call's training: built once (model, compiled step, data, state), then `loop()`."""
 
-    def __init__(self, config, lock: WorkdirLock, mesh, stop: StopSignals):
+    def __init__(self, config, lock: WorkdirLock, mesh, stop: AgreedStop):
         c, self.config, self.process, self.stop = config, config, jax.process_index(), stop
         train_config.validate(c, jax.device_count(), jax.process_count(), jax.default_backend())
         meta, self.workdir = shards.read_meta(c.data_dir), lock.workdir
@@ -138,12 +132,13 @@ class Run:
         """Dispatch each step; log the one before (the device never waits on Python); save; evaluate."""
         c, pending, step = self.config, None, self.start
         try:
-            if self.stop.signal:
+            if self.stop.agree_now():
                 print(f"{self.stop.signal} before the first step: stopped, nothing trained")
                 self.stopped_by = self.stop.signal
                 return self.logged
             for step in range(self.start + 1, c.max_steps + 1):
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
+                self.stop.after_step()
                 self.checkpoints.check()  # a background save that failed stops the run now
                 if pending:
                     self.log_train(*pending, newest=(step, step_metrics))
@@ -219,7 +214,7 @@ class Run:
         # thread pool, and programs with collectives that overlap on it can deadlock.
         jax.block_until_ready(self.state)
         # Stop between batches (a preemption's grace is short), if alone: processes would await each other's batches.
-        stop = (lambda: self.stop.signal is not None) if jax.process_count() == 1 else None
+        stop = (lambda: self.stop.signal is not None) if self.stop.alone else None
         try:
             row, samples = self.evaluation(self.state.params, stop=stop)
         except EvaluationStopped:

@@ -1,0 +1,73 @@
+"""One stop for all the processes of a run: they agree on the step after which every one of them stops.
+
+A stop signal reaches the processes of a multi-host run one by one, or one alone (a scheduler's
+SIGTERM to one host, Ctrl-C in one terminal). A process that stopped on its own would leave the others
+waiting forever in the next step's collectives, and its checkpoint save (a collective too) waiting for
+theirs. So after each step every process contributes its signal's number to a max over all devices, and
+reads the max taken after the step before: every process reads the same value after the same step, and
+the device never waits for the host. The run stops one step after the first signal anywhere.
+
+Why not JAX's preemption service (`multihost_utils.reached_preemption_sync_point`, as orbax's
+`reached_preemption` uses): it hears only SIGTERM, through a handler of its own that the train loop's
+Python handler (which also hears Ctrl-C and says what it saved) would replace.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gpt2_jax.interrupt import StopSignals
+
+
+class AgreedStop:
+    """`signal`: the name of the signal the run stops for, None until then. One process: its own signal, as
+    soon as it arrives. Several: the one agreed by `agree_now()` or `after_step()`, the same on all of them."""
+
+    def __init__(self, signals: StopSignals, mesh):
+        self.signals, self.agreed, self.started = signals, None, None
+        self.alone = jax.process_count() == 1
+        if not self.alone:
+            self.numbers_sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))  # one number per device
+            self.max_over_devices = jax.jit(jnp.max, out_shardings=NamedSharding(mesh, P()))
+
+    @property
+    def signal(self) -> str | None:
+        return self.signals.signal if self.alone else self.agreed
+
+    def agree_now(self) -> str | None:
+        """Agree at once: every process waits here for all the others (before the first step)."""
+        if not self.alone:
+            self.agreed = self.agreed or read(self.start_agreeing())
+        return self.signal
+
+    def after_step(self) -> str | None:
+        """Once after each step is dispatched: start agreeing on the signals seen by now, and read the agreement
+        started after the step before (it is ready when that step has run)."""
+        if not self.alone:
+            before, self.started = self.started, self.start_agreeing()
+            if before is not None:
+                self.agreed = self.agreed or read(before)
+        return self.signal
+
+    def start_agreeing(self) -> jax.Array:
+        number = signal.Signals[self.signals.signal].value if self.signals.signal else 0
+        numbers = np.full(jax.local_device_count(), number, np.int32)
+        return self.max_over_devices(jax.make_array_from_process_local_data(self.numbers_sharding, numbers))
+
+
+def read(agreement: jax.Array) -> str | None:
+    number = int(agreement)
+    return signal.Signals(number).name if number else None
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal ended a run early, cleanly (saved, or nothing begun): the CLI exits 128 + signum."""
+
+    def __init__(self, signum: signal.Signals, rows: list[dict]):
+        super().__init__(signum.name)
+        self.signum, self.rows = signum, rows
