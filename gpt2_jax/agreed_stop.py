@@ -5,7 +5,8 @@ SIGTERM to one host, Ctrl-C in one terminal). A process that stopped on its own 
 waiting forever in the next step's collectives, and its checkpoint save (a collective too) waiting for
 theirs. So after each step every process contributes its signal's number to a max over all devices, and
 reads the max taken after the step before: every process reads the same value after the same step, and
-the device never waits for the host. The run stops one step after the first signal anywhere.
+the device never waits for the host. The run stops one step after the first signal anywhere. An
+evaluation's batches are agreed on the same way, batch by batch.
 
 Why not JAX's preemption service (`multihost_utils.reached_preemption_sync_point`, as orbax's
 `reached_preemption` uses): it hears only SIGTERM, through a handler of its own that the train loop's
@@ -26,7 +27,7 @@ from gpt2_jax.interrupt import StopSignals
 
 class AgreedStop:
     """`signal`: the name of the signal the run stops for, None until then. One process: its own signal, as
-    soon as it arrives. Several: the one agreed by `agree_now()` or `after_step()`, the same on all of them."""
+    soon as it arrives. Several: the one agreed by `agree_now()` or `poll()`, the same on all of them."""
 
     def __init__(self, signals: StopSignals, mesh):
         self.signals, self.agreed, self.started = signals, None, None
@@ -45,9 +46,10 @@ class AgreedStop:
             self.agreed = self.agreed or read(self.start_agreeing())
         return self.signal
 
-    def after_step(self) -> str | None:
-        """Once after each step is dispatched: start agreeing on the signals seen by now, and read the agreement
-        started after the step before (it is ready when that step has run)."""
+    def poll(self) -> str | None:
+        """After each program that all processes run (a step, an evaluation batch) is dispatched: start agreeing
+        on the signals seen by now, and read the agreement started at the call before (ready when the program
+        before has run). Every process must call it as often as the others."""
         if not self.alone:
             before, self.started = self.started, self.start_agreeing()
             if before is not None:

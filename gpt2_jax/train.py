@@ -138,7 +138,7 @@ class Run:
                 return self.logged
             for step in range(self.start + 1, c.max_steps + 1):
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
-                self.stop.after_step()
+                self.stop.poll()
                 self.checkpoints.check()  # a background save that failed stops the run now
                 if pending:
                     self.log_train(*pending, newest=(step, step_metrics))
@@ -213,10 +213,8 @@ class Run:
         # Every device finishes the step before the evaluation's programs start: CPU devices share one
         # thread pool, and programs with collectives that overlap on it can deadlock.
         jax.block_until_ready(self.state)
-        # Stop between batches (a preemption's grace is short), if alone: processes would await each other's batches.
-        stop = (lambda: self.stop.signal is not None) if self.stop.alone else None
-        try:
-            row, samples = self.evaluation(self.state.params, stop=stop)
+        try:  # stop between batches (a preemption's grace is short); several processes agree batch by batch
+            row, samples = self.evaluation(self.state.params, stop=lambda: self.stop.poll() is not None)
         except EvaluationStopped:
             print(f"{self.stop.signal}: evaluation of step {step} stopped")
             return

@@ -24,8 +24,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(config, workdir, log_dir, processes):
-    """`processes` train processes of one run, each with one CPU device; their output goes to log_dir/N.txt."""
+def start(config, workdir, log_dir, processes, code=None):
+    """`processes` train processes of one run, each with one CPU device; their output goes to log_dir/N.txt.
+    `code`: run this Python instead of `-m gpt2_jax.train`, with the same arguments."""
     port, started = free_port(), []
     run_config = config.copy_and_resolve_references()
     run_config.distributed = processes > 1
@@ -35,7 +36,7 @@ def start(config, workdir, log_dir, processes):
                "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index)}
         with open(log_dir / f"{index}.txt", "w") as log:
             started.append(subprocess.Popen(
-                [sys.executable, "-m", "gpt2_jax.train", f"--workdir={workdir}",
+                [sys.executable, *(["-c", code] if code else ["-m", "gpt2_jax.train"]), f"--workdir={workdir}",
                  f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}", *config_flags_of(run_config)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT))
     return started
@@ -69,16 +70,8 @@ def one_process(config, tmp_path_factory):
     return train_losses(folder / "run")
 
 
-def test_two_processes_train_as_one_does(config, one_process, tmp_path):
-    results = finish(start(config, tmp_path / "run", tmp_path, 2), tmp_path)
-    assert [code for code, _ in results] == [0, 0], results
-    assert "2 cpu devices" in results[0][1]
-    losses = train_losses(tmp_path / "run")  # process 0 writes the metrics: the global batch's loss
-    assert losses.keys() == one_process.keys()  # each process read its half of the same windows
-    np.testing.assert_allclose(list(losses.values()), list(one_process.values()), rtol=1e-4)
-
-
-def test_a_sigterm_to_one_process_stops_both_after_the_same_step_and_they_resume(config, one_process, tmp_path):
+def test_two_processes_train_as_one_does_through_a_sigterm_to_one_of_them(config, one_process, tmp_path):
+    """The SIGTERM stops both after the same step, saved; rerun, they resume and end where one process ends."""
     started = start(config, tmp_path / "run", tmp_path, 2)
     deadline = time.monotonic() + 240
     while not any(step_of(line) == 15 for line in (tmp_path / "1.txt").read_text().splitlines()):
@@ -87,6 +80,7 @@ def test_a_sigterm_to_one_process_stops_both_after_the_same_step_and_they_resume
     started[1].send_signal(signal.SIGTERM)  # the other process hears nothing
     results = finish(started, tmp_path)
     assert [code for code, _ in results] == [128 + signal.SIGTERM] * 2, results  # neither waits forever
+    assert "2 cpu devices" in results[0][1]
     saved = {int(output.split("SIGTERM: saved step ")[1].split()[0]) for _, output in results}
     assert len(saved) == 1, results  # the same step
     stopped_at = saved.pop()
@@ -94,6 +88,59 @@ def test_a_sigterm_to_one_process_stops_both_after_the_same_step_and_they_resume
 
     results = finish(start(config, tmp_path / "run", tmp_path, 2), tmp_path)
     assert [code for code, _ in results] == [0, 0] and f"resuming from step {stopped_at}" in results[0][1], results
-    losses = train_losses(tmp_path / "run")  # the stopped run's rows, then the resumed run's
-    assert losses.keys() == one_process.keys()
+    losses = train_losses(tmp_path / "run")  # process 0 writes them: the stopped run's rows, then the resumed run's
+    assert losses.keys() == one_process.keys()  # each process read its half of the same windows, in the same order
     np.testing.assert_allclose(list(losses.values()), list(one_process.values()), rtol=1e-4)
+
+
+# Process 1 alone gets a SIGTERM as each evaluation begins.
+SIGTERM_TO_PROCESS_1_AT_EVALUATIONS = """
+import os, signal, sys
+import jax
+import gpt2_jax.train as train_module
+evaluate = train_module.Run.evaluate
+def sigterm_to_process_1(self, step):
+    if jax.process_index() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(self, step)
+train_module.Run.evaluate = sigterm_to_process_1
+sys.argv[0] = "train"
+train_module.main()
+"""
+
+
+def test_a_sigterm_to_one_process_during_an_evaluation_stops_both_within_it(config, tmp_path):
+    """The evaluation's batches are agreed on too: both stop at the same batch, and save the step evaluated."""
+    stopping = config.copy_and_resolve_references()
+    stopping.eval_batches = 4
+    results = finish(start(stopping, tmp_path / "run", tmp_path, 2, code=SIGTERM_TO_PROCESS_1_AT_EVALUATIONS), tmp_path)
+    assert [code for code, _ in results] == [128 + signal.SIGTERM] * 2, results
+    for _, output in results:
+        assert "SIGTERM: evaluation of step 25 stopped" in output and "SIGTERM: saved step 25 in" in output, output
+    assert "val_loss" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+class FakeSignals:
+    signal = None
+
+
+def test_processes_act_on_the_agreement_of_the_step_before(monkeypatch):
+    """The agreement logic in one process, made to take the several-process path over the 8 fake devices."""
+    import jax
+
+    from gpt2_jax.agreed_stop import AgreedStop
+    from gpt2_jax.sharding import make_mesh
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    signals = FakeSignals()
+    stop = AgreedStop(signals, make_mesh())
+    assert not stop.alone and stop.agree_now() is None and stop.poll() is None
+    signals.signal = "SIGINT"
+    assert stop.signal is None  # not its own signal: the agreed one
+    assert stop.poll() is None  # reads the agreement started before the signal
+    assert stop.poll() == "SIGINT" and stop.signal == "SIGINT"
+    signals.signal = None
+    assert stop.poll() == "SIGINT"  # once agreed, it stays
+
+    signals.signal = "SIGTERM"
+    assert AgreedStop(signals, make_mesh()).agree_now() == "SIGTERM"  # before the first step: at once
