@@ -37,6 +37,8 @@ def out_of_memory_as_user_error(advice: str):
 
 def initialize_distributed() -> None:
     """jax.distributed.initialize(), or a DeviceError saying why this process found no cluster to join."""
+    # It waits for every process of the cluster; if one never comes, JAX aborts them all after 5 minutes.
+    print("distributed=True: joining the other processes (jax.distributed waits up to 5 minutes for all)", flush=True)
     try:
         jax.distributed.initialize()
     except ValueError as error:  # what it raises when nothing names the coordinator

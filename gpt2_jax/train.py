@@ -117,9 +117,9 @@ class Run:
                 if now != was else ""))
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
-              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices, mesh "
-              f"{dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
-              + " | fused add+LayerNorm kernel" * c.fused_norm)
+              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices"
+              + f" of {jax.process_count()} processes" * (jax.process_count() > 1) + f", mesh {dict(mesh.shape)} | "
+              f"{meta['tokenizer']} tokens | {attention} attention" + " | fused add+LayerNorm kernel" * c.fused_norm)
 
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)

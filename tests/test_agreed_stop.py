@@ -80,7 +80,7 @@ def test_two_processes_train_as_one_does_through_a_sigterm_to_one_of_them(config
     started[1].send_signal(signal.SIGTERM)  # the other process hears nothing
     results = finish(started, tmp_path)
     assert [code for code, _ in results] == [128 + signal.SIGTERM] * 2, results  # neither waits forever
-    assert "2 cpu devices" in results[0][1]
+    assert "2 cpu devices of 2 processes, mesh" in results[0][1]
     saved = {int(output.split("SIGTERM: saved step ")[1].split()[0]) for _, output in results}
     assert len(saved) == 1, results  # the same step
     stopped_at = saved.pop()
