@@ -3,14 +3,14 @@
 A stop signal reaches the processes of a multi-host run one by one, or one alone (a scheduler's
 SIGTERM to one host, Ctrl-C in one terminal). A process that stopped on its own would leave the others
 waiting forever in the next step's collectives, and its checkpoint save (a collective too) waiting for
-theirs. So after each step every process contributes its signal's number to a max over all devices, and
-reads the max taken after the step before: every process reads the same value after the same step, and
-the device never waits for the host. The run stops one step after the first signal anywhere. An
-evaluation's batches are agreed on the same way, batch by batch.
+theirs. So after each step every process reads the max over all devices of the signal numbers that the
+processes gave after the step before, then gives its own: every process reads the same value after the
+same step, and the device never waits for the host. The run stops one or two steps after the first signal
+anywhere. An evaluation's batches are agreed on the same way, batch by batch.
 
 Why not JAX's preemption service (`multihost_utils.reached_preemption_sync_point`, as orbax's
 `reached_preemption` uses): it hears only SIGTERM, through a handler of its own that the train loop's
-Python handler (which also hears Ctrl-C and says what it saved) would replace.
+Python handler (which also hears Ctrl-C and says what it saved) replaces; device_errors.py turns it off.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class AgreedStop:
     soon as it arrives. Several: the one agreed by `agree_now()` or `poll()`, the same on all of them."""
 
     def __init__(self, signals: StopSignals, mesh):
-        self.signals, self.agreed, self.started = signals, None, None
+        self.signals, self.agreed, self.in_flight = signals, None, None  # in_flight: the last agreement started
         self.alone = jax.process_count() == 1
         if not self.alone:
             self.numbers_sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))  # one number per device
@@ -43,17 +43,17 @@ class AgreedStop:
     def agree_now(self) -> str | None:
         """Agree at once: every process waits here for all the others (before the first step)."""
         if not self.alone:
-            self.agreed = self.agreed or read(self.start_agreeing())
+            self.agreed = self.agreed or signal_name(self.start_agreeing())
         return self.signal
 
     def poll(self) -> str | None:
-        """After each program that all processes run (a step, an evaluation batch) is dispatched: start agreeing
-        on the signals seen by now, and read the agreement started at the call before (ready when the program
-        before has run). Every process must call it as often as the others."""
+        """After each program that all processes run (a step, an evaluation batch) is dispatched: read the
+        agreement started at the call before (ready when the program before has run; the host waits for it),
+        then start agreeing on the signals seen by now. Every process must call it as often as the others."""
         if not self.alone:
-            before, self.started = self.started, self.start_agreeing()
-            if before is not None:
-                self.agreed = self.agreed or read(before)
+            if self.in_flight is not None:
+                self.agreed = self.agreed or signal_name(self.in_flight)
+            self.in_flight = self.start_agreeing()
         return self.signal
 
     def start_agreeing(self) -> jax.Array:
@@ -62,14 +62,6 @@ class AgreedStop:
         return self.max_over_devices(jax.make_array_from_process_local_data(self.numbers_sharding, numbers))
 
 
-def read(agreement: jax.Array) -> str | None:
+def signal_name(agreement: jax.Array) -> str | None:
     number = int(agreement)
     return signal.Signals(number).name if number else None
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop signal ended a run early, cleanly (saved, or nothing begun): the CLI exits 128 + signum."""
-
-    def __init__(self, signum: signal.Signals, rows: list[dict]):
-        super().__init__(signum.name)
-        self.signum, self.rows = signum, rows

@@ -8,6 +8,7 @@ keeping what it has made.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 
@@ -18,10 +19,13 @@ class StopSignals:
 
     `only_over_python_default`: take a signal only where Python's own handler is in place (a CLI, a
     notebook), so that work inside a program with its own handler (sampling in a train run) keeps it.
+    `repeats_ignored`: a second signal is ignored, not handed on (a process of several, which must stop
+    with the others: alone, it would leave them waiting).
     """
 
-    def __init__(self, *signums: int, only_over_python_default: bool = False):
+    def __init__(self, *signums: int, only_over_python_default: bool = False, repeats_ignored: bool = False):
         self.signums, self.only_over_python_default = signums, only_over_python_default
+        self.repeats_ignored = repeats_ignored
 
     def __enter__(self):
         self.signal, self.previous = None, {}
@@ -34,9 +38,20 @@ class StopSignals:
         return self
 
     def request(self, signum, frame):
+        if self.signal and self.repeats_ignored:
+            print(f"{signal.Signals(signum).name} ignored: stopping with the other processes", file=sys.stderr)
         self.signal = self.signal or signal.Signals(signum).name
-        signal.signal(signum, self.previous[signum])
+        if not self.repeats_ignored:
+            signal.signal(signum, self.previous[signum])
 
     def __exit__(self, *exc):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal ended a run early, cleanly (saved, or nothing begun): the CLI exits 128 + signum."""
+
+    def __init__(self, signum: signal.Signals, rows: list[dict]):
+        super().__init__(signum.name)
+        self.signum, self.rows = signum, rows

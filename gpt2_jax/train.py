@@ -21,11 +21,11 @@ import jax.numpy as jnp
 from absl import logging
 
 from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
-from gpt2_jax.agreed_stop import AgreedStop, Stopped
+from gpt2_jax.agreed_stop import AgreedStop
 from gpt2_jax.device_errors import TRAINING_MEMORY_ADVICE, initialize_distributed, out_of_memory_as_user_error
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
-from gpt2_jax.interrupt import StopSignals
+from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, learning_rates, make_optimizer
 from gpt2_jax.plot import plot_runs
@@ -52,8 +52,9 @@ def train(config, workdir: str | Path) -> list[dict]:
         mesh = sharding.make_mesh(config.fsdp)
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
-        with jax.set_mesh(mesh), StopSignals(signal.SIGTERM, signal.SIGINT) as signals, \
-                out_of_memory_as_user_error(TRAINING_MEMORY_ADVICE):  # mesh: for Pallas attention
+        # Several processes ignore a second signal: one that stopped at once would leave the others waiting.
+        signals = StopSignals(signal.SIGTERM, signal.SIGINT, repeats_ignored=jax.process_count() > 1)
+        with jax.set_mesh(mesh), signals, out_of_memory_as_user_error(TRAINING_MEMORY_ADVICE):  # mesh: Pallas attention
             run = Run(config, lock, mesh, AgreedStop(signals, mesh))  # several processes stop together
             rows = run.loop()
     finally:
