@@ -1,5 +1,6 @@
 """Several processes: two train processes on this host (jax.distributed over gloo, started as Slurm starts
-them) train as one process does, and a SIGTERM to one of them stops both after the same step, saved."""
+them) train as one process does; a SIGTERM to one of them stops both after the same step, saved; and
+processes given other settings or data are refused before they train."""
 
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import config_flags_of, step_of, tiny_run_config
+from conftest import SHAKESPEARE, config_flags_of, step_of, tiny_run_config
 
 from gpt2_jax.metrics import read_metrics
 
@@ -24,13 +25,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(config, workdir, log_dir, processes, code=None):
+def start(config, workdir, log_dir, processes, code=None, differences=None):
     """`processes` train processes of one run, each with one CPU device; their output goes to log_dir/N.txt.
-    `code`: run this Python instead of `-m gpt2_jax.train`, with the same arguments."""
+    `code`: run this Python instead of `-m gpt2_jax.train`, with the same arguments. `differences`: config
+    keys that the last process is given other values of."""
     port, started = free_port(), []
-    run_config = config.copy_and_resolve_references()
-    run_config.distributed = processes > 1
     for index in range(processes):
+        run_config = config.copy_and_resolve_references()
+        run_config.distributed = processes > 1
+        if index == processes - 1:
+            run_config.update(differences or {})
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": "", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
                "SLURM_JOB_ID": "1", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": str(processes),
                "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index)}
@@ -126,6 +130,19 @@ def test_a_sigterm_to_one_process_during_an_evaluation_stops_both_within_it(conf
         assert "SIGTERM: evaluation of step 25 stopped" in output and "SIGTERM: saved step 25 in" in output, output
     assert "val_loss" not in (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "SIGTERM ignored: stopping with the other processes" in results[1][1]
+
+
+def test_processes_given_other_settings_or_data_are_refused(config, tmp_path):
+    from gpt2_jax.prepare import prepare
+
+    other_data = tmp_path / "other_split"  # the same text, split 80/20
+    prepare([SHAKESPEARE], other_data, tokenizer="byte", val_fraction=0.2)
+    differences = {"learning_rate": 1e-3, "data_dir": str(other_data)}
+    results = finish(start(config, tmp_path / "run", tmp_path, 2, differences=differences), tmp_path)
+    for code, output in results:
+        assert code == 2 and "train: error: process 1 of this run differs from process 0 in learning_rate, its data " \
+            "(tokenizer, shards or splits): every process takes the same command line" in output, results
+    assert not (tmp_path / "run").exists()
 
 
 class FakeSignals:
