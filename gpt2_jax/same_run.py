@@ -26,11 +26,11 @@ def check_same_run(config, meta: dict) -> None:
     if jax.process_count() == 1:
         return
     # data_dir may differ from host to host (where each mounts the data): the data's identity is compared instead.
-    settings = {key: value for key, value in config.to_dict().items() if key != "data_dir"}
-    names = sorted(settings) + [DATA]
-    mine = [digest(json.dumps(settings[key], default=str)) for key in sorted(settings)] + [digest(data_fingerprint(meta))]
-    every = multihost_utils.process_allgather(np.asarray(mine, np.int32))  # [processes, names]
-    differs = every != every[0]
+    texts = {key: json.dumps(value, default=str) for key, value in config.to_dict().items() if key != "data_dir"}
+    texts[DATA] = data_fingerprint(meta)
+    names = sorted(texts)
+    every = multihost_utils.process_allgather(np.asarray([digest(texts[name]) for name in names], np.int32))
+    differs = every != every[0]  # [processes, names]
     if differs.any():
         process = int(np.flatnonzero(differs.any(axis=1))[0])
         what = ", ".join(name for name, differ in zip(names, differs[process]) if differ)

@@ -119,10 +119,11 @@ class Run:
                 f"; the next step's learning rate is {now:.3g}, {'up' if now > was else 'down'} from {was:.3g}"
                 if now != was else ""))
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
-              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices"
-              + f" of {jax.process_count()} processes" * (jax.process_count() > 1) + f", mesh {dict(mesh.shape)} | "
-              f"{meta['tokenizer']} tokens | {attention} attention" + " | fused add+LayerNorm kernel" * c.fused_norm)
+              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices{processes}, "
+              f"mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
+              + " | fused add+LayerNorm kernel" * c.fused_norm)
 
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)

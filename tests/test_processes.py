@@ -140,8 +140,8 @@ def test_processes_given_other_settings_or_data_are_refused(config, tmp_path):
     differences = {"learning_rate": 1e-3, "data_dir": str(other_data)}
     results = finish(start(config, tmp_path / "run", tmp_path, 2, differences=differences), tmp_path)
     for code, output in results:
-        assert code == 2 and "train: error: process 1 of this run differs from process 0 in learning_rate, its data " \
-            "(tokenizer, shards or splits): every process takes the same command line" in output, results
+        assert code == 2 and "train: error: process 1 of this run differs from process 0 in its data (tokenizer, " \
+            "shards or splits), learning_rate: every process takes the same command line" in output, results
     assert not (tmp_path / "run").exists()
 
 
