@@ -39,8 +39,6 @@ def initialize_distributed() -> None:
     """jax.distributed.initialize(), or a DeviceError saying why this process found no cluster to join."""
     # It waits for every process of the cluster; if one never comes, JAX aborts them all after 5 minutes.
     print("distributed=True: joining the other processes (jax.distributed waits up to 5 minutes for all)", flush=True)
-    # Its preemption service would take SIGTERM with a handler of its own, heard by nothing here (agreed_stop.py).
-    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize()
     except ValueError as error:  # what it raises when nothing names the coordinator

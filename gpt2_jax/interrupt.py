@@ -28,7 +28,7 @@ class StopSignals:
         self.repeats_ignored = repeats_ignored
 
     def __enter__(self):
-        self.signal, self.previous = None, {}
+        self.signal, self.previous, self.told = None, {}, False
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             for signum in self.signums:
                 handler = signal.getsignal(signum)
@@ -38,8 +38,10 @@ class StopSignals:
         return self
 
     def request(self, signum, frame):
-        if self.signal and self.repeats_ignored:
-            print(f"{signal.Signals(signum).name} ignored: stopping with the other processes", file=sys.stderr)
+        if self.signal and self.repeats_ignored and not self.told:  # said once: a print is not reentrant
+            self.told = True
+            print(f"{signal.Signals(signum).name} ignored: stopping with the other processes (SIGKILL stops this "
+                  "one at once, and the others when JAX sees it gone)", file=sys.stderr)
         self.signal = self.signal or signal.Signals(signum).name
         if not self.repeats_ignored:
             signal.signal(signum, self.previous[signum])

@@ -29,7 +29,7 @@ from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, learning_rates, make_optimizer
 from gpt2_jax.plot import plot_runs
-from gpt2_jax.same_run import check_same_run
+from gpt2_jax.same_run import check_same_data, check_same_settings
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
@@ -70,9 +70,10 @@ class Run:
 
     def __init__(self, config, lock: WorkdirLock, mesh, stop: AgreedStop):
         c, self.config, self.process, self.stop = config, config, jax.process_index(), stop
+        check_same_settings(c)  # several processes: the same settings, then the same data, on each
         train_config.validate(c, jax.device_count(), jax.process_count(), jax.default_backend())
         meta, self.workdir = shards.read_meta(c.data_dir), lock.workdir
-        check_same_run(c, meta)  # several processes: the same settings and data on each
+        check_same_data(c, meta)
         model_config = (pretrained.model_config(c, meta, self.workdir) if c.init_from
                         else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         if self.process == 0:

@@ -140,9 +140,48 @@ def test_processes_given_other_settings_or_data_are_refused(config, tmp_path):
     differences = {"learning_rate": 1e-3, "data_dir": str(other_data)}
     results = finish(start(config, tmp_path / "run", tmp_path, 2, differences=differences), tmp_path)
     for code, output in results:
-        assert code == 2 and "train: error: process 1 of this run differs from process 0 in its data (tokenizer, " \
-            "shards or splits), learning_rate: every process takes the same command line" in output, results
+        assert code == 2 and "train: error: process 1 of this run differs from process 0 in learning_rate (here " \
+            "learning_rate=" in output and "every process takes the same command line" in output, results
+    assert "learning_rate=0.001)" in results[1][1] and "learning_rate=0.001)" not in results[0][1]
     assert not (tmp_path / "run").exists()
+
+    differences = {"data_dir": str(other_data)}  # the settings agree (data_dir may differ), the data do not
+    results = finish(start(config, tmp_path / "run", tmp_path, 2, differences=differences), tmp_path)
+    for code, output in results:
+        assert code == 2 and "process 1 of this run differs from process 0 in its data (tokenizer, shards or " \
+            "splits) (here data_dir=" in output, results
+    assert f"data_dir={other_data})" in results[1][1]
+    assert not (tmp_path / "run").exists()
+
+    differences = {"data_dir": str(tmp_path / "nothing_here")}  # process 1 fails alone, before the comparison
+    results = finish(start(config, tmp_path / "run", tmp_path, 2, differences=differences), tmp_path, timeout=60)
+    assert [code for code, _ in results] == [2, 2], results  # at once: not JAX's 5-minute wait at shutdown
+    assert "no meta.json" in results[1][1], results
+    assert "another process of this run stopped before comparing its data" in results[0][1], results
+
+    results = finish(start(config, tmp_path / "run", tmp_path, 2, code=ONE_MORE_SETTING_ON_PROCESS_1), tmp_path)
+    for code, output in results:  # not a gather of arrays of two shapes, which gloo aborts on
+        assert code == 2 and "process 1 of this run differs from process 0 in the settings' keys (another " \
+            "gpt2_jax?)" in output, results
+    compared = len(config) - 1  # all but data_dir
+    assert f"(here {compared + 1} keys)" in results[1][1] and f"(here {compared} keys)" in results[0][1]
+
+
+# Process 1 runs a gpt2_jax with one more setting.
+ONE_MORE_SETTING_ON_PROCESS_1 = """
+import os, sys
+import gpt2_jax.train_config as train_config
+default_config = train_config.default_config
+def one_more():
+    c = default_config()
+    if os.environ["SLURM_PROCID"] == "1":
+        c.newer_setting = 1
+    return c
+train_config.default_config = one_more
+import gpt2_jax.train as train_module
+sys.argv[0] = "train"
+train_module.main()
+"""
 
 
 class FakeSignals:
