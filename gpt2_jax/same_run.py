@@ -3,8 +3,9 @@
 Each host parses its own command line and reads its own data directory. A host given other settings (a
 typo in one host's command) would compile other programs and wait forever in collectives that do not
 match, or train at another learning rate; a host with other data would train, silently, on other
-windows. So before the first step, the processes compare their settings (before any is acted on) and then
-their data's identity. Each process says its own value, so the logs of two hosts show what differed.
+windows; a host that restored another checkpoint would train other params. So before the first step, the
+processes compare their settings (before any is acted on), their data's identity and the step they start
+from. Each process says its own value, so the logs of two hosts show what differed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ def check_same_data(config, meta: dict) -> None:
     if jax.process_count() > 1:
         data = "its data (tokenizer, shards or splits)"
         compare({data: data_fingerprint(meta)}, {data: f"data_dir={config.data_dir}"})
+
+
+def check_same_start(step: int) -> None:
+    """ConfigError on every process unless all start from the same checkpoint step (0: none). Each restores the
+    newest one it can read: they differ if the processes do not share one checkpoints/ directory."""
+    if jax.process_count() > 1:
+        start = "the step it starts from (do the processes share one checkpoints/ directory?)"
+        compare({start: str(step)}, {start: f"step {step}"})
 
 
 def compare(texts: dict[str, str], here: dict[str, str]) -> None:

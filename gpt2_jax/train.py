@@ -29,7 +29,7 @@ from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, learning_rates, make_optimizer
 from gpt2_jax.plot import plot_runs
-from gpt2_jax.same_run import check_same_data, check_same_settings
+from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
@@ -78,7 +78,7 @@ class Run:
                         else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         if self.process == 0:
             lock.acquire()
-        changed = check_settings(self.workdir, model_config, c, meta)
+        changed = check_settings(self.workdir, model_config, c, meta, jax.process_count())
 
         attention = accelerator.attention_impl(c.attention_impl, c.dtype)
         model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
@@ -100,6 +100,7 @@ class Run:
         self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         restored = self.checkpoints.restore_train_state(target.params, target.opt_state, self.data)
+        check_same_start(restored[0] if restored else 0)
         if restored:
             self.start, params, opt_state = restored
             self.state, origin = TrainState(params, opt_state), f"resuming from step {self.start}"
@@ -151,7 +152,7 @@ class Run:
                     jax.block_until_ready(step_metrics)
                     # Only now: a start that trains nothing (refused, failed, stopped, out of memory) changes nothing.
                     if self.process == 0:
-                        write_settings(self.workdir, self.model_config, c, self.meta)
+                        write_settings(self.workdir, self.model_config, c, self.meta, jax.process_count())
                         self.writer.begin()
                     self.clock.start(step, step_metrics)
                 last = step == c.max_steps

@@ -26,6 +26,7 @@ SHAPE_SETTINGS = ("vocab_pad_multiple",)
 # With the data itself, what fixes which windows each step reads (a restored iterator counts steps).
 ORDER_SETTINGS = ("seed", "tokens_per_step")
 DATA = "data_fingerprint"  # train_config.json's record of the data's identity (data_fingerprint)
+PROCESSES = "processes"  # and of how many processes trained it: each keeps its own place in the data
 
 
 class WorkdirError(UserError):
@@ -85,7 +86,7 @@ class WorkdirLock:
         return names in ([LOCK], [CHECKPOINTS, LOCK]) and not any((self.workdir / CHECKPOINTS).glob("*"))
 
 
-def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> dict[str, tuple]:
+def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int) -> dict[str, tuple]:
     """Refuse a workdir whose run trained another model, saved its state with other shapes or, with
     checkpoints to resume, read other data or another order of it; return the other settings that
     changed since the run's last start, {key: (before, now)}."""
@@ -112,6 +113,10 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) 
     if resuming and saved.get(DATA, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
         raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
                            "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
+    if resuming and saved.get(PROCESSES, processes) != processes:  # a run from before the record: none to compare
+        raise WorkdirError(f"the run in {workdir} was trained by {saved[PROCESSES]} process(es), each with its own "
+                           f"place in the data, and resumes only with {saved[PROCESSES]}, not {processes}; or start a "
+                           f"new --workdir from its weights with --config.init_from={workdir}")
     as_saved = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as train_config.json holds them
     return {key: (saved[key], value) for key, value in as_saved.items() if key in saved and saved[key] != value}
 
@@ -122,8 +127,9 @@ def data_fingerprint(meta: dict) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
-def write_settings(workdir: Path, model_config: GPT2Config, config, meta: dict) -> None:
-    """config.json (the model, HF schema) and train_config.json (this run's settings and its data's identity)."""
+def write_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int) -> None:
+    """config.json (the model, HF schema) and train_config.json (this run's settings, its data's identity and
+    how many processes read it)."""
     model_config.to_json(workdir / MODEL_CONFIG)
-    settings = {**config.to_dict(), DATA: data_fingerprint(meta)}
+    settings = {**config.to_dict(), DATA: data_fingerprint(meta), PROCESSES: processes}
     (workdir / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")

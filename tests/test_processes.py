@@ -3,6 +3,7 @@ them) train as one process does; a SIGTERM to one of them stops both after the s
 processes given other settings or data are refused before they train."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,11 +73,16 @@ def config(shakespeare_bytes):
 
 
 @pytest.fixture(scope="module")
-def one_process(config, tmp_path_factory):
+def one_process_run(config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("one_process")
     [(code, output)] = finish(start(config, folder / "run", folder, 1), folder)
     assert code == 0, output
-    return train_losses(folder / "run")
+    return folder / "run"
+
+
+@pytest.fixture(scope="module")
+def one_process(one_process_run):
+    return train_losses(one_process_run)
 
 
 def test_two_processes_train_as_one_does_through_a_sigterm_to_one_of_them(config, one_process, tmp_path):
@@ -165,6 +171,43 @@ def test_processes_given_other_settings_or_data_are_refused(config, tmp_path):
             "gpt2_jax?)" in output, results
     compared = len(config) - 1  # all but data_dir
     assert f"(here {compared + 1} keys)" in results[1][1] and f"(here {compared} keys)" in results[0][1]
+
+
+# Process 1 finds no checkpoint to resume from (as if it saw another checkpoints/ directory).
+NO_CHECKPOINT_ON_PROCESS_1 = """
+import os, sys
+import gpt2_jax.train as train_module
+restore = train_module.TrainCheckpoints.restore_train_state
+def none_on_process_1(self, *args):
+    restored = restore(self, *args)
+    return None if os.environ["SLURM_PROCID"] == "1" else restored
+train_module.TrainCheckpoints.restore_train_state = none_on_process_1
+sys.argv[0] = "train"
+train_module.main()
+"""
+
+
+def test_a_run_resumes_only_with_as_many_processes_and_all_from_one_step(config, one_process_run, tmp_path):
+    """Each process keeps its own place in the data: a run resumes with the processes that trained it (before,
+    every checkpoint of a one-process run looked damaged to two processes, and was set aside)."""
+    shutil.copytree(one_process_run, tmp_path / "one")  # finished at step 60
+    before = sorted(path.name for path in (tmp_path / "one" / "checkpoints").iterdir())
+    longer = config.copy_and_resolve_references()
+    longer.max_steps = 70
+    results = finish(start(longer, tmp_path / "one", tmp_path, 2), tmp_path)
+    for code, output in results:
+        assert code == 2 and "was trained by 1 process(es), each with its own place in the data, and resumes only " \
+            "with 1, not 2" in output, results
+    assert sorted(path.name for path in (tmp_path / "one" / "checkpoints").iterdir()) == before
+
+    shorter = config.copy_and_resolve_references()
+    shorter.max_steps, shorter.eval_every = 10, 0
+    assert [code for code, _ in finish(start(shorter, tmp_path / "two", tmp_path, 2), tmp_path)] == [0, 0]
+    shorter.max_steps = 20
+    results = finish(start(shorter, tmp_path / "two", tmp_path, 2, code=NO_CHECKPOINT_ON_PROCESS_1), tmp_path)
+    for code, output in results:
+        assert code == 2 and "process 1 of this run differs from process 0 in the step it starts from" in output, results
+    assert "(here step 10)" in results[0][1] and "(here step 0)" in results[1][1]
 
 
 # Process 1 runs a gpt2_jax with one more setting.
