@@ -67,7 +67,7 @@ def params_from_state_dict(config: GPT2Config, state_dict: dict[str, np.ndarray]
             raise ConversionError(f"unexpected key {key!r} in checkpoint (not a GPT-2 parameter)")
         if tuple(value.shape) != expected[path].shape:
             raise ConversionError(f"{key}: shape {tuple(value.shape)} does not match config ({expected[path].shape})")
-        if not np.issubdtype(value.dtype, np.floating):
+        if not jnp.issubdtype(value.dtype, jnp.floating):  # bfloat16 too (ml_dtypes: not np.floating)
             raise ConversionError(f"{key}: holds {value.dtype} values, not floating-point weights")
         if not np.isfinite(value).all():
             raise ConversionError(f"{key}: holds {np.count_nonzero(~np.isfinite(value))} NaN or infinite values")

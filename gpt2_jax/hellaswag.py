@@ -110,7 +110,9 @@ class HellaSwagScorer:
         self.model, self.examples_per_batch = model, max(examples_per_batch, 1)
         self.rows = -(-4 * self.examples_per_batch // mesh.size) * mesh.size  # padded rows have mask 0
         self.rows_sharding = sharding.batch_sharding(mesh)
-        self.losses = jax.jit(functools.partial(ending_losses, model))
+        # Replicated out: every process reads all rows' losses (several processes cannot read a split array).
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self.losses = jax.jit(functools.partial(ending_losses, model), out_shardings=(replicated, replicated))
 
     def score(self, params, examples: list[Example], tokenizer: Tokenizer, progress=None) -> dict:
         """{"acc", "acc_norm", "n", "predicted", "predicted_norm"}: the accuracies over `examples` and

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random transformers GPT-2 checkpoints, and the fake 8-device CPU mesh."""
 
+import json
 import os
 import subprocess
 
@@ -153,4 +154,23 @@ def shakespeare_bpe(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("shakespeare_bpe")
     prepare([SHAKESPEARE], path, tokenizer="gpt2", val_fraction=0.1)
+    return path
+
+
+WORDS = "the a man woman dog runs jumps slowly into water after before ball red green house".split()
+
+
+@pytest.fixture(scope="session")
+def hellaswag_file(tmp_path_factory):
+    """Twelve examples in the official hellaswag_val.jsonl format, random words, random labels."""
+    rng = np.random.RandomState(0)
+    path = tmp_path_factory.mktemp("hellaswag") / "hellaswag_val.jsonl"
+    lines = []
+    for i in range(12):
+        context = " ".join(rng.choice(WORDS, rng.randint(5, 25)))
+        endings = [" ".join(rng.choice(WORDS, rng.randint(2, 12))) + "." for _ in range(4)]
+        lines.append(json.dumps({"ind": i, "activity_label": "Test", "ctx_a": context, "ctx_b": "", "ctx": context,
+                                 "split": "val", "split_type": "indomain", "label": int(rng.randint(4)),
+                                 "endings": endings, "source_id": f"test~{i}"}))
+    path.write_text("\n".join(lines) + "\n")
     return path

@@ -67,6 +67,24 @@ def test_unprefixed_gpt2model_keys_load(hf_model, hf_dir, tmp_path, ids):
     assert rel_error(logits(config, params, ids), hf_logits(hf_dir, ids)) < 1e-5
 
 
+@pytest.mark.parametrize("file_name", ["model.safetensors", "pytorch_model.bin"])
+def test_bfloat16_checkpoints_load_as_their_values_in_fp32(hf_model, tmp_path, ids, file_name):
+    """Checkpoints saved in bf16 (many on the hub): safetensors reads them as ml_dtypes' bfloat16, which numpy
+    does not call floating (they were refused); both formats give the bf16 values exactly, in fp32."""
+    bf16_model = transformers.GPT2LMHeadModel(hf_model.config).eval()
+    bf16_model.load_state_dict(hf_model.state_dict())
+    bf16_model.to(torch.bfloat16).save_pretrained(tmp_path)  # model.safetensors
+    if file_name == "pytorch_model.bin":
+        torch.save(bf16_model.state_dict(), tmp_path / file_name)
+        (tmp_path / "model.safetensors").unlink()
+    config, params = from_hf(str(tmp_path))
+    theirs = bf16_model.float()
+    kernel = theirs.state_dict()["transformer.h.0.attn.c_attn.weight"].numpy()
+    np.testing.assert_array_equal(np.asarray(params["h_0"]["attn"]["c_attn"]["kernel"]), kernel)
+    with torch.no_grad():
+        assert rel_error(logits(config, params, ids), theirs(torch.tensor(ids)).logits.numpy()) < 1e-5
+
+
 def test_export_opens_in_transformers_with_the_same_logits_and_reloads_identically(tmp_path, ids):
     config = GPT2Config(vocab_size=101, n_positions=40, n_embd=20, n_layer=3, n_head=5, n_inner=36, eos_token_id=100, bos_token_id=100)
     params = GPT2(config).init(jax.random.key(3), ids[:, :4])["params"]

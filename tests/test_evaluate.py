@@ -30,25 +30,6 @@ from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train import train
 from gpt2_jax.validation import LossEvaluator
 
-WORDS = "the a man woman dog runs jumps slowly into water after before ball red green house".split()
-
-
-@pytest.fixture(scope="module")
-def hellaswag_file(tmp_path_factory):
-    """Twelve examples in the official hellaswag_val.jsonl format, random words, random labels."""
-    rng = np.random.RandomState(0)
-    path = tmp_path_factory.mktemp("hellaswag") / "hellaswag_val.jsonl"
-    lines = []
-    for i in range(12):
-        context = " ".join(rng.choice(WORDS, rng.randint(5, 25)))
-        endings = [" ".join(rng.choice(WORDS, rng.randint(2, 12))) + "." for _ in range(4)]
-        lines.append(json.dumps({"ind": i, "activity_label": "Test", "ctx_a": context, "ctx_b": "", "ctx": context,
-                                 "split": "val", "split_type": "indomain", "label": int(rng.randint(4)),
-                                 "endings": endings, "source_id": f"test~{i}"}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def torch_hellaswag(model_dir, examples):
     """build-nanogpt's scoring, written again over transformers: per example (summed, mean) choices."""
     model, tokenizer = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval(), get_tokenizer("gpt2")

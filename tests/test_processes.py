@@ -67,9 +67,13 @@ def train_losses(workdir):
     return {row["step"]: row["train_loss"] for row in read_metrics(workdir) if "train_loss" in row}
 
 
+def evaluations(workdir):
+    return {row["step"]: (row["val_loss"], row["hellaswag_acc_norm"]) for row in read_metrics(workdir) if "val_loss" in row}
+
+
 @pytest.fixture(scope="module")
-def config(shakespeare_bytes):
-    return tiny_run_config(shakespeare_bytes, max_steps=60, checkpoint_every=20, eval_every=25)
+def config(shakespeare_bytes, hellaswag_file):
+    return tiny_run_config(shakespeare_bytes, max_steps=60, checkpoint_every=20, eval_every=25, hellaswag=str(hellaswag_file))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,7 @@ def one_process(one_process_run):
     return train_losses(one_process_run)
 
 
-def test_two_processes_train_as_one_does_through_a_sigterm_to_one_of_them(config, one_process, tmp_path):
+def test_two_processes_train_as_one_does_through_a_sigterm_to_one_of_them(config, one_process, one_process_run, tmp_path):
     """The SIGTERM stops both after the same step, saved; rerun, they resume and end where one process ends."""
     started = start(config, tmp_path / "run", tmp_path, 2)
     deadline = time.monotonic() + 240
@@ -106,6 +110,9 @@ def test_two_processes_train_as_one_does_through_a_sigterm_to_one_of_them(config
     losses = train_losses(tmp_path / "run")  # process 0 writes them: the stopped run's rows, then the resumed run's
     assert losses.keys() == one_process.keys()  # each process read its half of the same windows, in the same order
     np.testing.assert_allclose(list(losses.values()), list(one_process.values()), rtol=1e-4)
+    scores, one_process_scores = evaluations(tmp_path / "run"), evaluations(one_process_run)
+    assert scores.keys() == one_process_scores.keys() == {25, 50, 60}  # HellaSwag too (it read a split array)
+    np.testing.assert_allclose(list(scores.values()), list(one_process_scores.values()), rtol=1e-4)
 
 
 # Process 1 alone gets a SIGTERM as each evaluation begins, then another.
