@@ -14,13 +14,17 @@ import optax
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(
+    """The rate of optax's update `count` (counted from 0), which is train step count + 1: the first step
+    already moves (learning_rate / warmup_steps, as in build-nanogpt; a schedule read at the count would
+    spend step 1 at rate 0) and step warmup_steps reaches the peak."""
+    by_step = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=config.learning_rate,
         warmup_steps=config.warmup_steps,
         decay_steps=config.max_steps,  # optax counts the warmup inside decay_steps
         end_value=config.learning_rate * config.min_lr_ratio,
     )
+    return lambda count: by_step(count + 1)
 
 
 def learning_rates(config, earlier: dict, step: int) -> tuple[float, float]:

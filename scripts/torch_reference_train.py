@@ -30,7 +30,8 @@ def load_config(path):
 
 
 def learning_rate(c, step):
-    """optax.warmup_cosine_decay_schedule(0, lr, warmup, max_steps, lr * min_lr_ratio) at `step`."""
+    """Train step `step`'s rate (from 1): optax.warmup_cosine_decay_schedule(0, lr, warmup, max_steps,
+    lr * min_lr_ratio) at `step`, as gpt2_jax.optim reads it."""
     if step < c.warmup_steps:
         return c.learning_rate * step / c.warmup_steps
     progress = min((step - c.warmup_steps) / (c.max_steps - c.warmup_steps), 1.0)
@@ -78,7 +79,7 @@ def main():
     for step in range(1, c.max_steps + 1):
         windows = torch.from_numpy(np.asarray(train_windows[step - 1])).long()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(c, step - 1)
+            group["lr"] = learning_rate(c, step)
         logits = model(windows[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
         loss.backward()

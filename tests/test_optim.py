@@ -19,13 +19,14 @@ def config():
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor(config):
     schedule = learning_rate_schedule(config)
-    assert float(schedule(0)) == 0.0
-    assert float(schedule(50)) == pytest.approx(5e-4)
-    assert float(schedule(100)) == pytest.approx(1e-3)
+    rate = lambda step: float(schedule(step - 1))  # noqa: E731  optax's count is the train step - 1
+    assert rate(1) == pytest.approx(1e-5, rel=1e-5)  # the first step moves (at rate 0 it only fed Adam's moments)
+    assert rate(50) == pytest.approx(5e-4)
+    assert rate(100) == pytest.approx(1e-3)
     halfway = 100 + (1000 - 100) // 2  # cosine: halfway between peak and floor
-    assert float(schedule(halfway)) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-4)
-    assert float(schedule(1000)) == pytest.approx(1e-4) and float(schedule(5000)) == pytest.approx(1e-4)
-    values = [float(schedule(s)) for s in range(100, 1001, 50)]
+    assert rate(halfway) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4), rel=1e-4)
+    assert rate(1000) == pytest.approx(1e-4) and rate(5000) == pytest.approx(1e-4)
+    values = [rate(s) for s in range(100, 1001, 50)]
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
@@ -37,11 +38,11 @@ def test_learning_rates_before_and_after_a_change_of_settings(config):
     """A resumed run names what its changed settings do to the next step's rate: a later max_steps raises
     it, an earlier one lowers it, a new peak scales it, settings the schedule does not read change nothing."""
     later, earlier = learning_rates(config, {"max_steps": 500}, 400), learning_rates(config, {"max_steps": 2000}, 400)
-    assert later == pytest.approx((cosine(400, 1e-3, 1e-4, 100, 500), cosine(400, 1e-3, 1e-4, 100, 1000)))
+    assert later == pytest.approx((cosine(401, 1e-3, 1e-4, 100, 500), cosine(401, 1e-3, 1e-4, 100, 1000)))
     assert later[0] < later[1] and earlier[0] > earlier[1]
-    assert earlier[0] == pytest.approx(cosine(400, 1e-3, 1e-4, 100, 2000))
+    assert earlier[0] == pytest.approx(cosine(401, 1e-3, 1e-4, 100, 2000))
     then, now = learning_rates(config, {"learning_rate": 3e-3, "seed": 7, "batch_size": 4}, 400)
-    assert then == pytest.approx(3 * now) and now == pytest.approx(cosine(400, 1e-3, 1e-4, 100, 1000))
+    assert then == pytest.approx(3 * now) and now == pytest.approx(cosine(401, 1e-3, 1e-4, 100, 1000))
     assert learning_rates(config, {"seed": 7}, 400)[0] == learning_rates(config, {}, 400)[1]
     assert config.max_steps == 1000 and config.learning_rate == 1e-3  # the run's config is not touched
 

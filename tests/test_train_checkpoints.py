@@ -111,8 +111,8 @@ def test_a_resume_refuses_other_data_or_another_seed_and_names_other_changes(tra
     changed = next(line for line in resumed.stdout.splitlines() if line.startswith("settings changed since this run"))
     assert f"data_dir {shakespeare_bytes} -> {moved}" in changed and "learning_rate 0.003 -> 0.001" in changed
     assert "max_steps 20 -> 30" in changed and "; the next step's learning rate is " in changed
-    # Step 21's rate: it was the old schedule's floor (step 20 of 20), now the new cosine's (5 warmup, 30 steps).
-    was, now = 0.003 * 0.1, 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + np.cos(np.pi * (20 - 5) / (30 - 5)))
+    # Step 21's rate: it was the old schedule's floor (past its 20 steps), now the new cosine's (5 warmup, 30 steps).
+    was, now = 0.003 * 0.1, 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + np.cos(np.pi * (21 - 5) / (30 - 5)))
     assert changed.endswith(f"; the next step's learning rate is {now:.3g}, up from {was:.3g}"), changed
 
 
