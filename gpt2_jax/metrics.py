@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import jax
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError
 
-# Dense bf16 peak FLOP/s per device, by a substring of jax's device_kind. Override with
-# --config.peak_flops for anything else.
-PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "GH200": 989e12, "B200": 2250e12, "A100": 312e12, "L4": 121e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6": 918e12,
-}
+# Dense bf16 peak FLOP/s per device (datasheets), by the first pattern found in jax's device_kind
+# ("NVIDIA H100 80GB HBM3", "NVIDIA L40S", "TPU v5 lite"): whole names, so an L40S is not an L4.
+# Override with --config.peak_flops for anything else.
+PEAK_FLOPS = [
+    (r"\bH100 PCIe\b", 756e12), (r"\bH100 NVL\b", 835e12), (r"\bG?H(100|200)\b", 989e12), (r"\bB200\b", 2250e12),
+    (r"\bA100\b", 312e12), (r"\bL40S\b", 362e12), (r"\bL40\b", 181e12), (r"\bL4\b", 121e12),
+    (r"\bTPU v4\b", 275e12), (r"\bTPU v5 lite\b", 197e12), (r"\bTPU v5p?\b", 459e12), (r"\bTPU v6", 918e12),
+]
 
 
 class DivergedError(UserError):
@@ -48,8 +51,11 @@ def train_flops_per_token(config: GPT2Config) -> float:
 def peak_flops_per_device(override: float = 0.0) -> float | None:
     if override:
         return override
-    kind = jax.devices()[0].device_kind
-    return next((flops for name, flops in PEAK_FLOPS.items() if name in kind), None)
+    return peak_flops_of(jax.devices()[0].device_kind)
+
+
+def peak_flops_of(device_kind: str) -> float | None:
+    return next((flops for pattern, flops in PEAK_FLOPS if re.search(pattern, device_kind)), None)
 
 
 class ThroughputClock:
