@@ -25,9 +25,12 @@ class DeviceError(UserError):
 
 @contextlib.contextmanager
 def out_of_memory_as_user_error(advice: str):
-    """Inside: an out-of-memory failure becomes a DeviceError that says what failed and `advice`."""
+    """Inside: an out-of-memory failure (the device's, or the host's MemoryError) becomes a DeviceError that
+    says what failed and `advice`."""
     try:
         yield
+    except MemoryError:
+        raise DeviceError(f"out of host memory; {advice}") from None
     except jax.errors.JaxRuntimeError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if not re.search(r"RESOURCE_EXHAUSTED|out of memory", first_line, re.IGNORECASE):

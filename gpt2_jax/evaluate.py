@@ -19,6 +19,7 @@ from pathlib import Path
 from gpt2_jax import hellaswag, shards
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, read_documents
+from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_config, load_replicated, resolve_reference
@@ -88,8 +89,9 @@ def main(argv=None):
                         "give a file to write (checked before evaluating)")
     for reference in args.model:  # each model's config and tokenizer, before the first one is scored
         tokenizer_for_vocab(load_config(reference).vocab_size, hf_dir=resolve_reference(reference))
-    results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size,
-                                     args.val_tokens) for model in args.model}
+    with out_of_memory_as_user_error(f"lower --batch-size (now {args.batch_size})"):
+        results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size,
+                                         args.val_tokens) for model in args.model}
     print(results_table(results, tasks))
     if args.out:
         with open(args.out, "w") as file:

@@ -17,6 +17,7 @@ from pathlib import Path
 from gpt2_jax import hellaswag
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
+from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_replicated
@@ -118,7 +119,9 @@ def main(argv=None):
     parser.add_argument("--baseline", help="a model to compare with: hub name, HF directory, params directory or "
                         "workdir (default: none, the run's own numbers)")
     args = parser.parse_args(argv)
-    markdown, picture = write_report(args.workdir, args.baseline)
+    with out_of_memory_as_user_error("the baseline is scored in the run's batches (its batch_size); report on a "
+                                     "machine with more memory, or score it with python -m gpt2_jax.evaluate --batch-size N"):
+        markdown, picture = write_report(args.workdir, args.baseline)
     print(markdown.read_text())
     print(f"wrote {markdown} and {picture}")
 

@@ -16,13 +16,11 @@ from tqdm import tqdm
 
 from gpt2_jax import accelerator
 from gpt2_jax.cli import argument_parser
+from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2, cache_bytes
 from gpt2_jax.sampling import GenerationInterrupted, generate
-
-
-OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory")  # how XLA says it (a GPU's allocator; the CPU's)
 
 
 class StreamPrinter:
@@ -90,22 +88,19 @@ def main(argv=None):
     def count(made):  # several samples print when done: until then, a progress bar
         progress.update(made - progress.n)
 
+    too_many = f"{args.num_samples} x {len(prompt_ids) + args.max_new_tokens} tokens: lower --num-samples or --max-new-tokens"
     try:
-        prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
-        progress = None if stream else tqdm(total=args.max_new_tokens, desc="sample", unit="token", leave=False)
-        tokens_BxL = generate(
-            GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
-            temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-            rng=jax.random.key(args.seed), on_token=stream, on_progress=stream.stop_if_reader_gone if stream else count,
-        )
+        with out_of_memory_as_user_error(too_many):
+            prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
+            progress = None if stream else tqdm(total=args.max_new_tokens, desc="sample", unit="token", leave=False)
+            tokens_BxL = generate(
+                GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
+                temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+                rng=jax.random.key(args.seed), on_token=stream, on_progress=stream.stop_if_reader_gone if stream else count,
+            )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
         raise
-    except (MemoryError, jax.errors.JaxRuntimeError) as error:
-        if not isinstance(error, MemoryError) and not any(sign in str(error) for sign in OUT_OF_MEMORY):
-            raise
-        raise UserError(f"out of memory for {args.num_samples} x {len(prompt_ids) + args.max_new_tokens} tokens; "
-                        "lower --num-samples or --max-new-tokens") from None
     print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress)
 
 

@@ -143,6 +143,17 @@ def test_cli_compares_a_bpe_and_a_byte_model_on_the_same_bytes_and_writes_json(
     assert re.search(rf"val_loss {re.escape(str(byte_model_dir))}: +\d+%\|.*\| [0-4]/4 \[", result.stderr), result.stderr
 
 
+def test_running_out_of_memory_is_one_line(bpe_model_dir, shakespeare_bytes, monkeypatch):
+    def out_of_memory(*args, **kwargs):  # what XLA raises when a batch does not fit the device
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB.")
+
+    monkeypatch.setattr(evaluate, "evaluate_model", out_of_memory)
+    result = run_main(evaluate.main, "--model", str(bpe_model_dir), "--tasks", "val_loss", "--data-dir",
+                      str(shakespeare_bytes), "--batch-size", "4096")
+    assert_one_line_error(result, "out of memory on cpu (RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                          "9.1GiB.); lower --batch-size (now 4096)")
+
+
 def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_bytes, hellaswag_file, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(hellaswag_file.read_text().splitlines()[0] + "\n" + '{"ctx": "x", "endings": ["a"], "label": 0}\n')

@@ -210,13 +210,18 @@ def test_cache_bytes_is_the_size_of_the_cache(tiny):
         assert cache_bytes(config, 3, 10, dtype) == made > 0
 
 
-def test_running_out_of_device_memory_is_one_line(bpe_model_dir, monkeypatch):
-    def out_of_memory(*args, **kwargs):  # what XLA raises when a batch of samples passes the estimate but not the device
-        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB.")
+@pytest.mark.parametrize("error, says", [
+    (jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB."),
+     "out of memory on cpu (RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB.); "),
+    (MemoryError(), "out of host memory; "),
+])
+def test_running_out_of_memory_is_one_line(bpe_model_dir, monkeypatch, error, says):
+    def out_of_memory(*args, **kwargs):  # what a batch of samples that passes the estimate but not the device meets
+        raise error
 
     monkeypatch.setattr(sample, "generate", out_of_memory)
     assert_one_line_error(run_main(sample.main, "--model", str(bpe_model_dir), "--num-samples", "4"),
-                          "out of memory for 4 x 38 tokens; lower --num-samples or --max-new-tokens")
+                          says + "4 x 38 tokens: lower --num-samples or --max-new-tokens")
 
 
 def test_a_prompt_that_is_not_utf8_is_one_line(byte_model_dir):
