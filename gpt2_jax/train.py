@@ -74,10 +74,10 @@ class Run:
         train_config.validate(c, jax.device_count(), jax.process_count(), jax.default_backend())
         meta, self.workdir = shards.read_meta(c.data_dir), lock.workdir
         check_same_data(c, meta)
-        model_config = (pretrained.model_config(c, meta, self.workdir) if c.init_from
-                        else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         if self.process == 0:
             lock.acquire()
+        model_config = (pretrained.model_config(c, meta, self.workdir) if c.init_from  # a resume reads config.json
+                        else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         changed = check_settings(self.workdir, model_config, c, meta, jax.process_count())
 
         attention = accelerator.attention_impl(c.attention_impl, c.dtype)

@@ -94,3 +94,13 @@ def test_a_read_only_workdir_is_one_line(shakespeare_bytes, tmp_path):
         writable_again()
     assert_one_line_error(result, f"{workdir}: cannot write there")
     assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "\"settings\"", "null"])
+def test_a_train_config_json_that_is_not_an_object_is_one_line(tmp_path, text):
+    from gpt2_jax.train_config import default_config
+    from gpt2_jax.workdir import check_settings
+
+    (tmp_path / "train_config.json").write_text(text)  # valid JSON: it was an AttributeError's traceback
+    with pytest.raises(WorkdirError, match="train_config.json: unreadable \\(a JSON .*, not the run's settings\\)"):
+        check_settings(tmp_path, None, default_config(), {}, 1)
