@@ -39,7 +39,8 @@ def _unchunk(a_NxBxPx_, time: int):
 
 
 def _logits_and_max(x_BxPxD, embedding_VxD, vocab_size: int):
-    """fp32 logits over the padded rows (padding masked to -inf) and each position's largest."""
+    """Logits over the padded rows (padding masked to -inf), from a matmul in x's dtype (as PyTorch's autocast
+    does), then fp32; and each position's largest."""
     logits_BxPxV = jnp.einsum("bpd,vd->bpv", x_BxPxD, embedding_VxD).astype(jnp.float32)
     if embedding_VxD.shape[0] > vocab_size:
         logits_BxPxV = jnp.where(jnp.arange(embedding_VxD.shape[0]) < vocab_size, logits_BxPxV, -jnp.inf)
