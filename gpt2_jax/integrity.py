@@ -9,6 +9,7 @@ instead of having its healthy checkpoints taken for damaged ones.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -118,10 +119,24 @@ def failure_reason(error: BaseException) -> str:
     return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
 
 
+# What the machine says when it could not read healthy files (no access, no memory or file handles, a network
+# filesystem or object store gone quiet, an I/O error that may pass): such a step is never set aside.
+MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EINTR,
+                  errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+                  errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+MACHINE_STATUS = re.compile(r"\b(RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNAVAILABLE|PERMISSION_DENIED|UNAUTHENTICATED)\b|"
+                            r"Permission denied")
+
+
 def is_damage(error: BaseException) -> bool:
     """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
-    return not (isinstance(error, (MemoryError, PermissionError)) or "RESOURCE_EXHAUSTED" in str(error)
-                or "Permission denied" in str(error))
+    chain = [error]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    codes = {link.errno for link in chain if isinstance(link, OSError)}
+    codes |= {int(code) for link in chain for code in re.findall(r"os_error_code='?(\d+)", str(link))}
+    return not (any(isinstance(link, MemoryError) for link in chain) or codes & MACHINE_ERRNOS
+                or any(MACHINE_STATUS.search(str(link)) for link in chain))
 
 
 def set_aside(checkpoints: Path, step: int) -> str:

@@ -1,10 +1,10 @@
 """A training workdir's checkpoints: orbax's CheckpointManager, with every failure a clear one.
 
 Each step holds params, opt_state, the grain iterator's position and the checksums of both
-states (integrity.py). A restore takes the newest whole step: one saved with other shapes stops
-the run (a setting changed; nothing is damaged); one that cannot be read or fails its checksums
-is set aside as `<step>.unreadable` (by process 0; readers never move anything) and the step
-before is tried. Saves run in the background; a failed one stops the run, naming the last good step.
+states (integrity.py). A restore takes the newest whole step: one saved with other shapes, or that the
+machine could not read (memory, access, I/O), stops the run, its files untouched; a damaged one (undecodable,
+failing its checksums) is set aside as `<step>.unreadable` (by process 0; readers never move anything) and
+the one before is tried. Saves run in the background; a failed one stops the run, naming the last good step.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, that none of the saved steps can restore, or that cannot be saved."""
 
 
-class Damaged(Exception):
-    """A step whose files are unreadable or whose arrays fail their checksums."""
+class Unreadable(Exception):
+    """A step that could not be read (its __cause__: what the read raised) or whose arrays fail their checksums."""
 
 
 class TrainCheckpoints:
@@ -94,7 +94,10 @@ class TrainCheckpoints:
         for step in steps:
             try:
                 return step, self._restore(step, targets_for, data_iterator)
-            except Damaged as damage:
+            except Unreadable as damage:
+                if damage.__cause__ and not integrity.is_damage(damage.__cause__):  # the machine, not the files
+                    raise CheckpointError(f"cannot restore checkpoint step {step} of {self.directory.parent}: "
+                                          f"{damage}; its files are left as they are: rerun once they can be read") from None
                 damaged.append(f"step {step}")
                 kept = "" if self.read_only or jax.process_index() else f", set aside as {integrity.set_aside(self.directory, step)}"
                 self.manager.reload()
@@ -115,7 +118,7 @@ class TrainCheckpoints:
             targets = targets_for(metadata)
             differences = [integrity.shape_difference(metadata[name], target) for name, target in targets.items()]
         except Exception as error:  # orbax raises many types for damaged metadata
-            raise Damaged(f"unreadable metadata: {integrity.failure_reason(error)}") from None
+            raise Unreadable(f"unreadable metadata: {integrity.failure_reason(error)}") from error
         for difference in filter(None, differences):
             raise CheckpointError(f"checkpoint step {step} of {self.directory.parent} {difference}: a setting "
                                   "that changes the model's shapes differs from the run that saved it; use "
@@ -128,14 +131,11 @@ class TrainCheckpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            if not integrity.is_damage(error):  # out of memory, no permission: the files are fine
-                raise CheckpointError(f"cannot restore checkpoint step {step} of {self.directory.parent}: "
-                                      f"{integrity.failure_reason(error)}") from None
-            raise Damaged(f"unreadable: {integrity.failure_reason(error)}") from None
+            raise Unreadable(f"unreadable: {integrity.failure_reason(error)}") from error
         for name in targets if "checksum" in args else ():
             corrupt = integrity.first_corrupt_leaf(restored[name], restored["checksum"][name])
             if corrupt:
-                raise Damaged(f"checksum mismatch in {name} {corrupt}")
+                raise Unreadable(f"checksum mismatch in {name} {corrupt}")
         return restored
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 refused with the workdir left byte for byte as it was, and a failed save stops the run naming the
 last good step."""
 
+import errno
 import json
 import shutil
 import subprocess
@@ -193,14 +194,24 @@ def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained,
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
 
 
-def test_a_restore_that_runs_out_of_memory_sets_nothing_aside(trained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reader, error, reason", [
+    ("restore", MemoryError("RESOURCE_EXHAUSTED: Out of memory allocating 1.5GB"), "MemoryError"),
+    ("restore", OSError(errno.EMFILE, "Too many open files"), "Too many open files"),
+    ("restore", ValueError("UNAVAILABLE: Error reading gs://bucket/run/checkpoints/20 [os_error_code=110]"),
+     "Connection timed out"),
+    ("item_metadata", OSError(errno.ESTALE, "Stale file handle"), "Stale file handle"),
+])
+def test_a_restore_the_machine_could_not_do_sets_nothing_aside(trained, tmp_path, monkeypatch, reader, error, reason):
+    """Out of memory, file handles or time, a network filesystem gone: the files are fine, and were renamed
+    .unreadable (all but MemoryError and no permission) with the run going back a step."""
     workdir = copy_of(trained, tmp_path)
     before = snapshot(workdir)
 
-    def out_of_memory(*args, **kwargs):
-        raise MemoryError("RESOURCE_EXHAUSTED: Out of memory allocating 1.5GB")
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(ocp.CheckpointManager, "restore", out_of_memory)
-    with pytest.raises(CheckpointError, match="cannot restore checkpoint step 20 of .*: MemoryError"):
+    monkeypatch.setattr(ocp.CheckpointManager, reader, fail)
+    with pytest.raises(CheckpointError, match=f"cannot restore checkpoint step 20 of .*: .*{reason}.*; its files "
+                                              "are left as they are"):
         load_params(workdir)
     assert snapshot(workdir) == before
