@@ -103,11 +103,14 @@ def check_vocabulary(tokens: np.ndarray, vocab_size: int, path: Path, offset: in
                         f"the vocabulary of {vocab_size})")
 
 
-def read_documents(data_dir: str | Path, max_tokens: int = 0) -> list[str]:
-    """The text of the val split's first `max_tokens` tokens (0: all), as documents (module docstring)."""
+def read_documents(data_dir: str | Path, max_tokens: int = 0, tokenizer: Tokenizer | None = None) -> list[str]:
+    """The text of the val split's first `max_tokens` tokens (0: all), as documents (module docstring);
+    decoded by `tokenizer` if it is the data's (a model directory's own GPT-2 files: no tiktoken cache)."""
     meta, tokens = read_split(data_dir, "val", max_tokens)
     pieces = np.split(tokens, np.flatnonzero(tokens == meta["eot_token"]))  # each after the first: eot + document
-    decode = get_tokenizer(meta["tokenizer"]).decode_bytes
+    if tokenizer is None or tokenizer.name != meta["tokenizer"]:
+        tokenizer = get_tokenizer(meta["tokenizer"])
+    decode = tokenizer.decode_bytes
     return [decode(piece[i > 0 :].tolist()).decode("utf-8", errors="ignore") for i, piece in enumerate(pieces)]
 
 

@@ -37,8 +37,8 @@ def evaluate_model(reference: str, tasks: list[str], data_dir: str | None, hella
     per-token losses of different tokenizers are not comparable. HellaSwag: `limit` examples (0: all).
     """
     loaded, model, mesh, params = load_replicated(reference)
-    val = (TextWindows(read_documents(data_dir, val_tokens), loaded.tokenizer, loaded.config.n_positions)
-           if "val_loss" in tasks else None)
+    documents = read_documents(data_dir, val_tokens, loaded.tokenizer) if "val_loss" in tasks else None
+    val = TextWindows(documents, loaded.tokenizer, loaded.config.n_positions) if documents is not None else None
     examples = hellaswag.load_examples(hellaswag_path, limit) if "hellaswag" in tasks else ()
     results = Evaluator(model, mesh, loaded.tokenizer, batch_size, val, examples=examples)(params, progress=reference)
     if val is not None and shards.read_meta(data_dir)["tokenizer"] != loaded.tokenizer.name:

@@ -41,7 +41,7 @@ def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]
     if same_windows:
         val = WindowSource(data_dir, "val", block_size)
     else:  # the text of the run's windows, all of it
-        text = read_documents(data_dir, windows * block_size + 1 if windows else 0)
+        text = read_documents(data_dir, windows * block_size + 1 if windows else 0, loaded.tokenizer)
         val, windows = TextWindows(text, loaded.tokenizer, loaded.config.n_positions), 0
     examples = (hellaswag.load_examples(run_config["hellaswag"], run_config["hellaswag_limit"])
                 if run_config["hellaswag"] else ())

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model, load_replicated
 from gpt2_jax.model import GPT2
 from gpt2_jax.report import write_report
-from gpt2_jax.tokenizer import get_tokenizer
+from gpt2_jax.tokenizer import get_tokenizer, write_gpt2_files
 from gpt2_jax.train import train
 from gpt2_jax.validation import LossEvaluator
 
@@ -152,6 +153,18 @@ def test_running_out_of_memory_is_one_line(bpe_model_dir, shakespeare_bytes, mon
                       str(shakespeare_bytes), "--batch-size", "4096")
     assert_one_line_error(result, "out of memory on cpu (RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
                           "9.1GiB.); lower --batch-size (now 4096)")
+
+
+def test_a_model_with_its_own_gpt2_files_reads_bpe_data_without_tiktokens_files(bpe_model_dir, shakespeare_bpe,
+                                                                                tmp_path):
+    """The data's text was decoded with tiktoken's files even when the model directory carried the same two."""
+    model = Path(shutil.copytree(bpe_model_dir, tmp_path / "model"))
+    write_gpt2_files(model)  # vocab.json + merges.txt
+    offline = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "gpt2_jax.evaluate", "--model", str(model), "--tasks", "val_loss",
+                             "--data-dir", str(shakespeare_bpe), "--val-tokens", "300"],
+                            capture_output=True, text=True, env=offline)
+    assert result.returncode == 0 and "| val loss | val bpb |" in result.stdout, result.stderr
 
 
 def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_bytes, hellaswag_file, tmp_path):
