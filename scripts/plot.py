@@ -37,11 +37,15 @@ def main(argv=None):
         raise UserError(f"--out {args.out}: give a file ending in one of .{', .'.join(sorted(formats))}")
     if out.is_dir() or not os.access(out.parent, os.W_OK):
         raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only")
+    for workdir in map(Path, args.workdirs):
+        if not (workdir / "metrics.jsonl").is_file():
+            missing = "no metrics.jsonl (not a training workdir?)" if workdir.is_dir() else "no such directory"
+            raise UserError(f"{workdir}: {missing}")
     names = [Path(w).name for w in args.workdirs]  # a run's label; its path where two share a name
     runs = {(name if names.count(name) == 1 else w): read_metrics(w) for name, w in zip(names, args.workdirs)}
     empty = [name for name, rows in runs.items() if not rows]
     if empty:
-        raise UserError(f"no metrics.jsonl rows in {empty}")
+        raise UserError(f"nothing logged yet in {', '.join(empty)}")
     tokenizers = {tokenizer_name(w) for w in args.workdirs}
     if len(tokenizers) > 1:
         if not all(any("val_bpb" in row for row in rows) for rows in runs.values()):

@@ -333,7 +333,10 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
     for out, message in [(tmp_path / "no" / "c.png", "in a directory that is missing"), (tmp_path / "c.txt", "give a file ending")]:
         assert_one_line_error(subprocess.run([sys.executable, "scripts/plot.py", "--out", str(out), byte],
                                              capture_output=True, text=True), message)
-    assert_one_line_error(subprocess.run([*plot, str(tmp_path / "none")], capture_output=True, text=True), "no metrics")
+    assert_one_line_error(subprocess.run([*plot, str(tmp_path / "none")], capture_output=True, text=True),
+                          f"{tmp_path / 'none'}: no such directory")
+    assert_one_line_error(subprocess.run([*plot, str(tmp_path)], capture_output=True, text=True),
+                          f"{tmp_path}: no metrics.jsonl (not a training workdir?)")
 
 
 def test_every_panel_labels_both_axes():
