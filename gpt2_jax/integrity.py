@@ -130,9 +130,10 @@ MACHINE_STATUS = re.compile(r"\b(RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNAVAILABL
 
 def is_damage(error: BaseException) -> bool:
     """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
-    chain = [error]
-    while chain[-1].__cause__ or chain[-1].__context__:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    chain, link = [], error
+    while link is not None and link not in chain:  # the error and what it was raised from
+        chain.append(link)
+        link = link.__cause__ or link.__context__
     codes = {link.errno for link in chain if isinstance(link, OSError)}
     codes |= {int(code) for link in chain for code in re.findall(r"os_error_code='?(\d+)", str(link))}
     return not (any(isinstance(link, MemoryError) for link in chain) or codes & MACHINE_ERRNOS

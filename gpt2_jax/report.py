@@ -119,8 +119,8 @@ def main(argv=None):
     parser.add_argument("--baseline", help="a model to compare with: hub name, HF directory, params directory or "
                         "workdir (default: none, the run's own numbers)")
     args = parser.parse_args(argv)
-    with out_of_memory_as_user_error("the baseline is scored in the run's batches (its batch_size); report on a "
-                                     "machine with more memory, or score it with python -m gpt2_jax.evaluate --batch-size N"):
+    with out_of_memory_as_user_error("the baseline is scored in the run's batches (its batch_size); report on "
+                                     "a machine with more memory, or score it with gpt2_jax.evaluate --batch-size N"):
         markdown, picture = write_report(args.workdir, args.baseline)
     print(markdown.read_text())
     print(f"wrote {markdown} and {picture}")

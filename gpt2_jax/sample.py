@@ -88,7 +88,8 @@ def main(argv=None):
     def count(made):  # several samples print when done: until then, a progress bar
         progress.update(made - progress.n)
 
-    too_many = f"{args.num_samples} x {len(prompt_ids) + args.max_new_tokens} tokens: lower --num-samples or --max-new-tokens"
+    length = len(prompt_ids) + args.max_new_tokens
+    too_many = f"{args.num_samples} x {length} tokens: lower --num-samples or --max-new-tokens"
     try:
         with out_of_memory_as_user_error(too_many):
             prompt_BxT = np.tile(np.asarray(prompt_ids, dtype=np.int32), (args.num_samples, 1))
@@ -96,7 +97,8 @@ def main(argv=None):
             tokens_BxL = generate(
                 GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
                 temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
-                rng=jax.random.key(args.seed), on_token=stream, on_progress=stream.stop_if_reader_gone if stream else count,
+                rng=jax.random.key(args.seed), on_token=stream,
+                on_progress=stream.stop_if_reader_gone if stream else count,
             )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)

@@ -96,8 +96,8 @@ class TrainCheckpoints:
                 return step, self._restore(step, targets_for, data_iterator)
             except Unreadable as damage:
                 if damage.__cause__ and not integrity.is_damage(damage.__cause__):  # the machine, not the files
-                    raise CheckpointError(f"cannot restore checkpoint step {step} of {self.directory.parent}: "
-                                          f"{damage}; its files are left as they are: rerun once they can be read") from None
+                    raise CheckpointError(f"cannot restore step {step} of {self.directory}: {damage}; its files "
+                                          "are left as they are: rerun once they can be read") from None
                 damaged.append(f"step {step}")
                 kept = "" if self.read_only or jax.process_index() else f", set aside as {integrity.set_aside(self.directory, step)}"
                 self.manager.reload()

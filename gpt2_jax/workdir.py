@@ -104,7 +104,8 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
     except (OSError, ValueError) as error:
         raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None
     if not isinstance(saved, dict):
-        raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable (a JSON {type(saved).__name__}, not the run's settings)")
+        raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable (a JSON {type(saved).__name__}, not the run's "
+                           "settings)")
     resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
     for key in SHAPE_SETTINGS + (ORDER_SETTINGS if resuming else ()):
         if key in saved and saved[key] != config[key]:

@@ -211,7 +211,7 @@ def test_a_restore_the_machine_could_not_do_sets_nothing_aside(trained, tmp_path
         raise error
 
     monkeypatch.setattr(ocp.CheckpointManager, reader, fail)
-    with pytest.raises(CheckpointError, match=f"cannot restore checkpoint step 20 of .*: .*{reason}.*; its files "
+    with pytest.raises(CheckpointError, match=f"cannot restore step 20 of .*checkpoints: .*{reason}.*; its files "
                                               "are left as they are"):
         load_params(workdir)
     assert snapshot(workdir) == before
