@@ -51,6 +51,13 @@ def parse_flags(argv: list[str], help_text: str = ""):
         raise UserError(f"cannot load --config: get_config() returned {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
                         f"not an ml_collections.ConfigDict; make {path} return train_config.default_config() with "
                         "its changes")
+    unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))
+    if unknown or missing:  # a typo in a config file was kept and ignored (learnig_rate: the default rate)
+        path = config_flags.get_config_filename(flags.FLAGS["config"])
+        said = [f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+                f"no {', '.join(missing)}" if missing else ""]
+        raise UserError(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; build it on "
+                        "train_config.default_config() (python -m gpt2_jax.train --help lists the keys)")
     return config, workdir
 
 

@@ -128,9 +128,16 @@ def test_a_sample_prompt_longer_than_the_context_is_refused_before_the_first_ste
 @pytest.mark.parametrize("name, message", [
     ("five.py", "get_config() returned an int, not an ml_collections.ConfigDict; make {d}/five.py"),
     ("", "cannot load --config: {d} is a directory, not a config file (configs/NAME.py)"),
-], ids=["returns_an_int", "a_directory"])
+    ("typo.py", "cannot use --config {d}/typo.py: its config has unknown key(s) learnig_rate; build it on"),
+    ("own.py", "cannot use --config {d}/own.py: its config has no "),
+], ids=["returns_an_int", "a_directory", "a_typo", "not_built_on_the_defaults"])
 def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name, message):
     (tmp_path / "five.py").write_text("def get_config():\n    return 5\n")
+    (tmp_path / "typo.py").write_text("from gpt2_jax.train_config import default_config\n\ndef get_config():\n"
+                                      "    c = default_config()\n    c.learnig_rate = 0.5  # kept, and ignored\n"
+                                      "    return c\n")
+    (tmp_path / "own.py").write_text("import ml_collections\n\ndef get_config():\n"
+                                     "    return ml_collections.ConfigDict({'learning_rate': 0.5})\n")
     result = run_main(main, "train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}")
     assert_one_line_error(result, message.format(d=tmp_path))
     assert not (tmp_path / "run").exists()
