@@ -12,7 +12,7 @@ from gpt2_jax.config import ConfigError
 from gpt2_jax.data import WindowSource
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.model import GPT2
-from gpt2_jax.sampling import generate
+from gpt2_jax.sampling import MAX_NEW_TOKENS, generate
 from gpt2_jax.tokenizer import Tokenizer
 
 
@@ -23,10 +23,15 @@ class TrainingEvaluation:
         """ConfigError if the sample prompt cannot be sampled: refused before the first step, not at the first
         evaluation."""
         self.config, self.model, self.tokenizer = config, model, tokenizer
-        prompt_ids = tokenizer.encode(config.sample_prompt) if config.num_samples else []
+        try:
+            prompt_ids = tokenizer.encode(config.sample_prompt) if config.num_samples else []
+        except UnicodeEncodeError as error:  # bytes that are not UTF-8 arrive as lone surrogates
+            raise ConfigError(f"sample_prompt is not valid UTF-8 (at character {error.start})") from None
         if len(prompt_ids) > config.block_size:
             raise ConfigError(f"sample_prompt is {len(prompt_ids)} tokens, longer than the context (block_size="
                               f"{config.block_size}); shorten it, or set num_samples=0")
+        if config.num_samples and config.sample_tokens > MAX_NEW_TOKENS:
+            raise ConfigError(f"sample_tokens={config.sample_tokens} must be at most {MAX_NEW_TOKENS:,}")
         examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else ()
         self.evaluate = Evaluator(model, mesh, tokenizer, config.batch_size,
                                   WindowSource(config.data_dir, "val", config.block_size),

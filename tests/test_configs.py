@@ -117,10 +117,16 @@ def test_validate_names_the_key_and_its_allowed_range(overrides, message):
         validate(config, n_devices=1, n_processes=1)
 
 
-def test_a_sample_prompt_longer_than_the_context_is_refused_before_the_first_step(shakespeare_bytes, tmp_path):
-    config = tiny_run_config(shakespeare_bytes, num_samples=1, sample_prompt="x" * 33)  # 33 bytes, block_size 32
-    with pytest.raises(ConfigError, match=re.escape("sample_prompt is 33 tokens, longer than the context "
-                                                    "(block_size=32); shorten it, or set num_samples=0")):
+@pytest.mark.parametrize("overrides, message", [
+    ({"sample_prompt": "x" * 33}, "sample_prompt is 33 tokens, longer than the context (block_size=32); shorten it, "
+                                  "or set num_samples=0"),  # 33 bytes, block_size 32
+    ({"sample_prompt": "a\udcff"}, "sample_prompt is not valid UTF-8 (at character 1)"),  # a traceback
+    ({"sample_tokens": 10**8}, "sample_tokens=100000000 must be at most 1,000,000"),  # was: at the first evaluation
+])
+def test_sample_settings_that_cannot_be_sampled_are_refused_before_the_first_step(shakespeare_bytes, tmp_path,
+                                                                                    overrides, message):
+    config = tiny_run_config(shakespeare_bytes, num_samples=1, **overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
