@@ -14,9 +14,11 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from gpt2_jax import integrity, outdir
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.convert import param_shapes
 from gpt2_jax.train_checkpoints import CHECKPOINTS, CheckpointError, TrainCheckpoints
 
 PARAMS, CHECKSUMS = "params", "checksums.json"
@@ -54,13 +56,26 @@ def load_params(path: str | Path) -> tuple[GPT2Config, dict]:
     config = GPT2Config.from_json(path / "config.json")
     integrity.quiet_orbax_failures()
     if (path / PARAMS).is_dir():
-        return config, _checked(path, _read_params(path / PARAMS))
+        return config, _fitting(path, config, _checked(path, _read_params(path / PARAMS)))
     checkpoints = TrainCheckpoints(path, read_only=True)
     try:
         restored = checkpoints.restore_latest(lambda metadata: {PARAMS: _single_device(metadata[PARAMS])})
     finally:
         checkpoints.close()
-    return config, restored[1][PARAMS]
+    return config, _fitting(path, config, restored[1][PARAMS])
+
+
+def _fitting(path: Path, config: GPT2Config, params):
+    """`params`, if they have the shapes `config` (its config.json) gives: an edited config.json was a flax
+    traceback, or (fewer layers) a model that silently skipped some."""
+    expected, found = (traverse_util.flatten_dict(tree) for tree in (param_shapes(config), params))
+    for key in sorted(expected.keys() | found.keys()):
+        want, got = (tree[key].shape if key in tree else None for tree in (expected, found))
+        padded = key == ("wte", "embedding") and got and want and got[1:] == want[1:] and got[0] >= want[0]
+        if got != want and not padded:
+            raise CheckpointError(f"{path}: its params do not fit its config.json ({'.'.join(key)}: "
+                                  f"{got or 'none'} saved, config.json gives {want or 'none'})")
+    return params
 
 
 def _read_params(params_dir: Path):

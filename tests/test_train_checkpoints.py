@@ -4,6 +4,7 @@ last good step."""
 
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -215,3 +216,17 @@ def test_a_restore_the_machine_could_not_do_sets_nothing_aside(trained, tmp_path
                                               "are left as they are"):
         load_params(workdir)
     assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("n_layer", 1, "h_1.attn.c_attn.bias: (96,) saved, config.json gives none"),  # silently skipped a layer
+    ("n_embd", 16, "h_0.attn.c_attn.bias: (96,) saved, config.json gives (48,)"),  # a flax traceback
+])
+def test_a_config_json_that_does_not_fit_the_saved_params_is_refused(trained, tmp_path, key, value, message):
+    workdir = copy_of(trained, tmp_path)
+    config = json.loads((workdir / "config.json").read_text())
+    (workdir / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{workdir}: its params do not fit its config.json (")):
+        load_params(workdir)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_params(workdir)
