@@ -84,7 +84,8 @@ def main(argv=None):
         raise UserError(f"--batch-size {args.batch_size} must be >= 1")
     if args.limit < 0:
         raise UserError(f"--limit {args.limit} must be >= 0 (0: all)")
-    if args.out and (Path(args.out).is_dir() or not os.access(Path(args.out).absolute().parent, os.W_OK)):
+    out_dir = Path(args.out or ".").absolute().parent
+    if args.out and (Path(args.out).is_dir() or not out_dir.is_dir() or not os.access(out_dir, os.W_OK)):
         raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only; "
                         "give a file to write (checked before evaluating)")
     for reference in args.model:  # each model's config and tokenizer, before the first one is scored

@@ -95,7 +95,11 @@ def _gpt2_encoding(hf_dir):
 
     local = [Path(hf_dir) / "merges.txt", Path(hf_dir) / "vocab.json"] if hf_dir else []
     if local and all(f.exists() for f in local):  # the same two files as tiktoken's, HF names
-        ranks = data_gym_to_mergeable_bpe_ranks(str(local[0]), str(local[1]))
+        try:
+            ranks = data_gym_to_mergeable_bpe_ranks(str(local[0]), str(local[1]))
+        except Exception as error:  # tiktoken assumes well-formed files: any of several types
+            why = f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"
+            raise TokenizerError(f"{hf_dir}: vocab.json + merges.txt are not GPT-2's BPE files ({why})") from None
         return tiktoken.Encoding(
             name="gpt2",
             pat_str=openai_public.r50k_pat_str,

@@ -195,6 +195,8 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(tmp_path)], f"--out {tmp_path}: a directory"),
         (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(tmp_path / "no" / "x.json")],
          "in a directory that is missing or read-only"),
+        (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(bad / "x.json")],
+         "in a directory that is missing or read-only"),  # under a file: a traceback after the whole evaluation
     ]
     for args, message in cases:
         assert_one_line_error(run_main(evaluate.main, *args), message)

@@ -22,6 +22,15 @@ def test_hf_vocab_files_give_the_same_tokens(tmp_path):
     assert local.eot_token == 50256
 
 
+@pytest.mark.parametrize("name, text", [("vocab.json", "{"), ("vocab.json", "[1, 2]"), ("vocab.json", '{"a": 0}'),
+                                        ("merges.txt", "\udcff garbage")])
+def test_damaged_hf_vocab_files_are_one_line(tmp_path, name, text):
+    write_gpt2_files(tmp_path)
+    (tmp_path / name).write_text(text, errors="surrogateescape")  # tiktoken's own errors were tracebacks
+    with pytest.raises(TokenizerError, match="vocab.json \\+ merges.txt are not GPT-2's BPE files"):
+        get_tokenizer("gpt2", hf_dir=tmp_path).encode(TEXT)
+
+
 def test_bytes_round_trip_and_end_of_text():
     tokenizer = get_tokenizer("byte")
     ids = tokenizer.encode(TEXT)
