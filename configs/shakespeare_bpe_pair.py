@@ -3,7 +3,7 @@
 The two configs differ only in the tokenizer and what follows from it: the vocabulary (50,257
 here, 257 there), the context (64 tokens here; 213 bytes there, as GPT-2 BPE averages 3.32
 bytes per token on this train split: the same text per window), the step count (equal
-training FLOPs: 8.0e12, counted by metrics.train_flops_per_token) and the evaluation's window
+training FLOPs: 8.0e12, counted by flops.train_flops_per_token) and the evaluation's window
 count (the same ~25 KB of val text). The model (4 layers, 4 heads, 128 wide), small steps (4
 windows, as the quickstart's 12 x 64 bytes), AdamW and its schedule's shape are the quickstart's.
 Both datasets split the same 1,011,177 bytes for training from the same 104,217 for validation;

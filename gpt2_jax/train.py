@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from gpt2_jax import accelerator, console, data, metrics, pretrained, shards, sharding, train_config
+from gpt2_jax import accelerator, console, data, flops, metrics, pretrained, shards, sharding, train_config
 from gpt2_jax.agreed_stop import AgreedStop
 from gpt2_jax.device_errors import TRAINING_MEMORY_ADVICE, initialize_distributed, out_of_memory_as_user_error
 from gpt2_jax.errors import exit_on_user_error
@@ -129,8 +129,8 @@ class Run:
 
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)
-        self.peak = metrics.peak_flops_per_device(c.peak_flops)
-        self.flops_per_step = metrics.train_flops_per_token(model_config) * c.tokens_per_step
+        self.peak = flops.peak_flops_per_device(c.peak_flops)
+        self.flops_per_step = flops.train_flops_per_token(model_config) * c.tokens_per_step
         self.clock, self.logged, self.stopped_by = metrics.ThroughputClock(), [], None  # stopped_by: a signal's name
         self.last_good, self.began = (self.start if restored else None), time.perf_counter()
 

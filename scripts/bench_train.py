@@ -6,7 +6,7 @@ AdamW) on random windows, timed after warm-up steps; tokens/s, MFU and the ratio
   torch-compile   nanoGPT's model and step: SDPA (is_causal), fused AdamW, bf16 autocast, vocab
                   padded to 50304, clip 1.0, torch.compile (GPU only)
 gpt2_jax runs its compiled, sharded step over every device (on a CPU host: --cpu-devices). MFU's
-peak is the datasheet bf16 rate where metrics.PEAK_FLOPS knows the device, else the matmul rate
+peak is the datasheet bf16 rate where flops.PEAK_FLOPS knows the device, else the matmul rate
 measured here in the compute dtype. --cli-steps N also runs `python -m gpt2_jax.train` for N
 steps on random tokens (configs/gpt2_124m.py, batch = the largest --batch-sizes) and reports
 what its metrics.jsonl logged, so the number users see is checked against this one.
@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from gpt2_jax import GPT2, GPT2Config, sharding, step as steps  # noqa: E402
-from gpt2_jax.metrics import peak_flops_per_device, train_flops_per_token  # noqa: E402
+from gpt2_jax.flops import peak_flops_per_device, train_flops_per_token  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.train_config import default_config  # noqa: E402
 

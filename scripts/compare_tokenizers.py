@@ -31,7 +31,8 @@ from gpt2_jax.data import read_documents
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model
-from gpt2_jax.metrics import read_metrics, train_flops_per_token
+from gpt2_jax.flops import train_flops_per_token
+from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.prepare import prepare
 from gpt2_jax.tokenizer import get_tokenizer

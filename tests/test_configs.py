@@ -14,7 +14,7 @@ from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_conf
 
 from gpt2_jax import sharding
 from gpt2_jax.config import ConfigError
-from gpt2_jax.metrics import train_flops_per_token
+from gpt2_jax.flops import train_flops_per_token
 from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train import main, train

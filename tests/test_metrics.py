@@ -1,8 +1,8 @@
-"""What a run reports: the peak FLOP/s that MFU divides by, found from jax's device_kind."""
+"""What a run reports: the peak FLOP/s that MFU divides by (flops.py), and metrics.jsonl."""
 
 import pytest
 
-from gpt2_jax.metrics import peak_flops_of
+from gpt2_jax.flops import peak_flops_of
 
 
 @pytest.mark.parametrize("device_kind, peak", [
@@ -14,3 +14,13 @@ from gpt2_jax.metrics import peak_flops_of
 ])
 def test_the_peak_is_found_by_whole_names(device_kind, peak):
     assert peak_flops_of(device_kind) == peak
+
+
+def test_metrics_that_cannot_be_written_are_one_line(tmp_path):
+    from gpt2_jax.errors import UserError
+    from gpt2_jax.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    (tmp_path / "metrics.jsonl").mkdir()  # as a full disk would, the write fails (it was a traceback)
+    with pytest.raises(UserError, match="metrics.jsonl: cannot write step 5's metrics \\(Is a directory\\); make room"):
+        writer.write(5, {"train_loss": 1.0})
