@@ -33,9 +33,16 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             sys.exit(2)
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or a stop signal that a long command answered cleanly
             signum = getattr(interrupt, "signum", signal.SIGINT)
-            print("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}",
-                  file=sys.stderr)
-            sys.exit(128 + signum)
+            try:
+                print("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}",
+                      file=sys.stderr)
+                if type(interrupt) is not KeyboardInterrupt:  # a clean stop (saved, or nothing begun)
+                    sys.exit(128 + signum)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except KeyboardInterrupt:  # one more Ctrl-C while leaving: leave all the same
+                pass
+            os._exit(128 + signum)  # Python's own Ctrl-C, maybe with XLA mid-compile: its teardown segfaulted
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
             sys.exit(141)
