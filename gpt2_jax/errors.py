@@ -36,8 +36,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             try:
                 print("interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}",
                       file=sys.stderr)
-                if type(interrupt) is not KeyboardInterrupt:  # a clean stop (saved, or nothing begun)
-                    sys.exit(128 + signum)
+                if type(interrupt) is not KeyboardInterrupt or args or kwargs:  # a clean stop (saved, or
+                    sys.exit(128 + signum)  # nothing begun), or main called from Python: its caller goes on
                 sys.stdout.flush()
                 sys.stderr.flush()
             except KeyboardInterrupt:  # one more Ctrl-C while leaving: leave all the same
@@ -59,3 +59,12 @@ def exit_now_if_one_of_several(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def error_chain(error: BaseException) -> list[BaseException]:
+    """The error and what it was raised from, in turn."""
+    chain, link = [], error
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return chain

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpt2_jax.errors import error_chain
+
 SET_ASIDE = ".unreadable"  # the suffix of a damaged step's directory
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # 8-byte values: two uint32 words
 
@@ -111,10 +113,11 @@ def quiet_orbax_failures() -> None:
 
 def failure_reason(error: BaseException) -> str:
     """`No space left on device` rather than the paragraph tensorstore wraps around it."""
-    while not (isinstance(error, OSError) and error.strerror) and (error.__cause__ or error.__context__):
-        error = error.__cause__ or error.__context__
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
+    chain = error_chain(error)
+    os_error = next((link for link in chain if isinstance(link, OSError) and link.strerror), None)
+    if os_error is not None:
+        return os_error.strerror
+    error = chain[-1]
     code = re.search(r"os_error_code='?(\d+)", str(error))
     return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
 
@@ -130,10 +133,7 @@ MACHINE_STATUS = re.compile(r"\b(RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNAVAILABL
 
 def is_damage(error: BaseException) -> bool:
     """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
-    chain, link = [], error
-    while link is not None and link not in chain:  # the error and what it was raised from
-        chain.append(link)
-        link = link.__cause__ or link.__context__
+    chain = error_chain(error)
     codes = {link.errno for link in chain if isinstance(link, OSError)}
     codes |= {int(code) for link in chain for code in re.findall(r"os_error_code='?(\d+)", str(link))}
     return not (any(isinstance(link, MemoryError) for link in chain) or codes & MACHINE_ERRNOS
