@@ -4,6 +4,7 @@
 """
 
 import importlib
+import sys
 
 # Resolved on first use: importing the package imports none of its modules, so `python -m gpt2_jax.convert`
 # runs convert.py before anything else imports it (runpy warns otherwise).
@@ -15,6 +16,11 @@ _PUBLIC = {
     "generate": "gpt2_jax.sampling",
 }
 __all__ = list(_PUBLIC)
+
+if sys.argv[:1] == ["-m"]:  # `python -m gpt2_jax.CLI` (Python's argv[0] while it finds the module): a Ctrl-C
+    from gpt2_jax.errors import leave_on_ctrl_c_while_starting  # before the CLI's main is one line, not a traceback
+
+    leave_on_ctrl_c_while_starting()
 
 
 def __getattr__(name):

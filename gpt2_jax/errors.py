@@ -24,6 +24,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
+        if signal.getsignal(signal.SIGINT) is _leave_while_starting:  # main's own Ctrl-C handling from here on
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return main(*args, **kwargs)
         except UserError as error:
@@ -48,6 +50,18 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             sys.exit(141)
 
     return wrapped
+
+
+def leave_on_ctrl_c_while_starting() -> None:
+    """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted":
+    the CLI's module is still importing JAX and the rest, with nothing begun, and Python's own
+    KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on)."""
+    signal.signal(signal.SIGINT, _leave_while_starting)
+
+
+def _leave_while_starting(signum, frame):
+    os.write(sys.stderr.fileno(), b"interrupted\n")  # a handler may run inside a print: no buffered write
+    os._exit(128 + signum)
 
 
 def exit_now_if_one_of_several(code: int) -> None:

@@ -3,6 +3,11 @@ shows each option's default."""
 
 import argparse
 import importlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -35,9 +40,6 @@ def test_help_names_the_command_and_shows_every_default(name, capsys, monkeypatc
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     """`python -m gpt2_jax.X ... | head -1`: no BrokenPipeError traceback, exit 141 as a shell's would be."""
-    import subprocess
-    import sys
-
     program = ("from gpt2_jax.errors import exit_on_user_error\n"
                "exit_on_user_error(lambda: [print('line', i) for i in range(200_000)])()\n")
     process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -56,3 +58,18 @@ def test_a_count_below_its_minimum_is_refused_by_the_parser(capsys):
         with pytest.raises(SystemExit) as exited:
             parser.parse_args(["--steps", text])
         assert exited.value.code == 2 and f"argument --steps: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the process's loaded libraries in /proc")
+@pytest.mark.parametrize("name", ["train", "sample"])
+def test_ctrl_c_while_the_command_imports_is_one_line(name, tmp_path):
+    """Before main: once a traceback from inside the imports, or lost in a jaxlib callback (the start went on)."""
+    process = subprocess.Popen([sys.executable, "-m", f"gpt2_jax.{name}", "--help"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    while "jaxlib" not in Path(f"/proc/{process.pid}/maps").read_text():  # importing JAX: main is seconds away
+        assert process.poll() is None and time.monotonic() - started < 60, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stdout, stderr) == (130, "", "interrupted\n")
