@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gpt2_jax import hellaswag
 from gpt2_jax.config import ConfigError
 from gpt2_jax.data import WindowSource
+from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.model import GPT2
 from gpt2_jax.sampling import MAX_NEW_TOKENS, generate
@@ -50,8 +51,10 @@ class TrainingEvaluation:
             row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])
         samples = []
         if self.config.num_samples:
-            tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
-                              rng=jax.random.key(self.config.seed))
-            tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
+            with out_of_memory_as_user_error("lower num_samples or sample_tokens, what each evaluation samples "
+                                             "(num_samples=0: none)"):
+                tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
+                                  rng=jax.random.key(self.config.seed))
+                tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
             samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
         return row, samples

@@ -37,7 +37,8 @@ class WorkdirLock:
     """An exclusive lock on a workdir, held from `acquire()` to `release()` (or the process's end)."""
 
     def __init__(self, workdir: str | Path):
-        self.workdir, self.file, self.created = Path(workdir), None, False
+        self.workdir, self.file = Path(workdir), None
+        self.found: set[str] | None = None  # the names in the workdir before acquire (None: it did not exist)
 
     def acquire(self) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
@@ -46,7 +47,7 @@ class WorkdirLock:
             raise WorkdirError(f"{self.workdir / CHECKPOINTS} is a file, where the run keeps its checkpoints; "
                                "move it away, or use another --workdir")
         try:
-            self.created = not self.workdir.exists()
+            self.found = {path.name for path in self.workdir.iterdir()} if self.workdir.exists() else None
             self.workdir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.workdir, os.W_OK):
                 raise PermissionError(13, "read-only")
@@ -67,23 +68,28 @@ class WorkdirLock:
         self.file = file
 
     def release(self) -> None:
-        """Unlock; a workdir this lock created and nothing else wrote into (a refused start) is removed."""
+        """Unlock. A start that wrote nothing (a refused one) takes away what it made: the lock file, an empty
+        checkpoints/, and the workdir itself if it made that."""
         if self.file:
-            if self.created and self._only_setup_left():
+            if self._only_setup_made():
                 try:  # while still held; a trainer starting this very moment may keep it (then it stays)
-                    (self.workdir / LOCK).unlink()
-                    if (self.workdir / CHECKPOINTS).exists():
-                        (self.workdir / CHECKPOINTS).rmdir()
-                    self.workdir.rmdir()
+                    for made in {LOCK, CHECKPOINTS} - (self.found or set()):
+                        path = self.workdir / made
+                        if path.is_dir():
+                            path.rmdir()
+                        elif path.exists():
+                            path.unlink()
+                    if self.found is None:
+                        self.workdir.rmdir()
                 except OSError:
                     pass
             self.file.close()  # closing the file releases the lock
             self.file = None
 
-    def _only_setup_left(self) -> bool:
-        """Nothing but the lock and the empty checkpoints/ that setup makes: a start that trained nothing."""
-        names = sorted(p.name for p in self.workdir.iterdir())
-        return names in ([LOCK], [CHECKPOINTS, LOCK]) and not any((self.workdir / CHECKPOINTS).glob("*"))
+    def _only_setup_made(self) -> bool:
+        """Nothing new since acquire but the lock and the empty checkpoints/ that setup makes."""
+        new = {path.name for path in self.workdir.iterdir()} - (self.found or set())
+        return new <= {LOCK, CHECKPOINTS} and not (CHECKPOINTS in new and any((self.workdir / CHECKPOINTS).iterdir()))
 
 
 def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int) -> dict[str, tuple]:

@@ -232,6 +232,21 @@ def test_out_of_memory_is_one_line_and_a_new_workdir_is_left_as_it_was(shakespea
     assert not (tmp_path / "run").exists()
 
 
+def test_out_of_memory_while_sampling_names_what_each_evaluation_samples(shakespeare_bytes, tmp_path, monkeypatch):
+    """Not batch_size: the samples' cache and batch are num_samples x (prompt + sample_tokens)."""
+    import jax
+
+    import gpt2_jax.train_eval as train_eval
+
+    def out_of_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB.")
+
+    monkeypatch.setattr(train_eval, "generate", out_of_memory)
+    config = tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=2, num_samples=2)
+    with pytest.raises(UserError, match="allocate 9.1GiB.\\); lower num_samples or sample_tokens"):
+        train(config, tmp_path)
+
+
 def test_distributed_without_a_cluster_is_one_line(shakespeare_bytes, tmp_path):
     flags = config_flags_of(tiny_run_config(shakespeare_bytes, distributed=True))
     result = run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path / 'run'}", *flags)
@@ -286,7 +301,7 @@ def test_a_failed_start_leaves_the_workdir_free_for_the_corrected_command(shakes
                                                tokens_per_step=8 * 200_000))
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={tmp_path}", *too_long),
                           "no window of block_size + 1 = 200001 tokens")
-    assert not (tmp_path / "config.json").exists() and not (tmp_path / "train_config.json").exists()
+    assert list(tmp_path.iterdir()) == []  # an existing directory is left as it was: no lock file, no checkpoints/
     new_workdir = tmp_path / "new" / "run"  # one the refused start made: not left behind, lock file and all
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={new_workdir}", *too_long),
                           "no window of block_size + 1 = 200001 tokens")

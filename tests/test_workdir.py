@@ -29,6 +29,27 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path):
     second.release()
 
 
+def test_a_start_that_wrote_nothing_takes_away_only_what_it_made(tmp_path):
+    """A refused start into a directory of the user's leaves it as it was: no train.lock, no checkpoints/."""
+    (tmp_path / "notes.txt").write_text("mine")
+    for made in ([], ["checkpoints"]):
+        lock = WorkdirLock(tmp_path)
+        lock.acquire()
+        for name in made:
+            (tmp_path / name).mkdir()
+        lock.release()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    lock = WorkdirLock(tmp_path)  # a start that wrote something leaves the lock file, and all else, in place
+    lock.acquire()
+    (tmp_path / "config.json").write_text("{}")
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt", "train.lock"]
+    lock = WorkdirLock(tmp_path)  # and the next start, finding them, takes none of them away
+    lock.acquire()
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt", "train.lock"]
+
+
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "run").write_text("notes")
     with pytest.raises(WorkdirError, match="run is a file, not a workdir"):
