@@ -24,11 +24,35 @@ from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
+from gpt2_jax.workdir import DATA, TRAIN_CONFIG, data_fingerprint
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
-# What evaluate_baseline reads of the run's train_config.json.
-BASELINE_SETTINGS = ("data_dir", "block_size", "batch_size", "eval_batches", "hellaswag", "hellaswag_limit")
+# What evaluate_baseline reads of the run's train_config.json, and the types it must find there.
+BASELINE_SETTINGS = {"data_dir": str, "block_size": int, "batch_size": int, "eval_batches": int, "hellaswag": str,
+                     "hellaswag_limit": int}
+
+
+def baseline_settings(workdir: Path) -> dict:
+    """The run's settings that say what its evaluations measured, checked: its data_dir must still hold the
+    data it trained on (workdir.data_fingerprint), or the baseline would be scored on other windows."""
+    path = workdir / TRAIN_CONFIG
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):
+            raise ValueError("not a JSON object")
+        if missing := [key for key in BASELINE_SETTINGS if key not in settings]:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+        if wrong := [f"{key} {settings[key]!r}" for key, kind in BASELINE_SETTINGS.items()
+                     if type(settings[key]) is not kind]:
+            raise ValueError(f"not the values a run writes: {', '.join(wrong)}")
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
+        raise UserError(f"{path}: unreadable ({error})") from None
+    fingerprint = data_fingerprint(read_meta(settings["data_dir"]))
+    if settings.get(DATA, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
+        raise UserError(f"{settings['data_dir']} no longer holds the data that the run in {workdir} evaluated on "
+                        "(other shards or splits): its windows are gone, so no baseline can be scored on them")
+    return settings
 
 
 def evaluate_baseline(reference: str, run_config: dict) -> tuple[dict, list[str]]:
@@ -67,14 +91,7 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
         raise UserError(f"{workdir}: not a training workdir with evaluations "
                         "(train_config.json, val_loss in metrics.jsonl)")
     if baseline:
-        try:
-            settings = json.loads((workdir / "train_config.json").read_text(encoding="utf-8"))
-            if not isinstance(settings, dict):
-                raise ValueError("not a JSON object")
-            if missing := [key for key in BASELINE_SETTINGS if key not in settings]:
-                raise ValueError(f"it lacks {', '.join(missing)}")
-        except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
-            raise UserError(f"{workdir / 'train_config.json'}: unreadable ({error})") from None
+        settings = baseline_settings(workdir)
         values, notes = evaluate_baseline(baseline, settings)
         lines = [f"# {workdir.name} against {baseline}", "", *table_against(rows, values), "",
                  *(f"- {note}" for note in notes)]

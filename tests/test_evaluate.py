@@ -303,13 +303,21 @@ def test_report_compares_the_run_with_its_baseline_or_with_itself(evaluated_run,
 
 
 def test_a_report_against_a_baseline_names_what_the_run_settings_lack(evaluated_run, byte_model_dir, tmp_path):
-    """The baseline is evaluated on the run's data and windows: a train_config.json without them is one line."""
+    """The baseline is evaluated on the run's data and windows: a train_config.json without them (or with values
+    a run never writes), or a data_dir that now holds other data, is one line."""
     workdir = Path(shutil.copytree(evaluated_run[0], tmp_path / "run"))
     settings = json.loads((workdir / "train_config.json").read_text())
-    del settings["data_dir"], settings["eval_batches"]
-    (workdir / "train_config.json").write_text(json.dumps(settings))
+    lacking = {key: value for key, value in settings.items() if key not in ("data_dir", "eval_batches")}
+    (workdir / "train_config.json").write_text(json.dumps(lacking))
     assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", str(byte_model_dir)),
                           "train_config.json: unreadable (it lacks data_dir, eval_batches)")
+    for edit, message in (({"block_size": "64"}, "train_config.json: unreadable (not the values a run writes: "
+                                                  "block_size '64')"),
+                          ({"data_fingerprint": "0123456789abcdef"}, f"{settings['data_dir']} no longer holds the "
+                                                                      f"data that the run in {workdir} evaluated on")):
+        (workdir / "train_config.json").write_text(json.dumps({**settings, **edit}))
+        assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", str(byte_model_dir)),
+                              message)
 
 
 def fake_run(workdir, vocab_size, val_bpb=True):
