@@ -6,8 +6,8 @@
 import importlib
 import sys
 
-# Resolved on first use: importing the package imports none of its modules, so `python -m gpt2_jax.convert`
-# runs convert.py before anything else imports it (runpy warns otherwise).
+# Resolved on first use: importing the package imports none of its modules (but errors.py under `python -m`),
+# so `python -m gpt2_jax.convert` runs convert.py before anything else imports it (runpy warns otherwise).
 _PUBLIC = {
     "GPT2Config": "gpt2_jax.config",
     "GPT2": "gpt2_jax.model",
@@ -17,8 +17,10 @@ _PUBLIC = {
 }
 __all__ = list(_PUBLIC)
 
-if sys.argv[:1] == ["-m"]:  # `python -m gpt2_jax.CLI` (Python's argv[0] while it finds the module): a Ctrl-C
-    from gpt2_jax.errors import leave_on_ctrl_c_while_starting  # before the CLI's main is one line, not a traceback
+# `python -m gpt2_jax.NAME`: while Python finds the module, argv[0] is "-m" and the module's name is the word of
+# the original command line just before the arguments that argv holds ("-mNAME" when written as one word).
+if sys.argv[:1] == ["-m"] and sys.orig_argv[-len(sys.argv)].removeprefix("-m").startswith("gpt2_jax."):
+    from gpt2_jax.errors import leave_on_ctrl_c_while_starting  # a Ctrl-C before the CLI's main: one line
 
     leave_on_ctrl_c_while_starting()
 

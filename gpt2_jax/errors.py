@@ -55,13 +55,17 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
 def leave_on_ctrl_c_while_starting() -> None:
     """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted":
     the CLI's module is still importing JAX and the rest, with nothing begun, and Python's own
-    KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on)."""
-    signal.signal(signal.SIGINT, _leave_while_starting)
+    KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
+    Only over Python's own handler: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _leave_while_starting)
 
 
 def _leave_while_starting(signum, frame):
-    os.write(sys.stderr.fileno(), b"interrupted\n")  # a handler may run inside a print: no buffered write
-    os._exit(128 + signum)
+    try:
+        os.write(2, b"interrupted\n")  # a handler may run inside a print: no buffered write; stderr may be gone
+    finally:
+        os._exit(128 + signum)
 
 
 def exit_now_if_one_of_several(code: int) -> None:

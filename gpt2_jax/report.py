@@ -11,7 +11,6 @@ windows read with its own tokenizer and context (data.py's TextWindows).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from gpt2_jax import hellaswag
@@ -24,7 +23,7 @@ from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
-from gpt2_jax.workdir import DATA, TRAIN_CONFIG, data_fingerprint
+from gpt2_jax.workdir import DATA, TRAIN_CONFIG, data_fingerprint, read_settings
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
@@ -36,22 +35,15 @@ BASELINE_SETTINGS = {"data_dir": str, "block_size": int, "batch_size": int, "eva
 def baseline_settings(workdir: Path) -> dict:
     """The run's settings that say what its evaluations measured, checked: its data_dir must still hold the
     data it trained on (workdir.data_fingerprint), or the baseline would be scored on other windows."""
-    path = workdir / TRAIN_CONFIG
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(settings, dict):
-            raise ValueError("not a JSON object")
-        if missing := [key for key in BASELINE_SETTINGS if key not in settings]:
-            raise ValueError(f"it lacks {', '.join(missing)}")
-        if wrong := [f"{key} {settings[key]!r}" for key, kind in BASELINE_SETTINGS.items()
-                     if type(settings[key]) is not kind]:
-            raise ValueError(f"not the values a run writes: {', '.join(wrong)}")
-    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
-        raise UserError(f"{path}: unreadable ({error})") from None
-    fingerprint = data_fingerprint(read_meta(settings["data_dir"]))
+    settings = read_settings(workdir, BASELINE_SETTINGS)
+    data_dir = Path(settings["data_dir"])
+    if not data_dir.is_absolute() and not data_dir.exists():
+        raise UserError(f"the run's data_dir {data_dir} (train_config.json) is relative to where it trained, and not "
+                        f"found from {Path.cwd()}: run the report from there")
+    fingerprint = data_fingerprint(read_meta(data_dir))
     if settings.get(DATA, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
-        raise UserError(f"{settings['data_dir']} no longer holds the data that the run in {workdir} evaluated on "
-                        "(other shards or splits): its windows are gone, so no baseline can be scored on them")
+        raise UserError(f"{data_dir} no longer holds the data that the run in {workdir} evaluated on (other shards "
+                        "or splits): its windows are gone, so no baseline can be scored on them")
     return settings
 
 
@@ -87,7 +79,7 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
     """Write DIR/report.md and DIR/report.png, against `baseline` if given; returns their paths."""
     workdir = Path(workdir)
     rows = read_metrics(workdir)
-    if not (workdir / "train_config.json").exists() or not any("val_loss" in row for row in rows):
+    if not (workdir / TRAIN_CONFIG).exists() or not any("val_loss" in row for row in rows):
         raise UserError(f"{workdir}: not a training workdir with evaluations "
                         "(train_config.json, val_loss in metrics.jsonl)")
     if baseline:

@@ -35,14 +35,15 @@ from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
 from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.train_flags import parse_flags
-from gpt2_jax.workdir import WorkdirLock, check_settings, write_settings
+from gpt2_jax.workdir import check_settings, write_settings
+from gpt2_jax.workdir_lock import WorkdirLock
 
 
 def train(config, workdir: str | Path) -> list[dict]:
     """Train until config.max_steps; returns the metrics rows logged by this call. A stop signal (SIGTERM,
     Ctrl-C) saves, then raises `Stopped` (a KeyboardInterrupt) holding those rows.
 
-    One trainer at a time: the workdir is locked (workdir.py) from before anything in it is read
+    One trainer at a time: the workdir is locked (workdir_lock.py) from before anything in it is read
     or written until this returns. cpu_devices and distributed take effect here, before JAX computes.
     """
     accelerator.split_cpu(config.cpu_devices)

@@ -3,6 +3,8 @@ configured, and a few samples; evaluator.py's Evaluator on the training mesh, pa
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -10,7 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gpt2_jax import hellaswag
 from gpt2_jax.config import ConfigError
 from gpt2_jax.data import WindowSource
-from gpt2_jax.device_errors import out_of_memory_as_user_error
+from gpt2_jax.device_errors import DeviceError, out_of_memory_as_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.model import GPT2
 from gpt2_jax.sampling import MAX_NEW_TOKENS, generate
@@ -49,12 +51,18 @@ class TrainingEvaluation:
         row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
         if "hellaswag" in results:
             row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])
-        samples = []
-        if self.config.num_samples:
-            with out_of_memory_as_user_error("lower num_samples or sample_tokens, what each evaluation samples "
-                                             "(num_samples=0: none)"):
+        return row, self.samples(params) if self.prompt is not None else []
+
+    def samples(self, params) -> list[str]:
+        """num_samples texts after sample_prompt. Out of memory, none, now and for the rest of the run (samples
+        only show how training goes: losing the run to them, maybe before its first checkpoint, would be worse)."""
+        try:
+            with out_of_memory_as_user_error("lower num_samples or sample_tokens"):
                 tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
                                   rng=jax.random.key(self.config.seed))
                 tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
-            samples = [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]
-        return row, samples
+        except DeviceError as error:
+            print(f"warning: no samples from now on in this run: {error}", file=sys.stderr)
+            self.prompt = None
+            return []
+        return [self.tokenizer.decode(row_tokens) for row_tokens in tokens.tolist()]

@@ -3,6 +3,7 @@ shows each option's default."""
 
 import argparse
 import importlib
+import os
 import signal
 import subprocess
 import sys
@@ -61,15 +62,32 @@ def test_a_count_below_its_minimum_is_refused_by_the_parser(capsys):
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the process's loaded libraries in /proc")
-@pytest.mark.parametrize("name", ["train", "sample"])
-def test_ctrl_c_while_the_command_imports_is_one_line(name, tmp_path):
-    """Before main: once a traceback from inside the imports, or lost in a jaxlib callback (the start went on)."""
-    process = subprocess.Popen([sys.executable, "-m", f"gpt2_jax.{name}", "--help"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("command, ignored", [(["-m", "gpt2_jax.train"], False), (["-u", "-mgpt2_jax.sample"], False),
+                                              (["-m", "gpt2_jax.sample"], True)])
+def test_ctrl_c_while_the_command_imports_is_one_line(command, ignored):
+    """Before main: once a traceback from inside the imports, or lost in a jaxlib callback (the start went on).
+    A SIGINT that the command was started ignoring (a script's `cmd &`) stays ignored."""
+    process = subprocess.Popen([sys.executable, *command, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN) if ignored
+                               else None)
     started = time.monotonic()
     while "jaxlib" not in Path(f"/proc/{process.pid}/maps").read_text():  # importing JAX: main is seconds away
         assert process.poll() is None and time.monotonic() - started < 60, process.communicate()
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
-    assert (process.returncode, stdout, stderr) == (130, "", "interrupted\n")
+    if ignored:
+        assert process.returncode == 0 and stdout.startswith("usage: ") and stderr == ""
+    else:
+        assert (process.returncode, stdout, stderr) == (130, "", "interrupted\n")
+
+
+def test_another_program_run_with_python_m_keeps_its_own_ctrl_c(tmp_path):
+    """Only gpt2_jax's own commands leave at once: a package of the user's that imports gpt2_jax does not."""
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "__init__.py").write_text("import gpt2_jax\n")
+    (tmp_path / "theirs" / "tool.py").write_text("import signal\nprint(signal.getsignal(signal.SIGINT) is "
+                                                 "signal.default_int_handler)\n")
+    result = subprocess.run([sys.executable, "-m", "theirs.tool"], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert (result.returncode, result.stdout) == (0, "True\n"), result.stderr

@@ -311,10 +311,12 @@ def test_a_report_against_a_baseline_names_what_the_run_settings_lack(evaluated_
     (workdir / "train_config.json").write_text(json.dumps(lacking))
     assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", str(byte_model_dir)),
                           "train_config.json: unreadable (it lacks data_dir, eval_batches)")
-    for edit, message in (({"block_size": "64"}, "train_config.json: unreadable (not the values a run writes: "
+    for edit, message in (({"block_size": "64"}, "train_config.json: unreadable (values a run never writes: "
                                                   "block_size '64')"),
                           ({"data_fingerprint": "0123456789abcdef"}, f"{settings['data_dir']} no longer holds the "
-                                                                      f"data that the run in {workdir} evaluated on")):
+                                                                      f"data that the run in {workdir} evaluated on"),
+                          ({"data_dir": "data/elsewhere"}, "the run's data_dir data/elsewhere (train_config.json) is "
+                                                            "relative to where it trained, and not found from")):
         (workdir / "train_config.json").write_text(json.dumps({**settings, **edit}))
         assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", str(byte_model_dir)),
                               message)

@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_one_line_error, config_flags_of, read_only, snapshot, tiny_run_config, step_of
 
 from gpt2_jax.metrics import read_metrics
-from gpt2_jax.workdir import WorkdirError, WorkdirLock
+from gpt2_jax.workdir_lock import WorkdirError, WorkdirLock
 
 ROOT = Path(__file__).parent.parent
 
@@ -50,6 +50,34 @@ def test_a_start_that_wrote_nothing_takes_away_only_what_it_made(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt", "train.lock"]
 
 
+def test_a_lock_file_removed_while_another_trainer_opens_it_is_not_held(tmp_path, monkeypatch):
+    """A refused start removes the lock file it made, while a second trainer has it open but not locked: the
+    second must lock the file now at that path, or a third would lock a new one beside it."""
+    import fcntl
+
+    import gpt2_jax.workdir_lock as workdir_lock
+
+    refused = WorkdirLock(tmp_path)
+    refused.acquire()
+    flock = fcntl.flock
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", lambda file, how: refused.release() or flock(file, how))
+    second = WorkdirLock(tmp_path)
+    second.acquire()  # its first file is gone by the time it locks it
+    monkeypatch.setattr(workdir_lock.fcntl, "flock", flock)
+    with pytest.raises(WorkdirError, match="in use by another trainer"):
+        WorkdirLock(tmp_path).acquire()
+    second.release()
+
+
+def test_a_workdir_gone_before_the_release_is_no_error(tmp_path):
+    lock = WorkdirLock(tmp_path / "run")
+    lock.acquire()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run").rename(tmp_path / "moved")
+    lock.release()
+    assert lock.file is None and sorted(p.name for p in (tmp_path / "moved").iterdir()) == ["config.json", "train.lock"]
+
+
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "run").write_text("notes")
     with pytest.raises(WorkdirError, match="run is a file, not a workdir"):
@@ -67,7 +95,7 @@ def test_a_checkpoints_path_that_is_a_file_is_refused_before_the_run_starts(tmp_
 
 
 def test_a_lock_left_by_a_killed_process_is_not_in_the_way(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gpt2_jax.workdir import WorkdirLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gpt2_jax.workdir_lock import WorkdirLock; "
                                "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
