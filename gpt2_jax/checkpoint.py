@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from gpt2_jax import integrity, outdir
+from gpt2_jax import checkpoint_failures, integrity, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.convert import param_shapes
 from gpt2_jax.train_checkpoints import CHECKPOINTS, CheckpointError, TrainCheckpoints
@@ -54,7 +54,7 @@ def load_params(path: str | Path) -> tuple[GPT2Config, dict]:
         raise CheckpointError(f"{path}: neither a params directory nor a training workdir "
                               f"(no config.json + {PARAMS}/ or {CHECKPOINTS}/)")
     config = GPT2Config.from_json(path / "config.json")
-    integrity.quiet_orbax_failures()
+    checkpoint_failures.quiet_orbax_failures()
     if (path / PARAMS).is_dir():
         return config, _fitting(path, config, _checked(path, _read_params(path / PARAMS)))
     checkpoints = TrainCheckpoints(path, read_only=True)

@@ -1,27 +1,20 @@
-"""Is a restored state the one that was saved? Its shapes, a checksum of its bits, quiet failures; damaged steps set aside.
+"""Is a restored state the one that was saved? Its shapes, a checksum of its bits; damaged steps set aside.
 
 Orbax restores whatever bytes are on disk: a flipped bit in a data file comes back as a wrong
 weight, silently. Each checkpoint therefore stores a checksum of every array (computed on the
-device, in one pass, when the step is saved) and a restore recomputes and compares it. Shapes
-are compared before reading, so a run whose settings changed the state's shapes is told so
-instead of having its healthy checkpoints taken for damaged ones.
+device, in one pass, when the step is saved), and a copy of the data iterator's position; a
+restore recomputes and compares them. Shapes are compared before reading, so a run whose
+settings changed the state's shapes is told so instead of having its healthy checkpoints taken
+for damaged ones. What a failed read says (damage, or the machine): checkpoint_failures.py.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
-import os
-import re
-import sys
-import warnings
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from gpt2_jax.errors import error_chain
 
 SET_ASIDE = ".unreadable"  # the suffix of a damaged step's directory
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # 8-byte values: two uint32 words
@@ -83,61 +76,24 @@ def first_corrupt_leaf(tree, saved: dict[str, int]) -> str | None:
     return next((path for path, value in checksums(tree).items() if saved.get(path) != value), None)
 
 
-def quiet_orbax_failures() -> None:
-    """Keep a failed read or write of a checkpoint to the one line its caller prints.
-
-    When one of orbax's reads or writes fails, it logs the error with a traceback, and its
-    other reads and writes finish later on a closed event loop, each printing another
-    ("Event loop is closed", "exception was never retrieved"): hundreds of lines for one failure.
-    """
-    if getattr(sys.unraisablehook, "quiet_orbax", False):
-        return
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        code = getattr(unraisable.object, "cr_code", None)
-        if "Event loop is closed" in str(unraisable.exc_value) or "orbax" in getattr(code, "co_filename", ""):
-            return
-        previous(unraisable)
-
-    hook.quiet_orbax = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(lambda record: "never retrieved" not in record.getMessage())
-    # Its reads abandoned by a failure may also be dropped unstarted, each a warning at exit (we run no coroutines).
-    warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
-    # Its errors, and its warnings that a step's metadata is missing: the caller names the damaged step in one line.
-    logging.getLogger("absl").addFilter(
-        lambda record: "orbax" not in record.pathname or record.levelno < logging.WARNING
-        or record.levelno < logging.ERROR and "does not exist" not in record.getMessage())
+def state_checksums(states: dict, data_iterator=None) -> dict:
+    """What a step saves to check its restore by: {name: {leaf path: checksum}} of each state and a copy of
+    the data iterator's position (a small JSON of its own: a flipped digit there would change the data order)."""
+    return {name: checksums(tree) for name, tree in states.items()} | (
+        {"data": data_iterator.get_state()} if data_iterator is not None else {})
 
 
-def failure_reason(error: BaseException) -> str:
-    """`No space left on device` rather than the paragraph tensorstore wraps around it."""
-    chain = error_chain(error)
-    os_error = next((link for link in chain if isinstance(link, OSError) and link.strerror), None)
-    if os_error is not None:
-        return os_error.strerror
-    error = chain[-1]
-    code = re.search(r"os_error_code='?(\d+)", str(error))
-    return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
-
-
-# What the machine says when it could not read healthy files (no access, no memory or file handles, a network
-# filesystem or object store gone quiet, an I/O error that may pass): such a step is never set aside.
-MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EINTR,
-                  errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
-                  errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
-MACHINE_STATUS = re.compile(r"\b(RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNAVAILABLE|PERMISSION_DENIED|UNAUTHENTICATED)\b|"
-                            r"Permission denied")
-
-
-def is_damage(error: BaseException) -> bool:
-    """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
-    chain = error_chain(error)
-    codes = {link.errno for link in chain if isinstance(link, OSError)}
-    codes |= {int(code) for link in chain for code in re.findall(r"os_error_code='?(\d+)", str(link))}
-    return not (any(isinstance(link, MemoryError) for link in chain) or codes & MACHINE_ERRNOS
-                or any(MACHINE_STATUS.search(str(link)) for link in chain))
+def first_mismatch(restored: dict, names, data_iterator=None) -> str | None:
+    """What of a restored step differs from the checksums saved with it ("params h_0.ln_1.bias", "the data
+    iterator's position"), or None. `restored["checksum"]`: the step's state_checksums."""
+    saved = restored["checksum"]
+    for name in names:
+        if leaf := first_corrupt_leaf(restored[name], saved[name]):
+            return f"{name} {leaf}"
+    # The copy is process 0's; every process's position is the same count of batches, so each checks its own.
+    if data_iterator is not None and "data" in saved and saved["data"] != data_iterator.get_state():
+        return "the data iterator's position"  # steps saved before the copy existed have none
+    return None
 
 
 def set_aside(checkpoints: Path, step: int) -> str:

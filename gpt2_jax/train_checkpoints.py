@@ -1,9 +1,9 @@
 """A training workdir's checkpoints: orbax's CheckpointManager, with every failure a clear one.
 
-Each step holds params, opt_state, the grain iterator's position and the checksums of both
-states (integrity.py). A restore takes the newest whole step: one saved with other shapes, or that the
-machine could not read (memory, access, I/O), stops the run, its files untouched; a damaged one (undecodable,
-failing its checksums) is set aside as `<step>.unreadable` (by process 0; readers never move anything) and
+Each step holds params, opt_state, the grain iterator's position, the checksums of both states and a
+copy of that position (integrity.py). A restore takes the newest whole step: one saved with other shapes, or
+that the machine could not read (memory, access, I/O: checkpoint_failures.py), stops the run, its files
+untouched; a damaged one (undecodable, failing its checksums) is set aside as `<step>.unreadable` (by process 0; readers never move anything) and
 the one before is tried. Saves run in the background; a failed one stops the run, naming the last good step.
 """
 
@@ -17,7 +17,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from gpt2_jax import integrity
+from gpt2_jax import checkpoint_failures, integrity
 from gpt2_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -42,13 +42,13 @@ class TrainCheckpoints:
                                                enable_async_checkpointing=True)
         handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                     "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()}
-        integrity.quiet_orbax_failures()
+        checkpoint_failures.quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def save(self, step: int, params, opt_state, data_iterator, force: bool = False) -> None:
         """Start writing step `step`; the arrays are copied off the device before this returns."""
         self.wait()  # a failure of the previous save stops the run here
-        checksums = {"params": integrity.checksums(params), "opt_state": integrity.checksums(opt_state)}
+        checksums = integrity.state_checksums({"params": params, "opt_state": opt_state}, data_iterator)
         try:
             self.manager.save(step, force=force, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
@@ -79,7 +79,7 @@ class TrainCheckpoints:
         good = [s for s in self.manager.all_steps() if s != step]
         last = f"the last good checkpoint is step {max(good)}" if good else "no checkpoint was saved before it"
         return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed "
-                               f"({integrity.failure_reason(error)}); {last}")
+                               f"({checkpoint_failures.failure_reason(error)}); {last}")
 
     def restore_train_state(self, abstract_params, abstract_opt_state, data_iterator):
         """(step, params, opt_state) from the newest whole step, the iterator moved there; or None if none saved."""
@@ -95,7 +95,7 @@ class TrainCheckpoints:
             try:
                 return step, self._restore(step, targets_for, data_iterator)
             except Unreadable as damage:
-                if damage.__cause__ and not integrity.is_damage(damage.__cause__):  # the machine, not the files
+                if damage.__cause__ and not checkpoint_failures.is_damage(damage.__cause__):  # the machine, not the files
                     raise CheckpointError(f"cannot restore step {step} of {self.directory}: {damage}; its files "
                                           "are left as they are: rerun once they can be read") from None
                 damaged.append(f"step {step}")
@@ -118,7 +118,7 @@ class TrainCheckpoints:
             targets = targets_for(metadata)
             differences = [integrity.shape_difference(metadata[name], target) for name, target in targets.items()]
         except Exception as error:  # orbax raises many types for damaged metadata
-            raise Unreadable(f"unreadable metadata: {integrity.failure_reason(error)}") from error
+            raise Unreadable(f"unreadable metadata: {checkpoint_failures.failure_reason(error)}") from error
         for difference in filter(None, differences):
             raise CheckpointError(f"checkpoint step {step} of {self.directory.parent} {difference}: a setting "
                                   "that changes the model's shapes differs from the run that saved it; use "
@@ -131,11 +131,9 @@ class TrainCheckpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            raise Unreadable(f"unreadable: {integrity.failure_reason(error)}") from error
-        for name in targets if "checksum" in args else ():
-            corrupt = integrity.first_corrupt_leaf(restored[name], restored["checksum"][name])
-            if corrupt:
-                raise Unreadable(f"checksum mismatch in {name} {corrupt}")
+            raise Unreadable(f"unreadable: {checkpoint_failures.failure_reason(error)}") from error
+        if "checksum" in args and (mismatch := integrity.first_mismatch(restored, targets, data_iterator)):
+            raise Unreadable(f"checksum mismatch in {mismatch}")
         return restored
 
     def close(self) -> None:

@@ -132,6 +132,21 @@ def test_a_flipped_bit_fails_its_checksum_and_the_step_before_is_restored(traine
     assert snapshot(workdir / "checkpoints" / "10") == step_10
 
 
+def test_a_changed_data_position_fails_its_copy_and_the_step_before_is_restored(trained, shakespeare_bytes,
+                                                                             tmp_path, capsys):
+    """The iterator's position is a small JSON of its own: a flipped digit leaves it valid JSON, and the run
+    would have read other windows from there on, silently."""
+    workdir = copy_of(trained, tmp_path)
+    position = workdir / "checkpoints" / "20" / "data" / "process_0-of-1.json"
+    assert json.loads(position.read_text()) == {"next_index": 20}  # one batch of windows per step
+    position.write_text(position.read_text().replace("20", "21"))  # "0" -> "1": one flipped bit
+    logged = train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
+    output = capsys.readouterr()
+    assert "checkpoint step 20 is damaged (checksum mismatch in the data iterator's position), set aside as " \
+           "20.unreadable; restoring the one before" in output.err
+    assert "resuming from step 10" in output.out and logged[0]["step"] == 11
+
+
 def test_when_every_step_is_damaged_the_run_refuses_to_start_over(trained, shakespeare_bytes, tmp_path):
     workdir = copy_of(trained, tmp_path)
     for step in ("10", "20"):

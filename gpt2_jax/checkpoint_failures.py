@@ -1,0 +1,74 @@
+"""What a failed checkpoint read or write says: one line, and whether its files are damaged.
+
+Orbax and tensorstore wrap the cause (an OSError, an errno in a status string) in paragraphs of
+their own and log tracebacks; a restore must tell damaged files (set aside, the step before
+restored) from a machine that could not read healthy ones (stop, touch nothing).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import sys
+import warnings
+
+from gpt2_jax.errors import error_chain
+
+
+def quiet_orbax_failures() -> None:
+    """Keep a failed read or write of a checkpoint to the one line its caller prints.
+
+    When one of orbax's reads or writes fails, it logs the error with a traceback, and its
+    other reads and writes finish later on a closed event loop, each printing another
+    ("Event loop is closed", "exception was never retrieved"): hundreds of lines for one failure.
+    """
+    if getattr(sys.unraisablehook, "quiet_orbax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        if "Event loop is closed" in str(unraisable.exc_value) or "orbax" in getattr(code, "co_filename", ""):
+            return
+        previous(unraisable)
+
+    hook.quiet_orbax = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(lambda record: "never retrieved" not in record.getMessage())
+    # Its reads abandoned by a failure may also be dropped unstarted, each a warning at exit (we run no coroutines).
+    warnings.filterwarnings("ignore", message="coroutine '.*' was never awaited", category=RuntimeWarning)
+    # Its errors, and its warnings that a step's metadata is missing: the caller names the damaged step in one line.
+    logging.getLogger("absl").addFilter(
+        lambda record: "orbax" not in record.pathname or record.levelno < logging.WARNING
+        or record.levelno < logging.ERROR and "does not exist" not in record.getMessage())
+
+
+def failure_reason(error: BaseException) -> str:
+    """`No space left on device` rather than the paragraph tensorstore wraps around it."""
+    chain = error_chain(error)
+    os_error = next((link for link in chain if isinstance(link, OSError) and link.strerror), None)
+    if os_error is not None:
+        return os_error.strerror
+    error = chain[-1]
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+
+
+# What the machine says when it could not read healthy files (no access, no memory or file handles, a network
+# filesystem or object store gone quiet, an I/O error that may pass): such a step is never set aside.
+MACHINE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EINTR,
+                  errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
+                  errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+MACHINE_STATUS = re.compile(r"\b(RESOURCE_EXHAUSTED|DEADLINE_EXCEEDED|UNAVAILABLE|PERMISSION_DENIED|UNAUTHENTICATED)\b|"
+                            r"Permission denied")
+
+
+def is_damage(error: BaseException) -> bool:
+    """Whether a failed read says the files are damaged, rather than that the machine could not read them."""
+    chain = error_chain(error)
+    codes = {link.errno for link in chain if isinstance(link, OSError)}
+    codes |= {int(code) for link in chain for code in re.findall(r"os_error_code='?(\d+)", str(link))}
+    return not (any(isinstance(link, MemoryError) for link in chain) or codes & MACHINE_ERRNOS
+                or any(MACHINE_STATUS.search(str(link)) for link in chain))
