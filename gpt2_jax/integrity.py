@@ -10,11 +10,13 @@ for damaged ones. What a failed read says (damage, or the machine): checkpoint_f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 SET_ASIDE = ".unreadable"  # the suffix of a damaged step's directory
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}  # 8-byte values: two uint32 words
@@ -79,21 +81,28 @@ def first_corrupt_leaf(tree, saved: dict[str, int]) -> str | None:
 def state_checksums(states: dict, data_iterator=None) -> dict:
     """What a step saves to check its restore by: {name: {leaf path: checksum}} of each state and a copy of
     the data iterator's position (a small JSON of its own: a flipped digit there would change the data order)."""
-    return {name: checksums(tree) for name, tree in states.items()} | (
-        {"data": data_iterator.get_state()} if data_iterator is not None else {})
+    position = {"data": json.loads(json.dumps(data_iterator.get_state()))} if data_iterator is not None else {}
+    return {name: checksums(tree) for name, tree in states.items()} | position  # the position by value: it moves on
 
 
 def first_mismatch(restored: dict, names, data_iterator=None) -> str | None:
-    """What of a restored step differs from the checksums saved with it ("params h_0.ln_1.bias", "the data
-    iterator's position"), or None. `restored["checksum"]`: the step's state_checksums."""
+    """What of a restored step differs from the checksums saved with it, or None. `restored["checksum"]`: the
+    step's state_checksums. Every process gives the same answer (a multi-process run restores one step)."""
     saved = restored["checksum"]
-    for name in names:
+    for name in names:  # the checksums of the whole (sharded) arrays: the same on every process
         if leaf := first_corrupt_leaf(restored[name], saved[name]):
-            return f"{name} {leaf}"
-    # The copy is process 0's; every process's position is the same count of batches, so each checks its own.
-    if data_iterator is not None and "data" in saved and saved["data"] != data_iterator.get_state():
-        return "the data iterator's position"  # steps saved before the copy existed have none
-    return None
+            return f"checksum mismatch in {name} {leaf}"
+    # The copy is process 0's; every process's position is the same count of batches, so each checks its own,
+    # and one that differs anywhere sets the step aside everywhere. Steps saved before the copy existed have none.
+    moved = data_iterator is not None and "data" in saved and _as_json(saved["data"]) != _as_json(
+        data_iterator.get_state())
+    if jax.process_count() > 1:
+        moved = bool(multihost_utils.process_allgather(np.array(moved)).any())
+    return "the data iterator's position differs from the copy saved beside it" if moved else None
+
+
+def _as_json(value) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def set_aside(checkpoints: Path, step: int) -> str:

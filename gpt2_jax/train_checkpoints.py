@@ -1,10 +1,11 @@
 """A training workdir's checkpoints: orbax's CheckpointManager, with every failure a clear one.
 
 Each step holds params, opt_state, the grain iterator's position, the checksums of both states and a
-copy of that position (integrity.py). A restore takes the newest whole step: one saved with other shapes, or
-that the machine could not read (memory, access, I/O: checkpoint_failures.py), stops the run, its files
-untouched; a damaged one (undecodable, failing its checksums) is set aside as `<step>.unreadable` (by process 0; readers never move anything) and
-the one before is tried. Saves run in the background; a failed one stops the run, naming the last good step.
+copy of that position (integrity.py). A restore takes the newest whole step: one saved with other shapes,
+or that the machine could not read (memory, access, I/O: checkpoint_failures.py), stops the run, its files
+untouched; a damaged one (undecodable, failing its checksums or its copy) is set aside as `<step>.unreadable`
+(by process 0; readers never move anything) and the one before is tried. Saves run in the background; a
+failed one stops the run, naming the last good step.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class TrainCheckpoints:
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
             raise Unreadable(f"unreadable: {checkpoint_failures.failure_reason(error)}") from error
         if "checksum" in args and (mismatch := integrity.first_mismatch(restored, targets, data_iterator)):
-            raise Unreadable(f"checksum mismatch in {mismatch}")
+            raise Unreadable(mismatch)
         return restored
 
     def close(self) -> None:

@@ -55,13 +55,16 @@ class TrainingEvaluation:
 
     def samples(self, params) -> list[str]:
         """num_samples texts after sample_prompt. Out of memory, none, now and for the rest of the run (samples
-        only show how training goes: losing the run to them, maybe before its first checkpoint, would be worse)."""
+        only show how training goes: losing the run to them, maybe before its first checkpoint, would be worse);
+        in a run of several processes, which must all sample or none, the run stops in one line."""
         try:
             with out_of_memory_as_user_error("lower num_samples or sample_tokens"):
                 tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
                                   rng=jax.random.key(self.config.seed))
                 tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
         except DeviceError as error:
+            if jax.process_count() > 1:  # one process alone out of sampling would leave the others waiting in it
+                raise
             print(f"warning: no samples from now on in this run: {error}", file=sys.stderr)
             self.prompt = None
             return []

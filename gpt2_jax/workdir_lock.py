@@ -41,11 +41,16 @@ class WorkdirLock:
             self.found = {path.name for path in self.workdir.iterdir()} if self.workdir.exists() else None
         except OSError as error:
             raise WorkdirError(f"{self.workdir}: cannot list it ({error.strerror or error})") from None
-        while self.file is None:  # None: the lock file was removed (a refused start's release) as it was opened
-            self.file = self._locked_file()
-        self.file.truncate(0)
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        self.file.flush()
+        for _ in range(5):  # again if the lock file was removed (a refused start's release) as it was opened
+            if (file := self._locked_file()) is not None:
+                break
+        else:
+            raise WorkdirError(f"{self.workdir / LOCK}: the file changes under every lock taken on it (a filesystem "
+                               "whose files' identities are not stable?); use a workdir on a local disk")
+        self.file = file
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
 
     def _locked_file(self):
         """DIR/train.lock opened and locked, or None if it is no longer the file at that path."""

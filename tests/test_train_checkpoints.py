@@ -142,9 +142,16 @@ def test_a_changed_data_position_fails_its_copy_and_the_step_before_is_restored(
     position.write_text(position.read_text().replace("20", "21"))  # "0" -> "1": one flipped bit
     logged = train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
     output = capsys.readouterr()
-    assert "checkpoint step 20 is damaged (checksum mismatch in the data iterator's position), set aside as " \
-           "20.unreadable; restoring the one before" in output.err
+    assert "checkpoint step 20 is damaged (the data iterator's position differs from the copy saved beside it), " \
+           "set aside as 20.unreadable; restoring the one before" in output.err
     assert "resuming from step 10" in output.out and logged[0]["step"] == 11
+    older = Path(shutil.copytree(trained, tmp_path / "older"))  # a step saved before the copy existed: no check
+    checksum = older / "checkpoints" / "20" / "checksum" / "metadata"
+    checksum.write_text(json.dumps({key: value for key, value in json.loads(checksum.read_text()).items()
+                                    if key != "data"}))
+    train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), older)
+    output = capsys.readouterr()
+    assert "resuming from step 20" in output.out and "damaged" not in output.err
 
 
 def test_when_every_step_is_damaged_the_run_refuses_to_start_over(trained, shakespeare_bytes, tmp_path):
