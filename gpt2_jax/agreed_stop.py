@@ -51,6 +51,8 @@ class AgreedStop:
         """After each program that all processes run (a step, an evaluation batch) is dispatched: read the
         agreement started at the call before (ready when the program before has run; the host waits for it),
         then start agreeing on the signals seen by now. Every process must call it as often as the others."""
+        if self.signals.repeated:  # a second Ctrl-C whose KeyboardInterrupt was lost: raise it here
+            raise KeyboardInterrupt
         if not self.alone:
             if self.in_flight is not None:
                 self.agreed = self.agreed or signal_name(self.in_flight)

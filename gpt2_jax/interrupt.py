@@ -15,7 +15,7 @@ import threading
 class StopSignals:
     """`with StopSignals(signal.SIGINT) as stop: ... stop.signal` names the first of the signals to
     arrive ("SIGINT"), None until then. A second one gets the handler that was there before (Ctrl-C
-    raises KeyboardInterrupt at once); on exit every handler is given back.
+    raises KeyboardInterrupt at once; `stop.repeated` then says so); on exit every handler is given back.
 
     `only_over_python_default`: take a signal only where Python's own handler is in place (a CLI, a
     notebook), so that work inside a program with its own handler (sampling in a train run) keeps it.
@@ -28,7 +28,7 @@ class StopSignals:
         self.repeats_ignored = repeats_ignored
 
     def __enter__(self):
-        self.signal, self.previous, self.told = None, {}, False
+        self.signal, self.previous, self.told, self.repeated = None, {}, False, False
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             for signum in self.signums:
                 handler = signal.getsignal(signum)
@@ -44,7 +44,14 @@ class StopSignals:
                   "one at once, and the others when JAX sees it gone)", file=sys.stderr)
         self.signal = self.signal or signal.Signals(signum).name
         if not self.repeats_ignored:
-            signal.signal(signum, self.previous[signum])
+            signal.signal(signum, self._again if callable(self.previous[signum]) else self.previous[signum])
+
+    def _again(self, signum, frame):
+        """A second signal: the handler that was there before (Ctrl-C: KeyboardInterrupt, at once), noted in
+        `repeated` for the work's next check, in case what that handler raised was lost (raised inside a
+        callback of jaxlib's or a destructor, Python prints it and goes on)."""
+        self.repeated = True
+        self.previous[signum](signum, frame)
 
     def __exit__(self, *exc):
         for signum, handler in self.previous.items():

@@ -22,12 +22,13 @@ from absl import logging
 
 from gpt2_jax import accelerator, console, data, flops, metrics, pretrained, shards, sharding, train_config
 from gpt2_jax.agreed_stop import AgreedStop
-from gpt2_jax.device_errors import TRAINING_MEMORY_ADVICE, initialize_distributed, out_of_memory_as_user_error
+from gpt2_jax.device_errors import (TRAINING_MEMORY_ADVICE, check_state_fits_host, initialize_distributed,
+                                    out_of_memory_as_user_error)
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
-from gpt2_jax.optim import learning_rate_schedule, learning_rates, make_optimizer
+from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start
 from gpt2_jax.step import TrainState, init_train_state, train_step
@@ -35,7 +36,7 @@ from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
 from gpt2_jax.train_eval import TrainingEvaluation
 from gpt2_jax.train_flags import parse_flags
-from gpt2_jax.workdir import check_settings, write_settings
+from gpt2_jax.workdir import check_settings, describe_changes, write_settings
 from gpt2_jax.workdir_lock import WorkdirLock
 
 
@@ -89,6 +90,7 @@ class Run:
         init = functools.partial(init_train_state, model, optimizer)
         abstract = jax.eval_shape(init, jax.random.key(c.seed))
         state_sharding = sharding.tree_shardings(mesh, abstract)
+        check_state_fits_host(abstract, state_sharding)  # CPU devices: before the host's OOM killer can end the run
         self.windows_sharding = sharding.batch_sharding(mesh, leading_dims=1)  # [accumulation, batch, time]
         self.step_fn = jax.jit(functools.partial(train_step, model, optimizer), donate_argnums=0,
                                in_shardings=(state_sharding, self.windows_sharding), out_shardings=(state_sharding, None))
@@ -116,11 +118,7 @@ class Run:
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
         if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start
-            was, now = learning_rates(c, {key: before for key, (before, _) in changed.items()}, self.start)
-            print("settings changed since this run's last start: " + ", ".join(
-                f"{key} {before} -> {value}" for key, (before, value) in changed.items()) + (
-                f"; the next step's learning rate is {now:.3g}, {'up' if now > was else 'down'} from {was:.3g}"
-                if now != was else ""))
+            print(describe_changes(c, changed, self.start))
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "

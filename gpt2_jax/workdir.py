@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.optim import learning_rates
 from gpt2_jax.train_checkpoints import CHECKPOINTS
 from gpt2_jax.workdir_lock import WorkdirError
 
@@ -53,6 +54,16 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
                            f"new --workdir from its weights with --config.init_from={workdir}")
     as_saved = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as train_config.json holds them
     return {key: (saved[key], value) for key, value in as_saved.items() if key in saved and saved[key] != value}
+
+
+def describe_changes(config, changed: dict[str, tuple], step: int) -> str:
+    """One line for a resume: the settings `changed` since the run's last start ({key: (before, now)}, from
+    check_settings) and what they do to the next step's learning rate."""
+    was, now = learning_rates(config, {key: before for key, (before, _) in changed.items()}, step)
+    return "settings changed since this run's last start: " + ", ".join(
+        f"{key} {before} -> {value}" for key, (before, value) in changed.items()) + (
+        f"; the next step's learning rate is {now:.3g}, {'up' if now > was else 'down'} from {was:.3g}"
+        if now != was else "")
 
 
 def read_settings(workdir: Path, types: dict[str, type] | None = None) -> dict:

@@ -253,7 +253,7 @@ train_module.main()
 
 
 class FakeSignals:
-    signal = None
+    signal, repeated = None, False
 
 
 def test_processes_act_on_the_agreement_of_the_step_before(monkeypatch):

@@ -232,6 +232,27 @@ def test_out_of_memory_is_one_line_and_a_new_workdir_is_left_as_it_was(shakespea
     assert not (tmp_path / "run").exists()
 
 
+def test_a_train_state_larger_than_the_host_memory_is_refused_before_it_is_made(shakespeare_bytes, tmp_path,
+                                                                               monkeypatch):
+    """On CPU devices the kernel's out-of-memory killer, not XLA, answers a state too large: a SIGKILL mid-step."""
+    import jax
+
+    import gpt2_jax.device_errors as device_errors
+
+    config = tiny_run_config(shakespeare_bytes)  # 8 CPU devices, each with its own copy of the state
+    model = GPT2(GPT2Config(vocab_size=257, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    state_bytes = 3 * sum(leaf.nbytes for leaf in jax.tree.leaves(params))  # params and AdamW's two moments
+    needed = (state_bytes + 8) * 8 * 4 // 3  # + the step count (int32, per moment), on 8 devices, + gradients
+    monkeypatch.setattr(device_errors, "_available_host_bytes", lambda: needed - 1)
+    with pytest.raises(UserError, match=f"the train state and its gradients need {needed / 2**30:.1f} GiB on this "
+                                        "host, which has .* GiB available; train a smaller model here"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(device_errors, "_available_host_bytes", lambda: needed)
+    assert train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0), tmp_path / "run")
+
+
 def test_out_of_memory_while_sampling_warns_and_trains_on_without_samples(shakespeare_bytes, tmp_path, monkeypatch,
                                                                           capsys):
     """Samples only show how training goes: once a run lost to them (maybe before its first checkpoint), with
@@ -379,6 +400,26 @@ def test_a_second_ctrl_c_during_setup_exits_130_at_once(shakespeare_bytes, tmp_p
     # 130, or killed by the SIGINT itself (a shell says 130 for both) when it comes as the interpreter ends
     assert process.returncode in (130, -signal.SIGINT) and stderr.strip().splitlines()[-1] == "interrupted", stderr
     assert not (tmp_path / "run").exists()  # a start that trained nothing leaves nothing
+
+
+def test_a_second_ctrl_c_whose_keyboard_interrupt_was_lost_is_raised_after_the_step():
+    """Raised inside a callback of jaxlib's (a compile's), Python prints a KeyboardInterrupt and goes on: the run
+    then trained on, saved and said it stopped for the first Ctrl-C, leaving a workdir (seen under load)."""
+    from gpt2_jax.agreed_stop import AgreedStop
+    from gpt2_jax.interrupt import StopSignals
+    from gpt2_jax.sharding import make_mesh
+
+    with StopSignals(signal.SIGINT) as signals:
+        stop = AgreedStop(signals, make_mesh())
+        signal.raise_signal(signal.SIGINT)  # the first: a flag, looked at after each step
+        assert stop.poll() == "SIGINT"
+        try:
+            signal.raise_signal(signal.SIGINT)  # the second: KeyboardInterrupt at once...
+        except KeyboardInterrupt:
+            pass  # ...lost
+        with pytest.raises(KeyboardInterrupt):
+            stop.poll()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_stop_signal_after_the_last_step_changes_nothing(shakespeare_bytes, tmp_path, monkeypatch, capsys):
