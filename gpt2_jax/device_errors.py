@@ -45,8 +45,7 @@ def check_state_fits_host(abstract_state, shardings) -> None:
     and its gradients exceed the memory the host has available. Each of XLA:CPU's allocations succeeds on
     paper; the kernel's out-of-memory killer then ends the process mid-step, with no word (seen on a 24 GB
     host with the 1.5B config). Activations are not counted: what is refused cannot fit whatever the batch."""
-    available = _available_host_bytes()
-    if jax.default_backend() != "cpu" or available is None:
+    if jax.default_backend() != "cpu" or (available := _available_host_bytes()) is None:
         return
     shares = [int(np.prod(sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize
               for leaf, sharding in zip(jax.tree.leaves(abstract_state), jax.tree.leaves(shardings))]
