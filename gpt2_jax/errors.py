@@ -7,10 +7,12 @@ line and exits with status 2 instead of showing a traceback.
 
 from __future__ import annotations
 
+import _thread
 import functools
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from collections.abc import Callable
 
@@ -26,6 +28,7 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     def wrapped(*args, **kwargs):
         if signal.getsignal(signal.SIGINT) is _leave_while_starting:  # main's own Ctrl-C handling from here on
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        unraisable_hook, sys.unraisablehook = sys.unraisablehook, _ctrl_c_raised_again(sys.unraisablehook)
         try:
             return main(*args, **kwargs)
         except UserError as error:
@@ -48,8 +51,27 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
             sys.exit(141)
+        finally:
+            sys.unraisablehook = unraisable_hook
 
     return wrapped
+
+
+def _ctrl_c_raised_again(hook):
+    """An unraisable-exception hook that gives a lost Ctrl-C back: a KeyboardInterrupt raised inside a garbage
+    collector callback (jaxlib's, while XLA compiles) or a destructor is printed as "Exception ignored" and dropped,
+    and the command went on. Here it is delivered again a moment later, once the callback is over (delivered at
+    once, the handler would raise inside this hook, lost again), to be raised where the main thread can."""
+
+    def unraisable(info):
+        if issubclass(info.exc_type, KeyboardInterrupt):
+            again = threading.Timer(0.01, _thread.interrupt_main, (signal.SIGINT,))  # as if Ctrl-C came then
+            again.daemon = True
+            again.start()
+        else:
+            hook(info)
+
+    return unraisable
 
 
 def leave_on_ctrl_c_while_starting() -> None:

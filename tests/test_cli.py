@@ -91,3 +91,32 @@ def test_another_program_run_with_python_m_keeps_its_own_ctrl_c(tmp_path):
     result = subprocess.run([sys.executable, "-m", "theirs.tool"], capture_output=True, text=True, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert (result.returncode, result.stdout) == (0, "True\n"), result.stderr
+
+
+LOSES_A_CTRL_C = """
+import gc, signal, time
+from gpt2_jax.errors import exit_on_user_error
+
+def lose_a_ctrl_c(phase, info):  # as a Ctrl-C arriving in jaxlib's garbage collector callback
+    gc.callbacks.remove(lose_a_ctrl_c)
+    signal.default_int_handler(signal.SIGINT, None)
+
+@exit_on_user_error
+def main():
+    gc.callbacks.append(lose_a_ctrl_c)
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the work that went on
+        pass
+    print("went on")
+
+main()
+"""
+
+
+def test_a_ctrl_c_lost_in_a_garbage_collector_callback_still_ends_the_command():
+    """Python prints a KeyboardInterrupt raised in a gc callback as "Exception ignored" and drops it: a train run
+    went on compiling. The command now answers it as any Ctrl-C: one line, exit 130, no traceback."""
+    result = subprocess.run([sys.executable, "-c", LOSES_A_CTRL_C], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).parent.parent)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
