@@ -1,8 +1,10 @@
-"""What a failed checkpoint read or write says: one line, and whether its files are damaged.
+"""What a failed checkpoint read or write says: one line, whether its files are damaged, and to every process.
 
 Orbax and tensorstore wrap the cause (an OSError, an errno in a status string) in paragraphs of
 their own and log tracebacks; a restore must tell damaged files (set aside, the step before
-restored) from a machine that could not read healthy ones (stop, touch nothing).
+restored) from a machine that could not read healthy ones (stop, touch nothing). In a run of
+several processes each reads its own files (its place in the data, its shards): what one of
+them could not read, all of them act on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,63 @@ import re
 import sys
 import warnings
 
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
 from gpt2_jax.errors import error_chain
+
+
+class Unreadable(Exception):
+    """A step that could not be read, or whose state fails its checksums. `machine`: the machine could not read
+    healthy files (never set aside: the run stops) rather than the files being damaged."""
+
+    def __init__(self, reason: str, machine: bool = False):
+        super().__init__(reason)
+        self.machine = machine
+
+
+def unreadable(what: str, error: BaseException) -> Unreadable:
+    """`what: <one-line reason>` for a failed read, its cause `error`, and whether the machine is to blame."""
+    failure = Unreadable(f"{what}: {failure_reason(error)}", machine=not is_damage(error))
+    failure.__cause__ = error
+    return failure
+
+
+class Failed:
+    """What an item's read raised on this process, returned in its place (`failures_kept`)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def failures_kept(handler):
+    """The orbax handler, its restore returning a `Failed` instead of raising. Orbax's restore ends at a barrier
+    of all processes, which a process whose read raised would not reach: the others waited there until it came
+    back restoring the step before, and each went on from another step. Every process now reaches it, and
+    they act together on what any could not read (`agree`)."""
+    restore = handler.restore
+
+    def restore_keeping_failures(*args, **kwargs):
+        try:
+            return restore(*args, **kwargs)
+        except Exception as error:  # orbax, grain and tensorstore raise many types for a failed read
+            return Failed(error)
+
+    handler.restore = restore_keeping_failures
+    return handler
+
+
+def agree(failure: Unreadable | None) -> None:
+    """Raise what this process could not read, or what another could not (the machine's failure first, on any
+    process): every process of a run calls it at the same point of each restore, so all restore one step."""
+    if jax.process_count() > 1:
+        kinds = multihost_utils.process_allgather(np.array(0 if failure is None else 2 if failure.machine else 1))
+        worst = int(kinds.max())
+        if worst > (0 if failure is None else 1 + failure.machine):
+            raise Unreadable(f"process {int(np.argmax(kinds == worst))} could not read it", machine=worst == 2)
+    if failure is not None:
+        raise failure
 
 
 def quiet_orbax_failures() -> None:
@@ -30,9 +88,9 @@ def quiet_orbax_failures() -> None:
 
     def hook(unraisable):
         code = getattr(unraisable.object, "cr_code", None)
-        if "Event loop is closed" in str(unraisable.exc_value) or "orbax" in getattr(code, "co_filename", ""):
-            return
-        previous(unraisable)
+        noise = "Event loop is closed" in str(unraisable.exc_value) or "orbax" in getattr(code, "co_filename", "")
+        if not noise or issubclass(unraisable.exc_type, KeyboardInterrupt):  # a lost Ctrl-C: raised again (errors.py)
+            previous(unraisable)
 
     hook.quiet_orbax = True
     sys.unraisablehook = hook

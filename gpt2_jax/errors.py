@@ -28,7 +28,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     def wrapped(*args, **kwargs):
         if signal.getsignal(signal.SIGINT) is _leave_while_starting:  # main's own Ctrl-C handling from here on
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        unraisable_hook, sys.unraisablehook = sys.unraisablehook, _ctrl_c_raised_again(sys.unraisablehook)
+        if not getattr(sys.unraisablehook, "ctrl_c_raised_again", False):
+            sys.unraisablehook = _ctrl_c_raised_again(sys.unraisablehook)
         try:
             return main(*args, **kwargs)
         except UserError as error:
@@ -51,8 +52,6 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
             sys.exit(141)
-        finally:
-            sys.unraisablehook = unraisable_hook
 
     return wrapped
 
@@ -71,6 +70,7 @@ def _ctrl_c_raised_again(hook):
         else:
             hook(info)
 
+    unraisable.ctrl_c_raised_again = True
     return unraisable
 
 

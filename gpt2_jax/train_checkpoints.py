@@ -4,8 +4,8 @@ Each step holds params, opt_state, the grain iterator's position, the checksums 
 copy of that position (integrity.py). A restore takes the newest whole step: one saved with other shapes,
 or that the machine could not read (memory, access, I/O: checkpoint_failures.py), stops the run, its files
 untouched; a damaged one (undecodable, failing its checksums or its copy) is set aside as `<step>.unreadable`
-(by process 0; readers never move anything) and the one before is tried. Saves run in the background; a
-failed one stops the run, naming the last good step.
+(by process 0; readers never move anything) and the one before is tried; what any process of a run could not
+read, all act on. Saves run in the background; a failed one stops the run, naming the last good step.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from gpt2_jax import checkpoint_failures, integrity
+from gpt2_jax.checkpoint_failures import Failed, Unreadable, agree, failures_kept, unreadable
 from gpt2_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -26,10 +27,6 @@ CHECKPOINTS = "checkpoints"
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, that none of the saved steps can restore, or that cannot be saved."""
-
-
-class Unreadable(Exception):
-    """A step that could not be read (its __cause__: what the read raised) or whose arrays fail their checksums."""
 
 
 class TrainCheckpoints:
@@ -43,6 +40,7 @@ class TrainCheckpoints:
                                                enable_async_checkpointing=True)
         handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                     "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()}
+        handlers = {name: failures_kept(handler) for name, handler in handlers.items()}  # each process's reads: agreed
         checkpoint_failures.quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -96,7 +94,7 @@ class TrainCheckpoints:
             try:
                 return step, self._restore(step, targets_for, data_iterator)
             except Unreadable as damage:
-                if damage.__cause__ and not checkpoint_failures.is_damage(damage.__cause__):  # the machine, not the files
+                if damage.machine:  # the machine, not the files
                     raise CheckpointError(f"cannot restore step {step} of {self.directory}: {damage}; its files "
                                           "are left as they are: rerun once they can be read") from None
                 damaged.append(f"step {step}")
@@ -119,7 +117,8 @@ class TrainCheckpoints:
             targets = targets_for(metadata)
             differences = [integrity.shape_difference(metadata[name], target) for name, target in targets.items()]
         except Exception as error:  # orbax raises many types for damaged metadata
-            raise Unreadable(f"unreadable metadata: {checkpoint_failures.failure_reason(error)}") from error
+            agree(unreadable("unreadable metadata", error))
+        agree(None)
         for difference in filter(None, differences):
             raise CheckpointError(f"checkpoint step {step} of {self.directory.parent} {difference}: a setting "
                                   "that changes the model's shapes differs from the run that saved it; use "
@@ -131,8 +130,10 @@ class TrainCheckpoints:
             args["checksum"] = ocp.args.JsonRestore()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-        except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            raise Unreadable(f"unreadable: {checkpoint_failures.failure_reason(error)}") from error
+            error = next((restored[name].error for name in args if isinstance(restored[name], Failed)), None)
+        except Exception as raised:  # orbax/tensorstore raise many types for damaged files
+            error = raised
+        agree(error and unreadable("unreadable", error))
         if "checksum" in args and (mismatch := integrity.first_mismatch(restored, targets, data_iterator)):
             raise Unreadable(mismatch)
         return restored

@@ -218,20 +218,27 @@ def test_a_run_resumes_only_with_as_many_processes_and_all_from_one_step(config,
     assert "(here step 10)" in results[0][1] and "(here step 0)" in results[1][1]
 
 
-def test_a_data_position_damaged_on_one_process_sets_the_step_aside_on_all(config, tmp_path):
-    """Each process reads its own position: one that finds its own differing from the copy must not restore
-    another step than the others (they would wait on each other, or part ways)."""
+DIFFERS = "the data iterator's position differs from the copy saved beside it"
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda text: text.replace("40", "41"), [DIFFERS, DIFFERS]),
+    (lambda text: text[:-3], ["process 1 could not read it", "unreadable: JSONDecodeError"]),  # each says its own
+], ids=["differing", "undecodable"])
+def test_a_data_position_damaged_on_one_process_sets_the_step_aside_on_all(config, tmp_path, damage, said):
+    """Each process reads its own position: one that finds its own differing from the copy, or cannot decode it,
+    must not restore another step than the others (they would wait on each other, or part ways)."""
     short = config.copy_and_resolve_references()
     short.max_steps, short.eval_every = 40, 0
     assert [code for code, _ in finish(start(short, tmp_path / "run", tmp_path, 2), tmp_path)] == [0, 0]
     position = tmp_path / "run" / "checkpoints" / "40" / "data" / "process_1-of-2.json"
     assert json.loads(position.read_text()) == {"next_index": 40}
-    position.write_text(position.read_text().replace("40", "41"))
+    position.write_text(damage(position.read_text()))
     short.max_steps = 50
     results = finish(start(short, tmp_path / "run", tmp_path, 2), tmp_path)
     assert [code for code, _ in results] == [0, 0] and "resuming from step 20" in results[0][1], results
-    for _, output in results:
-        assert "checkpoint step 40 is damaged (the data iterator's position differs from the copy" in output, output
+    for (_, output), reason in zip(results, said):
+        assert f"checkpoint step 40 is damaged ({reason}" in output, output
     assert (tmp_path / "run" / "checkpoints" / "40.unreadable").is_dir()
 
 

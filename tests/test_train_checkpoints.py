@@ -252,3 +252,33 @@ def test_a_config_json_that_does_not_fit_the_saved_params_is_refused(trained, tm
         load_params(workdir)
     with pytest.raises(CheckpointError, match=re.escape(message)):
         load_params(workdir)
+
+
+@pytest.mark.parametrize("mine, kinds, raised", [
+    (None, [0, 0], None),
+    (None, [0, 1], ("process 1 could not read it", False)),
+    ("damage", [1, 2], ("process 1 could not read it", True)),  # the machine's failure wins: nothing set aside
+    ("machine", [2, 1], ("mine", True)),
+    ("damage", [1, 1], ("mine", False)),
+])
+def test_every_process_acts_on_what_any_could_not_read(monkeypatch, mine, kinds, raised):
+    """Process 0 of two, given what each could not read: a damaged step is set aside on all, or the run stops on
+    all (a process that acted alone restored another step than the others)."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from gpt2_jax.checkpoint_failures import Unreadable, agree
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    def allgather(kind):  # this process's kind, as process 0's in `kinds`
+        assert int(kind) == kinds[0]
+        return np.array(kinds)
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    failure = mine and Unreadable("mine", machine=mine == "machine")
+    if raised is None:
+        agree(failure)
+        return
+    with pytest.raises(Unreadable) as seen:
+        agree(failure)
+    assert (str(seen.value), seen.value.machine) == raised
