@@ -63,6 +63,13 @@ def failures_kept(handler):
     return handler
 
 
+def failure_of(items) -> Exception | None:
+    """What the reads of a step's items raised (each a `Failed`) that counts: the machine's failure before damage
+    (damaged files beside ones the machine could not read: the step is left as it is, the run stops)."""
+    errors = [item.error for item in items if isinstance(item, Failed)]
+    return next((error for error in errors if not is_damage(error)), next(iter(errors), None))
+
+
 def agree(failure: Unreadable | None) -> None:
     """Raise what this process could not read, or what another could not (the machine's failure first, on any
     process): every process of a run calls it at the same point of each restore, so all restore one step."""

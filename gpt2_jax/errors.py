@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from collections.abc import Callable
 
+from gpt2_jax.interrupt import StopSignals
+
 
 class UserError(ValueError):
     """Bad input (a missing file, a wrong key, a prompt too long): the message says what to change."""
@@ -28,8 +30,9 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     def wrapped(*args, **kwargs):
         if signal.getsignal(signal.SIGINT) is _leave_while_starting:  # main's own Ctrl-C handling from here on
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        if not getattr(sys.unraisablehook, "ctrl_c_raised_again", False):
-            sys.unraisablehook = _ctrl_c_raised_again(sys.unraisablehook)
+        if not getattr(_ctrl_c_raised_again, "installed", False):  # once a process
+            sys.unraisablehook, _ctrl_c_raised_again.installed = _ctrl_c_raised_again(sys.unraisablehook), True
+        _MAINS_RUNNING.append(main)
         try:
             return main(*args, **kwargs)
         except UserError as error:
@@ -52,26 +55,39 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
             sys.exit(141)
+        finally:
+            _MAINS_RUNNING.pop()
 
     return wrapped
 
 
+_MAINS_RUNNING = []  # the wrapped mains running now (a main may call another)
+
+
 def _ctrl_c_raised_again(hook):
-    """An unraisable-exception hook that gives a lost Ctrl-C back: a KeyboardInterrupt raised inside a garbage
-    collector callback (jaxlib's, while XLA compiles) or a destructor is printed as "Exception ignored" and dropped,
-    and the command went on. Here it is delivered again a moment later, once the callback is over (delivered at
-    once, the handler would raise inside this hook, lost again), to be raised where the main thread can."""
+    """An unraisable-exception hook that gives a lost Ctrl-C back while a main runs: a KeyboardInterrupt raised
+    inside a garbage collector callback (jaxlib's, while XLA compiles) or a destructor is printed as "Exception
+    ignored" and dropped, and the command went on. Over Python's own handler it is delivered again a moment
+    later, once the callback is over (at once, the handler would raise inside this hook, lost again); where a
+    StopSignals has it, its work raises it at its next check (`repeated`), so it is only kept quiet here."""
 
     def unraisable(info):
-        if issubclass(info.exc_type, KeyboardInterrupt):
-            again = threading.Timer(0.01, _thread.interrupt_main, (signal.SIGINT,))  # as if Ctrl-C came then
+        handler = signal.getsignal(signal.SIGINT)
+        if not issubclass(info.exc_type, KeyboardInterrupt) or not _MAINS_RUNNING or sys.is_finalizing():
+            hook(info)
+        elif handler is signal.default_int_handler:
+            again = threading.Timer(0.01, _raise_again_if_main_runs)
             again.daemon = True
             again.start()
-        else:
+        elif not isinstance(getattr(handler, "__self__", None), StopSignals):
             hook(info)
 
-    unraisable.ctrl_c_raised_again = True
     return unraisable
+
+
+def _raise_again_if_main_runs():
+    if _MAINS_RUNNING:
+        _thread.interrupt_main(signal.SIGINT)  # as if Ctrl-C came now
 
 
 def leave_on_ctrl_c_while_starting() -> None:

@@ -105,9 +105,15 @@ def _as_json(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def set_aside(checkpoints: Path, step: int) -> str:
-    """Rename a damaged step out of the way (kept for a person to look at); the run can write it again."""
-    aside = next(checkpoints / f"{step}{SET_ASIDE}{n or ''}" for n in range(1000)
-                 if not (checkpoints / f"{step}{SET_ASIDE}{n or ''}").exists())
-    (checkpoints / str(step)).rename(aside)
-    return aside.name
+def set_aside(checkpoints: Path, step: int) -> str | None:
+    """Rename a damaged step out of the way (kept for a person to look at); the run can write it again. Called by
+    every process of a run: process 0 renames it (its new name, None elsewhere), and all wait for that, so that
+    none lists the step as it was (it would write it again where it stands: orbax refuses)."""
+    aside = None
+    if jax.process_index() == 0:
+        aside = next(checkpoints / f"{step}{SET_ASIDE}{n or ''}" for n in range(1000)
+                     if not (checkpoints / f"{step}{SET_ASIDE}{n or ''}").exists())
+        (checkpoints / str(step)).rename(aside)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"gpt2_jax: checkpoint step {step} set aside")
+    return aside and aside.name

@@ -19,7 +19,6 @@ import jax
 import orbax.checkpoint as ocp
 
 from gpt2_jax import checkpoint_failures, integrity
-from gpt2_jax.checkpoint_failures import Failed, Unreadable, agree, failures_kept, unreadable
 from gpt2_jax.errors import UserError
 
 CHECKPOINTS = "checkpoints"
@@ -40,7 +39,7 @@ class TrainCheckpoints:
                                                enable_async_checkpointing=True)
         handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                     "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()}
-        handlers = {name: failures_kept(handler) for name, handler in handlers.items()}  # each process's reads: agreed
+        handlers = {name: checkpoint_failures.failures_kept(handler) for name, handler in handlers.items()}
         checkpoint_failures.quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -93,14 +92,15 @@ class TrainCheckpoints:
         for step in steps:
             try:
                 return step, self._restore(step, targets_for, data_iterator)
-            except Unreadable as damage:
+            except checkpoint_failures.Unreadable as damage:
                 if damage.machine:  # the machine, not the files
                     raise CheckpointError(f"cannot restore step {step} of {self.directory}: {damage}; its files "
                                           "are left as they are: rerun once they can be read") from None
                 damaged.append(f"step {step}")
-                kept = "" if self.read_only or jax.process_index() else f", set aside as {integrity.set_aside(self.directory, step)}"
+                aside = None if self.read_only else integrity.set_aside(self.directory, step)  # every process
                 self.manager.reload()
-                print(f"checkpoint step {step} is damaged ({damage}){kept}; restoring the one before", file=sys.stderr)
+                print(f"checkpoint step {step} is damaged ({damage}){aside and f', set aside as {aside}' or ''}; "
+                      "restoring the one before", file=sys.stderr)
         set_aside = sorted(p.name for p in self.directory.glob(f"*{integrity.SET_ASIDE}*"))
         if not (steps or set_aside or self.read_only):
             return None  # a new run
@@ -117,8 +117,8 @@ class TrainCheckpoints:
             targets = targets_for(metadata)
             differences = [integrity.shape_difference(metadata[name], target) for name, target in targets.items()]
         except Exception as error:  # orbax raises many types for damaged metadata
-            agree(unreadable("unreadable metadata", error))
-        agree(None)
+            checkpoint_failures.agree(checkpoint_failures.unreadable("unreadable metadata", error))
+        checkpoint_failures.agree(None)
         for difference in filter(None, differences):
             raise CheckpointError(f"checkpoint step {step} of {self.directory.parent} {difference}: a setting "
                                   "that changes the model's shapes differs from the run that saved it; use "
@@ -130,12 +130,12 @@ class TrainCheckpoints:
             args["checksum"] = ocp.args.JsonRestore()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-            error = next((restored[name].error for name in args if isinstance(restored[name], Failed)), None)
+            error = checkpoint_failures.failure_of(restored[name] for name in args)
         except Exception as raised:  # orbax/tensorstore raise many types for damaged files
             error = raised
-        agree(error and unreadable("unreadable", error))
+        checkpoint_failures.agree(error and checkpoint_failures.unreadable("unreadable", error))
         if "checksum" in args and (mismatch := integrity.first_mismatch(restored, targets, data_iterator)):
-            raise Unreadable(mismatch)
+            raise checkpoint_failures.Unreadable(mismatch)
         return restored
 
     def close(self) -> None:

@@ -220,6 +220,19 @@ def test_a_run_resumes_only_with_as_many_processes_and_all_from_one_step(config,
 
 DIFFERS = "the data iterator's position differs from the copy saved beside it"
 
+# Process 0 is slow to set a damaged step aside (a busy filesystem): the others must wait for it.
+SLOW_RENAME_ON_PROCESS_0 = """
+import os, pathlib, sys, time
+rename = pathlib.Path.rename
+def slow_rename(self, target):
+    time.sleep(1.0 if os.environ["SLURM_PROCID"] == "0" else 0.0)
+    return rename(self, target)
+pathlib.Path.rename = slow_rename
+from gpt2_jax.train import main
+sys.argv[0] = "train"
+main()
+"""
+
 
 @pytest.mark.parametrize("damage, said", [
     (lambda text: text.replace("40", "41"), [DIFFERS, DIFFERS]),
@@ -227,7 +240,8 @@ DIFFERS = "the data iterator's position differs from the copy saved beside it"
 ], ids=["differing", "undecodable"])
 def test_a_data_position_damaged_on_one_process_sets_the_step_aside_on_all(config, tmp_path, damage, said):
     """Each process reads its own position: one that finds its own differing from the copy, or cannot decode it,
-    must not restore another step than the others (they would wait on each other, or part ways)."""
+    must not restore another step than the others (they would wait on each other, or part ways); nor list the
+    step before process 0 has set it aside (it wrote it again where it stood, and orbax refused)."""
     short = config.copy_and_resolve_references()
     short.max_steps, short.eval_every = 40, 0
     assert [code for code, _ in finish(start(short, tmp_path / "run", tmp_path, 2), tmp_path)] == [0, 0]
@@ -235,7 +249,7 @@ def test_a_data_position_damaged_on_one_process_sets_the_step_aside_on_all(confi
     assert json.loads(position.read_text()) == {"next_index": 40}
     position.write_text(damage(position.read_text()))
     short.max_steps = 50
-    results = finish(start(short, tmp_path / "run", tmp_path, 2), tmp_path)
+    results = finish(start(short, tmp_path / "run", tmp_path, 2, code=SLOW_RENAME_ON_PROCESS_0), tmp_path)
     assert [code for code, _ in results] == [0, 0] and "resuming from step 20" in results[0][1], results
     for (_, output), reason in zip(results, said):
         assert f"checkpoint step 40 is damaged ({reason}" in output, output

@@ -282,3 +282,12 @@ def test_every_process_acts_on_what_any_could_not_read(monkeypatch, mine, kinds,
     with pytest.raises(Unreadable) as seen:
         agree(failure)
     assert (str(seen.value), seen.value.machine) == raised
+
+
+def test_of_a_step_s_failed_reads_the_machine_s_counts_first():
+    """A damaged item read before one the machine could not read: the step is left as it is and the run stops."""
+    from gpt2_jax.checkpoint_failures import Failed, failure_of
+
+    damaged, denied = ValueError("undecodable"), PermissionError(errno.EACCES, "Permission denied")
+    assert failure_of([{"a": 1}, Failed(damaged), Failed(denied)]) is denied
+    assert failure_of([Failed(damaged), {"a": 1}]) is damaged and failure_of([{"a": 1}]) is None
