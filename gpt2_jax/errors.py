@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from collections.abc import Callable
 
+from gpt2_jax import standard_output
 from gpt2_jax.interrupt import StopSignals
 
 
@@ -33,9 +34,12 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         if not getattr(_ctrl_c_raised_again, "installed", False):  # once a process
             sys.unraisablehook, _ctrl_c_raised_again.installed = _ctrl_c_raised_again(sys.unraisablehook), True
         _MAINS_RUNNING.append(main)
+        stdout, _ = sys.stdout, standard_output.guarded()  # a failed write: one line (standard_output.py)
         try:
-            return main(*args, **kwargs)
-        except UserError as error:
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # what is still buffered fails here, in one line, not in Python's exit
+            return result
+        except (UserError, standard_output.OutputError) as error:
             message = " ".join(str(error).split())  # one line, whatever the library put in it
             print(f"{Path(sys.argv[0]).stem}: error: {message}", file=sys.stderr)
             exit_now_if_one_of_several(2)
@@ -49,14 +53,15 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
                     sys.exit(128 + signum)  # nothing begun), or main called from Python: its caller goes on
                 sys.stdout.flush()
                 sys.stderr.flush()
-            except KeyboardInterrupt:  # one more Ctrl-C while leaving: leave all the same
-                pass
+            except (KeyboardInterrupt, standard_output.OutputError):  # one more Ctrl-C while leaving, or no
+                pass  # stdout: leave all the same
             os._exit(128 + signum)  # Python's own Ctrl-C, maybe with XLA mid-compile: its teardown segfaulted
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it
             sys.exit(141)
         finally:
             _MAINS_RUNNING.pop()
+            sys.stdout = stdout
 
     return wrapped
 

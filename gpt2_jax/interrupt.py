@@ -17,6 +17,7 @@ class StopSignals:
     arrive ("SIGINT"), None until then. A second one gets the handler that was there before (Ctrl-C
     raises KeyboardInterrupt at once; `stop.repeated` then says so); on exit every handler is given back.
 
+    A signal that is ignored stays ignored (a script's `cmd &` ignores Ctrl-C, `nohup` the hangup).
     `only_over_python_default`: take a signal only where Python's own handler is in place (a CLI, a
     notebook), so that work inside a program with its own handler (sampling in a train run) keeps it.
     `repeats_ignored`: a second signal is ignored, not handed on (a process of several, which must stop
@@ -32,7 +33,8 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             for signum in self.signums:
                 handler = signal.getsignal(signum)
-                if not self.only_over_python_default or handler is signal.default_int_handler:
+                if handler is not signal.SIG_IGN and (not self.only_over_python_default
+                                                      or handler is signal.default_int_handler):
                     self.previous[signum] = handler
                     signal.signal(signum, self.request)
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -88,9 +89,15 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
-        if self.kept is not None:
-            self.path.write_text("".join(line + "\n" for line in self.kept))
-        self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.resume_step + 1)
+        try:
+            if self.kept is not None:  # whole or not at all: a kill while writing kept the old file
+                temporary = self.path.with_name(f".{self.path.name}.tmp")
+                temporary.write_text("".join(line + "\n" for line in self.kept))
+                os.replace(temporary, self.path)
+            self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.resume_step + 1)
+        except OSError as error:  # not writable (another user's files), a full disk, a file where a folder goes
+            raise UserError(f"{self.workdir}: cannot write its metrics.jsonl or tensorboard/ ({error.strerror or error}); "
+                            "rerun once they can be written") from None
 
     def close(self) -> None:
         if self.tensorboard is not None:

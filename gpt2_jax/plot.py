@@ -4,12 +4,17 @@ scales: runs of different tokenizers are drawn on the bits-per-byte axis only (p
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+
+from gpt2_jax.errors import UserError  # noqa: E402
 
 # (title, y axis label, metrics drawn on it)
 PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per byte", "bits per byte", ("val_bpb",)),
@@ -18,11 +23,28 @@ PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per
 
 def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict[str, dict] | None = None,
               x: str = "step", per_token: bool = True) -> Path:
-    """Draw `figure(...)` to `out_path` (a PNG); returns the path."""
-    drawn = figure(runs, baselines, x, per_token)
-    drawn.savefig(out_path, dpi=120)
-    plt.close(drawn)
-    return Path(out_path)
+    """Draw `figure(...)` to `out_path` (a PNG), whole or not at all; returns the path. UserError if it cannot."""
+    out_path, drawn = Path(out_path), figure(runs, baselines, x, per_token)
+    temporary = out_path.with_name(f".{out_path.name}.tmp")
+    try:
+        drawn.savefig(temporary, dpi=120, format="png")
+        os.replace(temporary, out_path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out_path}: {error.strerror or error}") from None
+    finally:
+        plt.close(drawn)
+    return out_path
+
+
+def plot_run_or_warn(rows: list[dict], out_path: Path) -> Path | None:
+    """A training run's curves to `out_path`; if they cannot be written, a warning (the run is saved, its metrics
+    written: a picture is not worth an error) and None."""
+    try:
+        return plot_runs({out_path.parent.name: rows}, out_path) if rows else None
+    except UserError as error:
+        print(f"warning: {error}", file=sys.stderr)
 
 
 def figure(runs: dict[str, list[dict]], baselines: dict[str, dict] | None = None, x: str = "step",

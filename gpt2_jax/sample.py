@@ -21,13 +21,14 @@ from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2, cache_bytes
 from gpt2_jax.sampling import GenerationInterrupted, generate
+from gpt2_jax.standard_output import OutputError
 
 
 class StreamPrinter:
     """An `on_token` callback for one sample: prints the text as it grows, in whole UTF-8 characters."""
 
     def __init__(self, tokenizer, prompt_ids):
-        self.tokenizer, self.ids, self.printed, self.reader_gone = tokenizer, list(prompt_ids), 0, False
+        self.tokenizer, self.ids, self.printed, self.failure = tokenizer, list(prompt_ids), 0, None
 
     def __call__(self, tokens_B):
         if int(tokens_B[0]) != self.tokenizer.eot_token:
@@ -37,19 +38,19 @@ class StreamPrinter:
             self.write(text)
 
     def write(self, text):
-        if self.reader_gone:
+        if self.failure:
             return
         try:
             sys.stdout.write(text[self.printed:])
             sys.stdout.flush()
-        except BrokenPipeError:  # `| head`: said once generation reaches the host (stop_if_reader_gone)
-            self.reader_gone = True
+        except (BrokenPipeError, OutputError) as failure:  # `| head`, a full disk: raised once generation
+            self.failure = failure  # reaches the host (stop_if_output_failed)
         self.printed = len(text)
 
-    def stop_if_reader_gone(self, made: int):
+    def stop_if_output_failed(self, made: int):
         """An `on_progress` callback: a callback inside the compiled loop cannot stop it, this one can."""
-        if self.reader_gone:
-            raise BrokenPipeError
+        if self.failure:
+            raise self.failure
 
     def finish(self):
         self.write(self.tokenizer.decode(self.ids) + "\n")
@@ -98,7 +99,7 @@ def main(argv=None):
                 GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
                 temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
                 rng=jax.random.key(args.seed), on_token=stream,
-                on_progress=stream.stop_if_reader_gone if stream else count,
+                on_progress=stream.stop_if_output_failed if stream else count,
             )
     except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)

@@ -2,8 +2,8 @@
 
 DIR holds everything a run writes: config.json (the model, HF schema), train_config.json,
 checkpoints/, metrics.jsonl, tensorboard/ and loss.png. Rerunning the same command resumes from
-the newest readable checkpoint, on the same data order. SIGTERM or Ctrl-C saves and exits with
-128 + the signal's number (143, 130): a stopped run is not a finished one. With several processes
+the newest readable checkpoint, on the same data order. SIGTERM, Ctrl-C or SIGHUP saves and exits
+with 128 + the signal's number (143, 130, 129): a stopped run is not a finished one. With several processes
 (distributed=True), a signal to any one of them stops all of them after the same step (agreed_stop.py).
 `--config.init_from=REF` fine-tunes a pretrained model instead of starting from GPT-2's init.
 """
@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from gpt2_jax import accelerator, console, data, flops, metrics, pretrained, shards, sharding, train_config
+from gpt2_jax import accelerator, console, data, flops, metrics, pretrained, shards, sharding, standard_output
+from gpt2_jax import train_config
 from gpt2_jax.agreed_stop import AgreedStop
 from gpt2_jax.device_errors import (TRAINING_MEMORY_ADVICE, check_state_fits_host, initialize_distributed,
                                     out_of_memory_as_user_error)
@@ -29,7 +30,7 @@ from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
-from gpt2_jax.plot import plot_runs
+from gpt2_jax.plot import plot_run_or_warn
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
@@ -56,7 +57,7 @@ def train(config, workdir: str | Path) -> list[dict]:
         # SIGTERM (a preemption) or Ctrl-C: during setup, the run stops before its first step, having written
         # nothing (XLA is never interrupted mid-compile); later, it saves, then stops. Handlers given back after.
         # Several processes ignore a second signal: one that stopped at once would leave the others waiting.
-        signals = StopSignals(signal.SIGTERM, signal.SIGINT, repeats_ignored=jax.process_count() > 1)
+        signals = StopSignals(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, repeats_ignored=jax.process_count() > 1)
         with jax.set_mesh(mesh), signals, out_of_memory_as_user_error(TRAINING_MEMORY_ADVICE):  # mesh: Pallas attention
             run = Run(config, lock, mesh, AgreedStop(signals, mesh))  # several processes stop together
             rows = run.loop()
@@ -231,7 +232,7 @@ class Run:
     def summarize(self, step: int) -> None:
         """The closing lines; draws DIR/loss.png."""
         rows = metrics.read_metrics(self.workdir)
-        plot = plot_runs({self.workdir.name: rows}, self.workdir / "loss.png") if rows else None
+        plot = plot_run_or_warn(rows, self.workdir / "loss.png")
         print(console.summary(rows, self.start + 1, step, self.config.max_steps, time.perf_counter() - self.began,
                               self.workdir, plot))
 
@@ -239,6 +240,7 @@ class Run:
 @exit_on_user_error
 def main(argv=None):
     config, workdir = parse_flags(sys.argv if argv is None else argv, help_text=__doc__)
+    standard_output.make_optional()  # the run's record is its workdir: a console it cannot write is no reason to stop
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     accelerator.set_xla_flags()  # before JAX starts its backends
     train(config, workdir)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -172,6 +173,18 @@ def test_cli_greedy_prints_what_transformers_generates(bpe_model_dir):
     assert streamed.stdout == expected + "\n"
     batch = run_sample("--model", str(bpe_model_dir), "--prompt", prompt, "--greedy", "--max-new-tokens", "20", "--num-samples", "3")
     assert batch.stdout == "".join(f"---- sample {i}/3 ----\n{expected}\n" for i in (1, 2, 3))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full stands for a full disk")
+@pytest.mark.parametrize("count", ["1", "2"], ids=["streamed", "batched"])
+def test_cli_output_that_cannot_be_written_is_one_line(bpe_model_dir, count):
+    """`sample ... > out.txt` on a full disk: the streamed write failed inside the compiled loop's callback, a
+    traceback from XLA's runtime; a batch's, a traceback of Python's."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "gpt2_jax.sample", "--model", str(bpe_model_dir),
+                                 "--max-new-tokens", "5", "--num-samples", count], stdout=full, stderr=subprocess.PIPE,
+                                text=True)
+    assert_one_line_error(result, "sample: error: cannot write to standard output: No space left on device")
 
 
 def test_cli_samples_five_ways_reproducibly(bpe_model_dir):

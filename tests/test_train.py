@@ -11,7 +11,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, config_flags_of, tiny_run_config, step_of
+from conftest import assert_one_line_error, config_flags_of, run_main, tiny_run_config, step_of
 
 from gpt2_jax import GPT2
 from gpt2_jax.config import GPT2Config
@@ -496,3 +496,83 @@ def test_the_quickstart_config_finishes_beside_a_busy_process(shakespeare_bytes,
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 cpu devices" in result.stdout and "step 300/300 | val loss" in result.stdout
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [100, 200, 300]
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["hangup", "nohup"])
+def test_a_hangup_saves_and_stops_unless_it_is_ignored(shakespeare_bytes, tmp_path, monkeypatch, ignored):
+    """An ssh session that drops sends SIGHUP: the run saves and stops, as for SIGTERM (it ended unsaved). Under
+    `nohup` (SIGHUP ignored), and for any signal its starter ignored, the run keeps it ignored and goes on."""
+    import gpt2_jax.train as train_module
+
+    write = train_module.Run.write
+
+    def hangup_at_step_3(self, step, row, eta=None):
+        write(self, step, row, eta)
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    def unheard(signum, frame):  # a handler of the test's own: a hangup that the run did not take is seen here
+        pass
+
+    monkeypatch.setattr(train_module.Run, "write", hangup_at_step_3)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else unheard)
+    try:
+        config = tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=0)
+        if ignored:
+            assert train(config, tmp_path)[-1]["step"] == 6
+        else:
+            with pytest.raises(train_module.Stopped) as stopped:
+                train(config, tmp_path)
+            saved = [int(path.name) for path in (tmp_path / "checkpoints").iterdir()]
+            assert stopped.value.signum == signal.SIGHUP and len(saved) == 1 and 3 <= saved[0] < 6, saved
+        assert signal.getsignal(signal.SIGHUP) is (signal.SIG_IGN if ignored else unheard)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def config_file(path: Path, config) -> Path:
+    """`config` as a --config file: a CLI run in this process takes no --config.KEY flags (absl defines them from
+    the command line the process started with)."""
+    path.write_text("from gpt2_jax.train_config import default_config\n\n\ndef get_config():\n"
+                    f"    c = default_config()\n    c.update({config.to_dict()!r})\n    return c\n")
+    return path
+
+
+class FullDisk:
+    """A standard output on a full disk (`> train.log`)."""
+
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+    def flush(self):
+        pass
+
+
+def test_a_run_whose_console_cannot_be_written_goes_on_without_it(shakespeare_bytes, tmp_path, capsys):
+    """Its record is the workdir: it trained to the end (before, a traceback at the next row, steps unsaved)."""
+    import contextlib
+
+    from gpt2_jax.train import main
+
+    config = config_file(tmp_path / "tiny.py", tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=0))
+    with contextlib.redirect_stdout(FullDisk()):
+        main(["train", f"--config={config}", f"--workdir={tmp_path / 'run'}"])
+    assert read_metrics(tmp_path / "run")[-1]["step"] == 6 and (tmp_path / "run" / "checkpoints" / "6").is_dir()
+    assert capsys.readouterr().err.count("cannot write to standard output (No space left on device); going on") == 1
+
+
+def test_run_files_it_cannot_write_are_one_line_or_a_warning(shakespeare_bytes, tmp_path):
+    """tensorboard/ that is a file: one line before it trains on; loss.png that is a folder: the run is saved and
+    its metrics written, so a warning (both were tracebacks)."""
+    from gpt2_jax.train import main
+
+    config = config_file(tmp_path / "tiny.py", tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=0))
+    flags = [f"--config={config}"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tensorboard").write_text("not a folder")
+    assert_one_line_error(run_main(main, "train", f"--workdir={tmp_path / 'a'}", *flags),
+                          "cannot write its metrics.jsonl or tensorboard/ (")
+    (tmp_path / "b" / "loss.png").mkdir(parents=True)
+    result = run_main(main, "train", f"--workdir={tmp_path / 'b'}", *flags)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert f"warning: cannot write {tmp_path / 'b' / 'loss.png'}: Is a directory" in result.stderr
