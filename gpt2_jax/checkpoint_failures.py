@@ -46,21 +46,24 @@ class Failed:
         self.error = error
 
 
-def failures_kept(handler):
-    """The orbax handler, its restore returning a `Failed` instead of raising. Orbax's restore ends at a barrier
-    of all processes, which a process whose read raised would not reach: the others waited there until it came
-    back restoring the step before, and each went on from another step. Every process now reaches it, and
-    they act together on what any could not read (`agree`)."""
-    restore = handler.restore
+def failures_kept(handlers: dict) -> dict:
+    """The orbax handlers, each one's restore returning a `Failed` instead of raising. Orbax's restore ends at a
+    barrier of all processes, which a process whose read raised would not reach: the others waited there until
+    it came back restoring the step before, and each went on from another step. Every process now reaches it,
+    and they act together on what any could not read (`agree`)."""
+    for handler in handlers.values():
+        handler.restore = _returning_failures(handler.restore)
+    return handlers
 
+
+def _returning_failures(restore):
     def restore_keeping_failures(*args, **kwargs):
         try:
             return restore(*args, **kwargs)
         except Exception as error:  # orbax, grain and tensorstore raise many types for a failed read
             return Failed(error)
 
-    handler.restore = restore_keeping_failures
-    return handler
+    return restore_keeping_failures
 
 
 def failure_of(items) -> Exception | None:

@@ -1,11 +1,10 @@
 """A training workdir's checkpoints: orbax's CheckpointManager, with every failure a clear one.
 
-Each step holds params, opt_state, the grain iterator's position, the checksums of both states and a
-copy of that position (integrity.py). A restore takes the newest whole step: one saved with other shapes,
-or that the machine could not read (memory, access, I/O: checkpoint_failures.py), stops the run, its files
-untouched; a damaged one (undecodable, failing its checksums or its copy) is set aside as `<step>.unreadable`
-(by process 0; readers never move anything) and the one before is tried; what any process of a run could not
-read, all act on. Saves run in the background; a failed one stops the run, naming the last good step.
+Each step holds params, opt_state, the grain iterator's position, the checksums of both states and a copy of that
+position (integrity.py). A restore takes the newest whole step: one saved with other shapes, or that the machine
+could not read (checkpoint_failures.py), stops the run, its files untouched; a damaged one (undecodable, failing its
+checks) is set aside as `<step>.unreadable` (readers move nothing) and the one before is tried; what any process of
+a run could not read, all act on. Saves run in the background; a failed one stops it, naming the last good step.
 """
 
 from __future__ import annotations
@@ -37,9 +36,9 @@ class TrainCheckpoints:
         self.pending, self.failed = None, False  # the step being written in the background; a save failed
         options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
                                                enable_async_checkpointing=True)
-        handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
-                    "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()}
-        handlers = {name: checkpoint_failures.failures_kept(handler) for name, handler in handlers.items()}
+        handlers = checkpoint_failures.failures_kept({  # each process's reads, agreed on
+            "params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+            "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()})
         checkpoint_failures.quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -56,8 +55,7 @@ class TrainCheckpoints:
         self.pending = step
 
     def check(self) -> None:
-        """Raise CheckpointError if the background save has failed. Cheap; single-process runs only, so
-        that every process of a multi-host run stops at the same step (the next save)."""
+        """CheckpointError if the background save failed. Cheap; one process only (several stop at the next save)."""
         if self.pending is not None and jax.process_count() == 1 and not self.manager.is_saving_in_progress():
             self.wait()
 
@@ -85,7 +83,7 @@ class TrainCheckpoints:
         restored = self.restore_latest(lambda metadata: targets, data_iterator)
         return restored and (restored[0], restored[1]["params"], restored[1]["opt_state"])
 
-    def restore_latest(self, targets_for: Callable[[dict], dict], data_iterator=None):
+    def restore_latest(self, targets_for: Callable[[dict], dict], data_iterator=None, retries: int = 3):
         """(step, {name: restored}) for the newest whole step; `targets_for(step's metadata)` gives the
         abstract tree of each state to restore. None if no step was ever saved (a reader raises)."""
         steps, damaged = sorted(self.manager.all_steps(), reverse=True), []
@@ -96,9 +94,11 @@ class TrainCheckpoints:
                 if damage.machine:  # the machine, not the files
                     raise CheckpointError(f"cannot restore step {step} of {self.directory}: {damage}; its files "
                                           "are left as they are: rerun once they can be read") from None
-                damaged.append(f"step {step}")
                 aside = None if self.read_only else integrity.set_aside(self.directory, step)  # every process
                 self.manager.reload()
+                if self.read_only and retries and step not in self.manager.all_steps():  # a trainer removed it
+                    return self.restore_latest(targets_for, data_iterator, retries - 1)  # as it was read: anew
+                damaged.append(f"step {step}")
                 print(f"checkpoint step {step} is damaged ({damage}){aside and f', set aside as {aside}' or ''}; "
                       "restoring the one before", file=sys.stderr)
         set_aside = sorted(p.name for p in self.directory.glob(f"*{integrity.SET_ASIDE}*"))

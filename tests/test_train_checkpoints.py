@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config, step_of
 
+from gpt2_jax import checkpoint_failures
 from gpt2_jax.checkpoint import CheckpointError, load_params
 from gpt2_jax.train import train
 
@@ -291,3 +292,24 @@ def test_of_a_step_s_failed_reads_the_machine_s_counts_first():
     damaged, denied = ValueError("undecodable"), PermissionError(errno.EACCES, "Permission denied")
     assert failure_of([{"a": 1}, Failed(damaged), Failed(denied)]) is denied
     assert failure_of([Failed(damaged), {"a": 1}]) is damaged and failure_of([{"a": 1}]) is None
+
+
+def test_a_reader_whose_step_a_trainer_replaces_reads_the_new_one(trained, tmp_path, monkeypatch, capsys):
+    """`sample` beside a live run that keeps one checkpoint: the trainer removed the step being read (saving the
+    next), and the reader called it damaged, with none before it to read (1 time in 6)."""
+    from gpt2_jax.train_checkpoints import TrainCheckpoints
+
+    workdir = copy_of(trained, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "10")  # keep_checkpoints=1
+    restore, checkpoints = TrainCheckpoints._restore, workdir / "checkpoints"
+
+    def trainer_replaces_20_by_30(self, step, *args):
+        if step == 20:  # as the reader reads: step 30 saved, 20 removed
+            shutil.copytree(checkpoints / "20", checkpoints / "30")
+            shutil.rmtree(checkpoints / "20")
+            raise checkpoint_failures.Unreadable("unreadable: ValueError: Found incomplete checkpoint")
+        return restore(self, step, *args)
+
+    monkeypatch.setattr(TrainCheckpoints, "_restore", trainer_replaces_20_by_30)
+    _, params = load_params(workdir)
+    assert params and "damaged" not in capsys.readouterr().err and sorted(p.name for p in checkpoints.iterdir()) == ["30"]
