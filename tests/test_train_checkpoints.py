@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import assert_one_line_error, config_flags_of, snapshot, tiny_run_config, step_of
+from conftest import assert_one_line_error, config_flags_of, run_main, snapshot, tiny_run_config, step_of
 
 from gpt2_jax import checkpoint_failures
 from gpt2_jax.checkpoint import CheckpointError, load_params
@@ -313,3 +313,18 @@ def test_a_reader_whose_step_a_trainer_replaces_reads_the_new_one(trained, tmp_p
     monkeypatch.setattr(TrainCheckpoints, "_restore", trainer_replaces_20_by_30)
     _, params = load_params(workdir)
     assert params and "damaged" not in capsys.readouterr().err and sorted(p.name for p in checkpoints.iterdir()) == ["30"]
+
+
+def test_a_workdir_with_no_checkpoint_says_so(trained, tmp_path):
+    """Sampled as soon as its run starts (train.lock only), or with checkpoints/ removed: it said "not a model
+    directory" or "no model.safetensors", as if it were a Hugging Face directory."""
+    from gpt2_jax import sample
+
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "train.lock").touch()
+    removed = copy_of(trained, tmp_path)
+    shutil.rmtree(removed / "checkpoints")
+    for workdir in (started, removed):
+        assert_one_line_error(run_main(sample.main, "--model", str(workdir)),
+                              f"{workdir}: a training workdir with no checkpoint in it (none saved yet")
