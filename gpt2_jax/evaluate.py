@@ -90,9 +90,16 @@ def main(argv=None):
                         "give a file to write (checked before evaluating)")
     for reference in args.model:  # each model's config and tokenizer, before the first one is scored
         tokenizer_for_vocab(load_config(reference).vocab_size, hf_dir=resolve_reference(reference))
-    with out_of_memory_as_user_error(f"lower --batch-size (now {args.batch_size})"):
-        results = {model: evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit, args.batch_size,
-                                         args.val_tokens) for model in args.model}
+    results = {}
+    try:
+        with out_of_memory_as_user_error(f"lower --batch-size (now {args.batch_size})"):
+            for model in args.model:
+                results[model] = evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit,
+                                                args.batch_size, args.val_tokens)
+    except KeyboardInterrupt:  # Ctrl-C: the models scored before it are kept (a model can take many minutes)
+        if results:
+            print(results_table(results, tasks))
+        raise
     print(results_table(results, tasks))
     if args.out:
         with open(args.out, "w") as file:

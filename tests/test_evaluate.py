@@ -155,6 +155,20 @@ def test_running_out_of_memory_is_one_line(bpe_model_dir, shakespeare_bytes, mon
                           "9.1GiB.); lower --batch-size (now 4096)")
 
 
+def test_ctrl_c_keeps_the_models_scored_before_it(bpe_model_dir, byte_model_dir, shakespeare_bytes, monkeypatch):
+    """Two models, Ctrl-C during the second: the first's results were thrown away, minutes of scoring."""
+    def first_then_ctrl_c(model, *args):
+        if model == str(byte_model_dir):
+            raise KeyboardInterrupt
+        return {"val_loss": {"loss": 3.25, "bpb": 1.5, "bytes": 1024}}
+
+    monkeypatch.setattr(evaluate, "evaluate_model", first_then_ctrl_c)
+    result = run_main(evaluate.main, "--model", str(bpe_model_dir), "--model", str(byte_model_dir), "--tasks",
+                      "val_loss", "--data-dir", str(shakespeare_bytes))
+    assert result.returncode == 130 and result.stderr == "interrupted\n", result.stderr
+    assert f"| {bpe_model_dir} | 3.2500 |" in result.stdout and str(byte_model_dir) not in result.stdout
+
+
 def test_a_model_with_its_own_gpt2_files_reads_bpe_data_without_tiktokens_files(bpe_model_dir, shakespeare_bpe,
                                                                                 tmp_path):
     """The data's text was decoded with tiktoken's files even when the model directory carried the same two."""
