@@ -16,9 +16,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A mistake on the command line is one line, as every other error of these commands (and train's) is:
+    `sample: error: argument --top-k: ...; python -m gpt2_jax.sample --help lists the options`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog.split('.')[-1]}: error: {message}; {self.prog} --help lists the options\n")
+
+
 def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of `python -m gpt2_jax.{name}`, described by its module docstring `doc`."""
-    return argparse.ArgumentParser(prog=f"python -m gpt2_jax.{name}", description=doc, formatter_class=HelpFormatter)
+    return OneLineErrors(prog=f"python -m gpt2_jax.{name}", description=doc, formatter_class=HelpFormatter)
 
 
 def at_least(minimum: int):

@@ -49,6 +49,17 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     assert process.wait(timeout=60) == 141 and process.stderr.read() == b""
 
 
+@pytest.mark.parametrize("name, module", [("sample", "sample"), ("evaluate", "evaluate"), ("convert", "convert_cli"),
+                                          ("prepare", "prepare"), ("report", "report")])
+def test_a_command_line_mistake_is_one_line(name, module, capsys):
+    """argparse's own answer was the usage (several lines) and then the error; train's (absl's) was one line."""
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(f"gpt2_jax.{module}").main(["--no-such-option"])
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and said.count("\n") == 1 and said.startswith(f"{name}: error: "), said
+    assert said.endswith(f"; python -m gpt2_jax.{name} --help lists the options\n"), said
+
+
 def test_a_count_below_its_minimum_is_refused_by_the_parser(capsys):
     """The benchmark scripts' counts (`--steps 0` once ended in a StatisticsError traceback)."""
     parser = argparse.ArgumentParser()
