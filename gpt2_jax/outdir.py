@@ -1,4 +1,4 @@
-"""An output directory written whole: into a temporary sibling first, then renamed into place.
+"""An output directory (or file) written whole: into a temporary sibling first, then renamed into place.
 
 So a reader never sees it half-written, no file of an earlier version is left in it, and a
 directory of another kind (a training workdir, someone else's files) is never replaced
@@ -68,6 +68,28 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
         _remove(previous)
     except OSError as error:
         raise OutputError(f"cannot write {out_dir}: {error.strerror or error}") from None
+    finally:
+        _remove(temporary)
+
+
+def refuse_unwritable(path: Path) -> None:
+    """Before the work that makes it: an OutputError where `write_file(path, ...)` would fail for certain."""
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; move it away: a file is written there")
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: {path.parent} is read-only here (or missing); "
+                          "work on a writable copy of it")
+
+
+def write_file(path: Path, write: Callable[[Path], object]) -> None:
+    """Call `write(temporary_file)` beside `path`, then rename it to `path`: a reader sees the old file or the
+    new one, whole, never a part. An OSError is an OutputError naming `path`."""
+    temporary = path.with_name(f".{path.stem}-{os.getpid()}{path.suffix}")  # the suffix kept: savefig reads it
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         _remove(temporary)
 

@@ -21,6 +21,7 @@ from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics
+from gpt2_jax.outdir import refuse_unwritable, write_file
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
 from gpt2_jax.workdir import DATA, TRAIN_CONFIG, data_fingerprint, read_settings
@@ -82,6 +83,9 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
     if not (workdir / TRAIN_CONFIG).exists() or not any("val_loss" in row for row in rows):
         raise UserError(f"{workdir}: not a training workdir with evaluations "
                         "(train_config.json, val_loss in metrics.jsonl)")
+    markdown, picture = workdir / "report.md", workdir / "report.png"
+    for path in (markdown, picture):  # before a baseline's evaluation (minutes), not after it
+        refuse_unwritable(path)
     if baseline:
         settings = baseline_settings(workdir)
         values, notes = evaluate_baseline(baseline, settings)
@@ -89,9 +93,8 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
                  *(f"- {note}" for note in notes)]
     else:
         values, lines = {}, [f"# {workdir.name}", "", *table_alone(rows)]
-    markdown = workdir / "report.md"
-    markdown.write_text("\n".join([*lines, "", "![curves](report.png)", ""]))
-    picture = plot_runs({workdir.name: rows}, workdir / "report.png", {baseline: values} if baseline else None)
+    write_file(markdown, lambda path: path.write_text("\n".join([*lines, "", "![curves](report.png)", ""])))
+    write_file(picture, lambda path: plot_runs({workdir.name: rows}, path, {baseline: values} if baseline else None))
     return markdown, picture
 
 

@@ -19,7 +19,7 @@ import pytest
 import tiktoken
 import torch
 import transformers
-from conftest import SHAKESPEARE, assert_one_line_error, random_hf_model, run_main, tiny_run_config
+from conftest import SHAKESPEARE, assert_one_line_error, random_hf_model, read_only, run_main, tiny_run_config
 
 from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding
 from gpt2_jax.data import TextWindows
@@ -344,6 +344,35 @@ def fake_run(workdir, vocab_size, val_bpb=True):
     rows = [{k: v for k, v in row.items() if val_bpb or k != "val_bpb"} for row in rows]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(workdir)
+
+
+def test_a_report_that_cannot_be_written_is_one_line_before_the_baseline_is_scored(tmp_path, monkeypatch):
+    """A report.md that is a directory, or a read-only workdir, is refused before the baseline is loaded (minutes
+    for GPT-2 with HellaSwag); a write that fails late leaves the report before it whole, and no temporary file."""
+    workdir = Path(fake_run(tmp_path / "run", 257))
+    (workdir / "train_config.json").write_text("{}")
+    monkeypatch.setattr(report, "load_replicated", lambda reference: pytest.fail(f"loaded {reference}"))
+    (workdir / "report.md").mkdir()
+    assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", "gpt2"),
+                          f"{workdir / 'report.md'} is a directory; move it away")
+    (workdir / "report.md").rmdir()
+    writable = read_only(workdir)
+    try:
+        assert_one_line_error(run_main(report.main, "--workdir", str(workdir), "--baseline", "gpt2"),
+                              f"cannot write {workdir / 'report.md'}: {workdir} is read-only here")
+    finally:
+        writable()
+    assert run_main(report.main, "--workdir", str(workdir)).returncode == 0
+    before = {path.name: path.read_bytes() for path in workdir.iterdir() if path.is_file()}
+
+    def full_disk(runs, path, baselines):
+        Path(path).write_bytes(b"\x89PNG, a part")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot_runs", full_disk)
+    assert_one_line_error(run_main(report.main, "--workdir", str(workdir)),
+                          f"cannot write {workdir / 'report.png'}: No space left on device")
+    assert {path.name: path.read_bytes() for path in workdir.iterdir() if path.is_file()} == before
 
 
 def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
