@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import jax
 
 from gpt2_jax.errors import UserError
+from gpt2_jax.outdir import write_file
 
 class DivergedError(UserError):
     """A loss, gradient or parameter norm that is not finite: the run stops before saving it."""
@@ -89,15 +89,12 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
+        if self.kept is not None:  # whole or not at all (a kill while writing keeps the old file); else one line
+            write_file(self.path, lambda path: path.write_text("".join(line + "\n" for line in self.kept)))
         try:
-            if self.kept is not None:  # whole or not at all: a kill while writing kept the old file
-                temporary = self.path.with_name(f".{self.path.name}.tmp")
-                temporary.write_text("".join(line + "\n" for line in self.kept))
-                os.replace(temporary, self.path)
             self.tensorboard = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=self.resume_step + 1)
         except OSError as error:  # not writable (another user's files), a full disk, a file where a folder goes
-            raise UserError(f"{self.workdir}: cannot write its metrics.jsonl or tensorboard/ ({error.strerror or error}); "
-                            "rerun once they can be written") from None
+            raise UserError(f"cannot write {self.workdir / 'tensorboard'}: {error.strerror or error}") from None
 
     def close(self) -> None:
         if self.tensorboard is not None:

@@ -4,8 +4,6 @@ scales: runs of different tokenizers are drawn on the bits-per-byte axis only (p
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gpt2_jax.errors import UserError  # noqa: E402
+from gpt2_jax.outdir import write_file  # noqa: E402
 
 # (title, y axis label, metrics drawn on it)
 PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per byte", "bits per byte", ("val_bpb",)),
@@ -24,18 +23,12 @@ PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per
 def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict[str, dict] | None = None,
               x: str = "step", per_token: bool = True) -> Path:
     """Draw `figure(...)` to `out_path` (a PNG), whole or not at all; returns the path. UserError if it cannot."""
-    out_path, drawn = Path(out_path), figure(runs, baselines, x, per_token)
-    temporary = out_path.with_name(f".{out_path.name}.tmp")
+    drawn = figure(runs, baselines, x, per_token)
     try:
-        drawn.savefig(temporary, dpi=120, format="png")
-        os.replace(temporary, out_path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise UserError(f"cannot write {out_path}: {error.strerror or error}") from None
+        write_file(Path(out_path), lambda path: drawn.savefig(path, dpi=120, format="png"))
     finally:
         plt.close(drawn)
-    return out_path
+    return Path(out_path)
 
 
 def plot_run_or_warn(rows: list[dict], out_path: Path) -> Path | None:

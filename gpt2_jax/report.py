@@ -94,7 +94,7 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
     else:
         values, lines = {}, [f"# {workdir.name}", "", *table_alone(rows)]
     write_file(markdown, lambda path: path.write_text("\n".join([*lines, "", "![curves](report.png)", ""])))
-    write_file(picture, lambda path: plot_runs({workdir.name: rows}, path, {baseline: values} if baseline else None))
+    plot_runs({workdir.name: rows}, picture, {baseline: values} if baseline else None)  # whole, or one line
     return markdown, picture
 
 

@@ -365,11 +365,13 @@ def test_a_report_that_cannot_be_written_is_one_line_before_the_baseline_is_scor
     assert run_main(report.main, "--workdir", str(workdir)).returncode == 0
     before = {path.name: path.read_bytes() for path in workdir.iterdir() if path.is_file()}
 
-    def full_disk(runs, path, baselines):
+    def full_disk(figure, path, **kwargs):
         Path(path).write_bytes(b"\x89PNG, a part")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(report, "plot_runs", full_disk)
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
     assert_one_line_error(run_main(report.main, "--workdir", str(workdir)),
                           f"cannot write {workdir / 'report.png'}: No space left on device")
     assert {path.name: path.read_bytes() for path in workdir.iterdir() if path.is_file()} == before
