@@ -2,13 +2,19 @@
 
 Each document is tokenized by a worker (one tokenizer per process), `<|endoftext|>` goes between
 documents, and a shard is written, with meta.json's progress, whenever `shard_tokens` have
-gathered: an interrupted preparation resumes after its last complete shard.
+gathered: an interrupted preparation resumes after its last complete shard. SIGTERM (`kill`,
+`timeout`, Slurm) stops it as Ctrl-C does: its workers ended, then `stopped by SIGTERM`, exit 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.pool
+import os
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +22,68 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.corpus import count_documents, iter_documents
+from gpt2_jax.interrupt import Stopped
 from gpt2_jax.tokenizer import get_tokenizer
 
 _worker_tokenizer = None
+_preparer = None  # the pid of the process that tokenizes (and, with --workers N, runs the pool)
 
 
-def _start_worker(tokenizer_name: str) -> None:
+def _start_worker(tokenizer_name: str, in_pool: bool = True) -> None:
     global _worker_tokenizer
+    if in_pool:  # a stop signal to the whole process group (Ctrl-C, `timeout`, Slurm) is the preparer's to answer
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _worker_tokenizer = get_tokenizer(tokenizer_name)
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """A Pool whose terminate() kills its workers (SIGKILL), as they ignore SIGTERM: a worker that a signal ended
+    on its own could take a lock of the pool's queues with it, and leave terminate() waiting for it forever."""
+
+    @staticmethod
+    def Process(ctx, *args, **kwargs):
+        process = ctx.Process(*args, **kwargs)
+        process.terminate = process.kill
+        return process
+
+
+def _stop(signum, frame):
+    """SIGTERM in the preparer: `Stopped` where it is, as Ctrl-C's KeyboardInterrupt is, so that the pool's workers
+    are ended (tokenize_into_shards' finally) and the CLI says "stopped by SIGTERM". Nothing in a worker forked
+    with it, until _start_worker has it ignore SIGTERM."""
+    if os.getpid() == _preparer:
+        raise Stopped(signal.Signals(signum), [])
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM raises `Stopped` (`_stop`) while in this block: where its handler is the default (a program with its
+    own keeps it) and in the main thread (the only one that may set handlers)."""
+    global _preparer
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if ours:
+        _preparer = os.getpid()
+        signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _encode(text: str) -> np.ndarray:
     return np.asarray(_worker_tokenizer.encode(text), dtype=shards.TOKEN_DTYPE)
 
 
+@_sigterm_stops()  # around the pool's start too: its workers are forked with the handler
 def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
     """Append shards to `meta` from document `meta["documents"]` on, saving progress per shard."""
     documents = itertools.islice(iter_documents(meta["inputs"], meta["text_field"]), meta["documents"], None)
-    pool = multiprocessing.Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
+    pool = _Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
     if pool is None:
-        _start_worker(meta["tokenizer"])
+        _start_worker(meta["tokenizer"], in_pool=False)
     pending, pending_tokens, count = [], 0, meta["documents"]
     try:
         with tqdm(desc="tokenize", unit="doc", initial=count, total=count_documents(meta["inputs"])) as progress:

@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,6 +290,32 @@ def test_cli_prepares_and_reports_bad_input(tmp_path):
                             "byte"], capture_output=True, text=True, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert {path.name: path.read_bytes() for path in (tmp_path / "ok").iterdir()} == before
+
+
+@pytest.mark.parametrize("kill, signum, said", [(os.kill, signal.SIGTERM, "stopped by SIGTERM"),  # `kill PID`
+                                                (os.killpg, signal.SIGTERM, "stopped by SIGTERM"),  # timeout, Slurm
+                                                (os.killpg, signal.SIGINT, "interrupted")])  # Ctrl-C
+def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, tmp_path):
+    """A stop signal while the workers tokenize, to the preparer alone or to its whole process group: the workers
+    are ended with it, print nothing, and the preparer says why in one line, exiting 128 + the signal."""
+    (tmp_path / "corpus").mkdir()
+    text = Path(SHAKESPEARE).read_text()[:100_000]
+    for i in range(600):  # seconds of work for two workers, which are stopped early in it
+        (tmp_path / "corpus" / f"{i:03d}.txt").write_text(text)
+    preparer = subprocess.Popen([sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "corpus"), "--out",
+                                 str(tmp_path / "out"), "--tokenizer", "gpt2", "--workers", "2"],
+                                stderr=subprocess.PIPE, process_group=0)
+    seen = b""
+    while not re.search(rb"\| *[1-9]\d*/600 ", seen):  # documents tokenized: the workers are at work
+        chunk = os.read(preparer.stderr.fileno(), 4096)
+        assert chunk, seen.decode()
+        seen += chunk
+    kill(preparer.pid, signum)
+    stderr = (seen + preparer.communicate(timeout=60)[1]).decode().replace("\r", "\n")
+    assert [line for line in stderr.splitlines() if line.strip() and not line.startswith("tokenize")] == [said], stderr
+    assert preparer.returncode == 128 + signum
+    with pytest.raises(ProcessLookupError):  # no worker left behind in its process group
+        os.killpg(preparer.pid, 0)
 
 
 def test_a_train_split_too_small_for_a_window_is_warned_about(tmp_path):
