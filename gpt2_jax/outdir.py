@@ -7,6 +7,7 @@ unless the user says so (`--overwrite`). What is written gets the umask's usual 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -20,8 +21,14 @@ class OutputError(UserError):
 
 
 def refuse_other_kind(out_dir: str | Path, same_kind: Callable[[Path], bool], kind: str, overwrite: bool) -> Path:
-    """`out_dir` as an absolute path, if it is missing, empty, a `kind` directory, or `overwrite` is set."""
+    """`out_dir` as an absolute path, if it is missing, empty, a `kind` directory, or `overwrite` is set, and if
+    it can be put in place: made beside it, in its parent folder, then renamed (checked before any work)."""
     out_dir = Path(out_dir).absolute()
+    if os.path.ismount(out_dir):
+        raise _mount_point(out_dir)
+    folder = next(path for path in out_dir.parents if path.exists())  # where it, and its parents, are made
+    if not os.access(folder, os.W_OK):
+        raise _unwritable_parent(out_dir, folder, "read-only")
     if out_dir.exists() and not overwrite:
         if not out_dir.is_dir():
             raise OutputError(f"{out_dir} is a file; choose another --out, or pass --overwrite to replace it")
@@ -55,6 +62,9 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove(temporary)
         temporary.mkdir()
+    except OSError as error:
+        raise _unwritable_parent(out_dir, out_dir.parent, error.strerror or str(error)) from None
+    try:
         write(temporary)
         _normal_modes(temporary)
         if out_dir.exists():
@@ -67,9 +77,21 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
             raise
         _remove(previous)
     except OSError as error:
+        if error.errno == errno.EBUSY:  # a mount point os.path.ismount does not see: a bind mount
+            raise _mount_point(out_dir) from None
         raise OutputError(f"cannot write {out_dir}: {error.strerror or error}") from None
     finally:
         _remove(temporary)
+
+
+def _mount_point(out_dir: Path) -> OutputError:
+    return OutputError(f"--out {out_dir} is a mount point, which cannot be replaced (an output is written beside it, "
+                       f"then renamed into place); give a new folder inside it: --out {out_dir}/NAME")
+
+
+def _unwritable_parent(out_dir: Path, folder: Path, why: str) -> OutputError:
+    return OutputError(f"cannot write {out_dir}: its parent folder {folder} cannot be written here ({why}), and the "
+                       "output is made in there first, then renamed into place; choose an --out in a folder you can write")
 
 
 def refuse_unwritable(path: Path) -> None:

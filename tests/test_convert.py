@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
-from conftest import assert_one_line_error, rel_error, run_main, snapshot
+from conftest import assert_one_line_error, read_only, rel_error, run_main, snapshot
 from safetensors.numpy import save_file
 
 from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, to_hf
@@ -289,6 +289,27 @@ def test_an_output_that_is_inside_or_around_its_source_is_refused_even_with_over
         assert_one_line_error(convert("--to-hf", str(source), "--out", str(out), "--overwrite"),
                               "would replace its own source")
     assert snapshot(tmp_path) == before
+
+
+def test_an_output_that_cannot_be_put_in_place_is_refused_before_any_work(hf_dir, tmp_path, monkeypatch):
+    """--out is written beside itself, in its parent folder, then renamed into place: a mount point (which cannot
+    be renamed) or a read-only parent folder is one line that says so, before the model is read."""
+    monkeypatch.setattr(convert_cli, "load_model", lambda *args, **kwargs: pytest.fail("the model was read first"))
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: os.fspath(path) == str(mount) or ismount(path))
+    for direction in ("--from-hf", "--to-hf"):
+        assert_one_line_error(convert(direction, str(hf_dir), "--out", str(mount)),
+                              f"--out {mount} is a mount point, which cannot be replaced")
+    (tmp_path / "ro").mkdir()
+    writable = read_only(tmp_path / "ro")
+    try:
+        for out in (tmp_path / "ro" / "hf", tmp_path / "ro" / "new" / "hf"):
+            assert_one_line_error(convert("--to-hf", str(hf_dir), "--out", str(out)),
+                                  f"cannot write {out}: its parent folder {tmp_path / 'ro'} cannot be written here")
+    finally:
+        writable()
 
 
 def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
