@@ -83,6 +83,9 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
                 "vocab_pad_multiple"):
         if c[key] < 1:
             raise ConfigError(f"{key}={c[key]} must be at least 1")
+    for key in ("max_steps", "warmup_steps", "log_every", "eval_every", "checkpoint_every"):
+        if c[key] >= 2**31:  # optax counts steps in int32; a count past it wraps, and the clock's ETA overflows
+            raise ConfigError(f"{key}={c[key]} must be below 2**31 = {2**31:,}: steps are counted in int32 (optax's)")
     micro_tokens = c.batch_size * c.block_size
     checks = optimizer_checks(c) + [
         (0 <= c.seed < 2**32, f"seed={c.seed} must be in [0, 2**32)"),

@@ -205,6 +205,7 @@ def run_cli(*args):
     (["--config.block_size=0"], "block_size=0 must be at least 1"),
     (["--config.learning_rate=-0.001"], "learning_rate=-0.001 must be a positive number"),
     (["--config.seed=99999999999999999999"], "seed=99999999999999999999 must be in [0, 2**32)"),
+    (["--config.max_steps=99999999999999999999"], "max_steps=99999999999999999999 must be below 2**31"),
     (["--config.learning_rate=nan"], "learning_rate=nan must be a positive number"),
     (["--config.attention_impl=cudnn"], "attention_impl='cudnn' needs an NVIDIA GPU, not cpu"),
     (["--config.residual_dtype=float16"], "residual_dtype='float16'; choose one of ('float32', 'bfloat16')"),
