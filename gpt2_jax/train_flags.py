@@ -5,6 +5,7 @@ Used by `python -m gpt2_jax.train` and by the scripts that read a config as trai
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import ml_collections
@@ -16,6 +17,40 @@ from gpt2_jax.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the run's config")
+
+
+class _NotAConfigDict(Exception):
+    """Raised while absl parses the flags (which would rewrap a ValueError in a message of its own)."""
+
+
+def _config_dicts_only(load):
+    """config_flags' loader of the --config file, refusing a get_config() that returns no ConfigDict as soon as
+    it is read: config_flags warns of a None (an absl WARNING line), then applies the --config.KEY overrides to
+    whatever it got, and fails there (a KeyError that names no file)."""
+
+    def loaded(path: str):
+        absl_logger = logging.getLogger("absl")
+        absl_logger.addFilter(_not_returned_none)
+        try:
+            config = load(path)
+        finally:
+            absl_logger.removeFilter(_not_returned_none)
+        if not isinstance(config, ml_collections.ConfigDict):
+            hasattr(config, "keys")  # a file config_flags could not read: its stand-in raises why (an OSError)
+            kind = type(config).__name__
+            returned = "None" if config is None else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+            raise _NotAConfigDict(f"cannot load --config: get_config() returned {returned}, not an ml_collections."
+                                  f"ConfigDict; make {path} return train_config.default_config() with its changes")
+        return config
+
+    return loaded
+
+
+def _not_returned_none(record: logging.LogRecord) -> bool:
+    return "get_config() returned None" not in record.getMessage()
+
+
+flags.FLAGS["config"].parser.parse = _config_dicts_only(flags.FLAGS["config"].parser.parse)
 
 
 def parse_flags(argv: list[str], help_text: str = ""):
@@ -34,10 +69,11 @@ def parse_flags(argv: list[str], help_text: str = ""):
     try:
         rest = flags.FLAGS(argv)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-        hasattr(config, "keys")  # config_flags defers a load failure to the config's first use: raise it here
     except flags.Error as error:  # config_flags folds a config file's traceback into it: keep its last line
         head, _, trace = str(error).partition("Traceback (most recent call last):")
         raise UserError(head.strip() + (" " + trace.strip().splitlines()[-1] if trace.strip() else "")) from None
+    except _NotAConfigDict as error:
+        raise UserError(str(error)) from None
     except OSError as error:  # config_flags reports a config file it cannot load this way, the reason as its cause
         raise UserError(f"cannot load --config: {unloadable_file(error.__cause__ or error)}") from None
     except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
@@ -46,11 +82,6 @@ def parse_flags(argv: list[str], help_text: str = ""):
         raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
     if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
-    if not isinstance(config, ml_collections.ConfigDict):
-        kind, path = type(config).__name__, config_flags.get_config_filename(flags.FLAGS["config"])
-        raise UserError(f"cannot load --config: get_config() returned {'an' if kind[0] in 'aeiou' else 'a'} {kind}, "
-                        f"not an ml_collections.ConfigDict; make {path} return train_config.default_config() with "
-                        "its changes")
     unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))
     if unknown or missing:  # a typo in a config file was kept and ignored (learnig_rate: the default rate)
         path = config_flags.get_config_filename(flags.FLAGS["config"])

@@ -138,12 +138,14 @@ def test_sample_settings_that_cannot_be_sampled_are_refused_before_the_first_ste
 
 @pytest.mark.parametrize("name, message", [
     ("five.py", "get_config() returned an int, not an ml_collections.ConfigDict; make {d}/five.py"),
+    ("none.py", "get_config() returned None, not an ml_collections.ConfigDict; make {d}/none.py"),  # a "usage:"
     ("", "cannot load --config: {d} is a directory, not a config file (configs/NAME.py)"),
     ("typo.py", "cannot use --config {d}/typo.py: its config has unknown key(s) learnig_rate; build it on"),
     ("own.py", "cannot use --config {d}/own.py: its config has no "),
-], ids=["returns_an_int", "a_directory", "a_typo", "not_built_on_the_defaults"])
+], ids=["returns_an_int", "returns_none", "a_directory", "a_typo", "not_built_on_the_defaults"])
 def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name, message):
     (tmp_path / "five.py").write_text("def get_config():\n    return 5\n")
+    (tmp_path / "none.py").write_text("def get_config():\n    pass\n")
     (tmp_path / "typo.py").write_text("from gpt2_jax.train_config import default_config\n\ndef get_config():\n"
                                       "    c = default_config()\n    c.learnig_rate = 0.5  # kept, and ignored\n"
                                       "    return c\n")

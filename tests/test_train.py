@@ -302,6 +302,19 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, message):
     assert not (tmp_path / "run").exists()
 
 
+
+@pytest.mark.parametrize("text, returned", [("def get_config():\n    pass\n", "None"),
+                                            ("def get_config():\n    return {'seed': 1}\n", "a dict")])
+def test_a_config_file_that_returns_no_config_dict_is_one_line_overridden_too(tmp_path, text, returned):
+    """config_flags logged an absl WARNING for a None, then applied the --config.KEY overrides to what it got: a
+    KeyError that named neither the file nor what was wrong."""
+    (tmp_path / "config.py").write_text(text)
+    result = run_cli(f"--config={tmp_path / 'config.py'}", "--config.max_steps=3", f"--workdir={tmp_path / 'run'}")
+    assert_one_line_error(result, f"cannot load --config: get_config() returned {returned}, not an ml_collections."
+                                  f"ConfigDict; make {tmp_path / 'config.py'} return train_config.default_config()")
+    assert len(result.stderr.splitlines()) == 1, result.stderr  # no WARNING line before it
+    assert not (tmp_path / "run").exists()
+
 @pytest.mark.parametrize("meta, message", [
     ({"complete": True}, "meta.json: no tokenizer, vocab_size, eot_token, shards, splits; prepare the data again"),
     ([1, 2], "meta.json: not a JSON object"),
