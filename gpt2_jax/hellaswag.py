@@ -52,8 +52,10 @@ def load_examples(path: str, limit: int = 0) -> list[Example]:
         path = str(OFFICIAL_CACHE)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise HellaSwagError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise HellaSwagError(f"{path} is a directory, not a hellaswag_*.jsonl file; give the file") from None
     except UnicodeDecodeError as error:
         raise HellaSwagError(f"{path}: not UTF-8 text (byte {error.start}); need a hellaswag_*.jsonl") from None
     except OSError as error:
