@@ -8,6 +8,7 @@ line and exits with status 2 instead of showing a traceback.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import functools
 import os
 import signal
@@ -37,11 +38,13 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         stdout, _ = sys.stdout, standard_output.guarded()  # a failed write: one line (standard_output.py)
         try:
             result = main(*args, **kwargs)
-            sys.stdout.flush()  # what is still buffered fails here, in one line, not in Python's exit
+            if sys.stdout is not None:  # None: started with stdout closed (`cmd >&-`)
+                sys.stdout.flush()  # what is still buffered fails here, in one line, not in Python's exit
             return result
         except (UserError, standard_output.OutputError) as error:
             message = " ".join(str(error).split())  # one line, whatever the library put in it
-            print(f"{Path(sys.argv[0]).stem}: error: {message}", file=sys.stderr)
+            with contextlib.suppress(OSError):  # stderr gone too (a terminal hung up): the exit code says it
+                print(f"{Path(sys.argv[0]).stem}: error: {message}", file=sys.stderr)
             exit_now_if_one_of_several(2)
             sys.exit(2)
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or a stop signal that a long command answered cleanly
@@ -51,10 +54,10 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
                       file=sys.stderr)
                 if type(interrupt) is not KeyboardInterrupt or args or kwargs:  # a clean stop (saved, or
                     sys.exit(128 + signum)  # nothing begun), or main called from Python: its caller goes on
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except (KeyboardInterrupt, standard_output.OutputError):  # one more Ctrl-C while leaving, or no
-                pass  # stdout: leave all the same
+                for stream in filter(None, (sys.stdout, sys.stderr)):
+                    stream.flush()
+            except (KeyboardInterrupt, OSError, standard_output.OutputError):  # one more Ctrl-C while leaving, or
+                pass  # no stdout or stderr (a terminal hung up: SIGHUP): leave all the same
             os._exit(128 + signum)  # Python's own Ctrl-C, maybe with XLA mid-compile: its teardown segfaulted
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's exit flush reports it

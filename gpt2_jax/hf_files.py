@@ -33,7 +33,8 @@ def first_line(error: Exception) -> str:
 def resolve(name_or_path: str) -> Path:
     """A local HF directory as is; otherwise a hub name, downloaded with huggingface_hub."""
     path = Path(name_or_path)
-    if path.is_dir() and any((path / name).exists() for name in ("train.lock", "train_config.json")):
+    if path.is_dir() and any((path / name).exists() for name in ("train.lock", "train_config.json")) and not any(
+            (path / "checkpoints").glob("[0-9]*")):
         raise CheckpointFileError(f"{name_or_path}: a training workdir with no checkpoint in it (none saved yet: a run "
                                   "saves its first at step checkpoint_every; or checkpoints/ was removed)")
     if path.is_dir() and (path / "config.json").is_file():

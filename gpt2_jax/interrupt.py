@@ -42,8 +42,11 @@ class StopSignals:
     def request(self, signum, frame):
         if self.signal and self.repeats_ignored and not self.told:  # said once: a print is not reentrant
             self.told = True
-            print(f"{signal.Signals(signum).name} ignored: stopping with the other processes (SIGKILL stops this "
-                  "one at once, and the others when JAX sees it gone)", file=sys.stderr)
+            try:
+                print(f"{signal.Signals(signum).name} ignored: stopping with the other processes (SIGKILL stops "
+                      "this one at once, and the others when JAX sees it gone)", file=sys.stderr)
+            except OSError:  # stderr gone (a hangup): raised here, it would break whatever the process was doing
+                pass
         self.signal = self.signal or signal.Signals(signum).name
         if not self.repeats_ignored:
             signal.signal(signum, self._again if callable(self.previous[signum]) else self.previous[signum])

@@ -93,8 +93,8 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
                  *(f"- {note}" for note in notes)]
     else:
         values, lines = {}, [f"# {workdir.name}", "", *table_alone(rows)]
-    write_file(markdown, lambda path: path.write_text("\n".join([*lines, "", "![curves](report.png)", ""])))
     plot_runs({workdir.name: rows}, picture, {baseline: values} if baseline else None)  # whole, or one line
+    write_file(markdown, lambda path: path.write_text("\n".join([*lines, "", "![curves](report.png)", ""])))
     return markdown, picture
 
 

@@ -54,6 +54,8 @@ class StreamPrinter:
 
     def finish(self):
         self.write(self.tokenizer.decode(self.ids) + "\n")
+        if self.failure:
+            raise self.failure
 
 
 @exit_on_user_error

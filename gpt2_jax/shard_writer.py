@@ -53,6 +53,7 @@ def _stop(signum, frame):
     are ended (tokenize_into_shards' finally) and the CLI says "stopped by SIGTERM". Nothing in a worker forked
     with it, until _start_worker has it ignore SIGTERM."""
     if os.getpid() == _preparer:
+        signal.signal(signum, signal.SIG_IGN)  # once: a second one would break the workers' ending (terminate)
         raise Stopped(signal.Signals(signum), [])
 
 
@@ -81,11 +82,15 @@ def _encode(text: str) -> np.ndarray:
 def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
     """Append shards to `meta` from document `meta["documents"]` on, saving progress per shard."""
     documents = itertools.islice(iter_documents(meta["inputs"], meta["text_field"]), meta["documents"], None)
-    pool = _Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
-    if pool is None:
-        _start_worker(meta["tokenizer"], in_pool=False)
-    pending, pending_tokens, count = [], 0, meta["documents"]
+    # Ctrl-C and SIGTERM held back while the workers start (raised inside Pool(), they escape its clean-up, which
+    # catches Exception only, and leave the workers running), and let through once `pool` can be ended.
+    pool, pending, pending_tokens, count = None, [], 0, meta["documents"]
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
+        pool = _Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
+        if pool is None:
+            _start_worker(meta["tokenizer"], in_pool=False)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with tqdm(desc="tokenize", unit="doc", initial=count, total=count_documents(meta["inputs"])) as progress:
             for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
                 if count:  # <|endoftext|> between documents
@@ -100,6 +105,7 @@ def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> N
         if pool:
             pool.terminate()
             pool.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # if Pool() itself failed
     if not meta["shards"] and not pending_tokens:
         raise shards.DataError(f"no text found in {', '.join(meta['inputs'])}")
     if pending:

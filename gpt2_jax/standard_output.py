@@ -28,11 +28,17 @@ class GuardedStdout:
         self._guarded(self.stream.write, text)
         return len(text)
 
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         self._guarded(self.stream.flush)
 
     def _guarded(self, call, *args) -> None:
-        if self.dropped:
+        if self.dropped:  # said once where optional; else each write fails (the command's last flush too)
+            if not self.optional:
+                raise OutputError(self.reason)
             return
         try:
             call(*args)
@@ -45,8 +51,9 @@ class GuardedStdout:
             except (OSError, ValueError, AttributeError):  # a stream without a file (a test's capture)
                 pass
             reason = error.strerror or str(error)
+            self.reason = f"cannot write to standard output: {reason}"
             if not self.optional:
-                raise OutputError(f"cannot write to standard output: {reason}") from None
+                raise OutputError(self.reason) from None
             try:
                 print(f"{Path(sys.argv[0]).stem}: warning: cannot write to standard output ({reason}); going on "
                       "without it", file=sys.stderr, flush=True)

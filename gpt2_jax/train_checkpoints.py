@@ -96,8 +96,8 @@ class TrainCheckpoints:
                                           "are left as they are: rerun once they can be read") from None
                 aside = None if self.read_only else integrity.set_aside(self.directory, step)  # every process
                 self.manager.reload()
-                if self.read_only and retries and step not in self.manager.all_steps():  # a trainer removed it
-                    return self.restore_latest(targets_for, data_iterator, retries - 1)  # as it was read: anew
+                if self.read_only and retries and (step not in (now := self.manager.all_steps()) or max(now) > steps[0]):
+                    return self.restore_latest(targets_for, data_iterator, retries - 1)  # a trainer moved on: anew
                 damaged.append(f"step {step}")
                 print(f"checkpoint step {step} is damaged ({damage}){aside and f', set aside as {aside}' or ''}; "
                       "restoring the one before", file=sys.stderr)

@@ -166,3 +166,34 @@ def test_a_second_ctrl_c_lost_under_stop_signals_is_raised_once_and_quietly():
     result = subprocess.run([sys.executable, "-c", LOSES_A_SECOND_CTRL_C], capture_output=True, text=True,
                             timeout=60, cwd=Path(__file__).parent.parent)
     assert (result.returncode, result.stdout, result.stderr) == (130, "saved\n", "interrupted\n")
+
+
+ENDS = """
+import signal, sys
+from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.interrupt import Stopped
+
+@exit_on_user_error
+def main():
+    print("made")
+    if sys.argv[1] == "error":
+        raise UserError("bad input")
+    if sys.argv[1] == "hangup":
+        raise Stopped(signal.SIGHUP, [])  # saved, then stopped by a terminal's hangup
+
+main()
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full stands for a terminal gone")
+@pytest.mark.parametrize("how, code", [("done", 0), ("error", 2), ("hangup", 128 + signal.SIGHUP)])
+def test_the_exit_code_holds_without_a_stdout_or_a_writable_stderr(how, code):
+    """Started with stdout closed (`cmd >&-`), a command that did its work ended in a traceback (exit 1); with
+    stderr gone (a terminal hung up), a run stopped and saved by SIGHUP exited 1, not 129."""
+    closed = subprocess.run(["sh", "-c", 'exec "$0" "$@" >&-', sys.executable, "-c", ENDS, how], capture_output=True,
+                            text=True, cwd=Path(__file__).parent.parent)
+    assert closed.returncode == code and "Traceback" not in closed.stderr, closed.stderr
+    with open("/dev/full", "w") as full:
+        gone = subprocess.run([sys.executable, "-c", ENDS, how], stdout=subprocess.PIPE, stderr=full, text=True,
+                              cwd=Path(__file__).parent.parent)
+    assert (gone.returncode, gone.stdout) == (code, "made\n")

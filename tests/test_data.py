@@ -1,5 +1,6 @@
 """Data: preparation from every input kind, the split, resuming, the grain pipeline, damaged shards."""
 
+import contextlib
 import json
 import os
 import re
@@ -304,7 +305,7 @@ def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, 
         (tmp_path / "corpus" / f"{i:03d}.txt").write_text(text)
     preparer = subprocess.Popen([sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "corpus"), "--out",
                                  str(tmp_path / "out"), "--tokenizer", "gpt2", "--workers", "2"],
-                                stderr=subprocess.PIPE, process_group=0)
+                                stderr=subprocess.PIPE, start_new_session=True)  # its own process group
     seen = b""
     while not re.search(rb"\| *[1-9]\d*/600 ", seen):  # documents tokenized: the workers are at work
         chunk = os.read(preparer.stderr.fileno(), 4096)
@@ -316,6 +317,36 @@ def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, 
     assert preparer.returncode == 128 + signum
     with pytest.raises(ProcessLookupError):  # no worker left behind in its process group
         os.killpg(preparer.pid, 0)
+
+
+# SIGTERM arrives as the pool starts its second worker, the first one running.
+SIGTERM_AS_THE_POOL_STARTS = """
+import os, signal, sys
+from gpt2_jax import prepare, shard_writer
+process, made = shard_writer._Pool.Process, []
+def second_with_sigterm(ctx, *args, **kwargs):
+    made.append(process(ctx, *args, **kwargs))
+    if len(made) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return made[-1]
+shard_writer._Pool.Process = staticmethod(second_with_sigterm)
+sys.argv[0] = "prepare"
+prepare.main()
+"""
+
+
+def test_a_stop_signal_as_the_workers_start_ends_them_too(tmp_path):
+    """Raised inside Pool() it escaped the pool's clean-up: the workers (which ignore SIGTERM) were left running,
+    and the preparer hung at exit waiting for them."""
+    preparer = subprocess.Popen([sys.executable, "-c", SIGTERM_AS_THE_POOL_STARTS, "--input", SHAKESPEARE, "--out",
+                                 str(tmp_path / "out"), "--tokenizer", "byte", "--workers", "2"], stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    try:
+        stderr = preparer.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(preparer.pid, signal.SIGKILL)  # what a hang left behind
+    assert preparer.returncode == 128 + signal.SIGTERM and stderr.splitlines()[-1] == "stopped by SIGTERM", stderr
 
 
 def test_a_train_split_too_small_for_a_window_is_warned_about(tmp_path):

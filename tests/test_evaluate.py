@@ -379,6 +379,15 @@ def test_a_report_that_cannot_be_written_is_one_line_before_the_baseline_is_scor
     assert {path.name: path.read_bytes() for path in workdir.iterdir() if path.is_file()} == before
 
 
+@pytest.mark.parametrize("suffix, start", [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_plot_writes_the_format_its_name_says(tmp_path, suffix, start):
+    from gpt2_jax.plot import plot_runs
+
+    rows = [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.5, "val_loss": 2.7}]
+    path = plot_runs({"run": rows}, tmp_path / f"curves{suffix}")
+    assert path.read_bytes().startswith(start) and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
     plot = [sys.executable, "scripts/plot.py", "--out", str(tmp_path / "curves.png")]
     byte, bpe = fake_run(tmp_path / "byte", 257), fake_run(tmp_path / "bpe", 50257)

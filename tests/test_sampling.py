@@ -176,13 +176,13 @@ def test_cli_greedy_prints_what_transformers_generates(bpe_model_dir):
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full stands for a full disk")
-@pytest.mark.parametrize("count", ["1", "2"], ids=["streamed", "batched"])
-def test_cli_output_that_cannot_be_written_is_one_line(bpe_model_dir, count):
+@pytest.mark.parametrize("count, new", [("1", "5"), ("2", "5"), ("1", "0")], ids=["streamed", "batched", "prompt"])
+def test_cli_output_that_cannot_be_written_is_one_line(bpe_model_dir, count, new):
     """`sample ... > out.txt` on a full disk: the streamed write failed inside the compiled loop's callback, a
-    traceback from XLA's runtime; a batch's, a traceback of Python's."""
+    traceback from XLA's runtime; a batch's, a traceback of Python's; the prompt alone, exit 0 with nothing."""
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "gpt2_jax.sample", "--model", str(bpe_model_dir),
-                                 "--max-new-tokens", "5", "--num-samples", count], stdout=full, stderr=subprocess.PIPE,
+                                 "--max-new-tokens", new, "--num-samples", count], stdout=full, stderr=subprocess.PIPE,
                                 text=True)
     assert_one_line_error(result, "sample: error: cannot write to standard output: No space left on device")
 
