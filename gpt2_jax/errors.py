@@ -41,7 +41,7 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             if sys.stdout is not None:  # None: started with stdout closed (`cmd >&-`)
                 sys.stdout.flush()  # what is still buffered fails here, in one line, not in Python's exit
             return result
-        except (UserError, standard_output.OutputError) as error:
+        except (UserError, standard_output.StdoutError) as error:
             message = " ".join(str(error).split())  # one line, whatever the library put in it
             with contextlib.suppress(OSError):  # stderr gone too (a terminal hung up): the exit code says it
                 print(f"{Path(sys.argv[0]).stem}: error: {message}", file=sys.stderr)
@@ -56,7 +56,7 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
                     sys.exit(128 + signum)  # nothing begun), or main called from Python: its caller goes on
                 for stream in filter(None, (sys.stdout, sys.stderr)):
                     stream.flush()
-            except (KeyboardInterrupt, OSError, standard_output.OutputError):  # one more Ctrl-C while leaving, or
+            except (KeyboardInterrupt, OSError, standard_output.StdoutError):  # one more Ctrl-C while leaving, or
                 pass  # no stdout or stderr (a terminal hung up: SIGHUP): leave all the same
             os._exit(128 + signum)  # Python's own Ctrl-C, maybe with XLA mid-compile: its teardown segfaulted
         except BrokenPipeError:  # the reader went away (`... --help | head`): nothing more to say

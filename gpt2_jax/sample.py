@@ -21,7 +21,7 @@ from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2, cache_bytes
 from gpt2_jax.sampling import GenerationInterrupted, generate
-from gpt2_jax.standard_output import OutputError
+from gpt2_jax.standard_output import StdoutError
 
 
 class StreamPrinter:
@@ -43,7 +43,7 @@ class StreamPrinter:
         try:
             sys.stdout.write(text[self.printed:])
             sys.stdout.flush()
-        except (BrokenPipeError, OutputError) as failure:  # `| head`, a full disk: raised once generation
+        except (BrokenPipeError, StdoutError) as failure:  # `| head`, a full disk: raised once generation
             self.failure = failure  # reaches the host (stop_if_output_failed)
         self.printed = len(text)
 

@@ -1,7 +1,7 @@
 """Standard output whose failures are one line: a full disk under `> train.log`, a terminal gone (EIO).
 
 Every command's stdout is guarded while its main runs (errors.exit_on_user_error). A failed write
-raises `OutputError` (one line, exit 2) where the output is what the command makes (a sample, an
+raises `StdoutError` (one line, exit 2) where the output is what the command makes (a sample, an
 evaluation); a training run, whose record is its workdir (metrics.jsonl, checkpoints), marks its
 output `optional`: one warning on stderr, then it goes on without a console. A reader that went
 away (`... | head`: BrokenPipeError) is the command's to answer, unless its output is optional.
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-class OutputError(Exception):
+class StdoutError(Exception):
     """Standard output could not be written (the message: why), and what was left to write is dropped."""
 
 
@@ -38,7 +38,7 @@ class GuardedStdout:
     def _guarded(self, call, *args) -> None:
         if self.dropped:  # said once where optional; else each write fails (the command's last flush too)
             if not self.optional:
-                raise OutputError(self.reason)
+                raise StdoutError(self.reason)
             return
         try:
             call(*args)
@@ -53,7 +53,7 @@ class GuardedStdout:
             reason = error.strerror or str(error)
             self.reason = f"cannot write to standard output: {reason}"
             if not self.optional:
-                raise OutputError(self.reason) from None
+                raise StdoutError(self.reason) from None
             try:
                 print(f"{Path(sys.argv[0]).stem}: warning: cannot write to standard output ({reason}); going on "
                       "without it", file=sys.stderr, flush=True)
