@@ -35,7 +35,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
         if not getattr(_ctrl_c_raised_again, "installed", False):  # once a process
             sys.unraisablehook, _ctrl_c_raised_again.installed = _ctrl_c_raised_again(sys.unraisablehook), True
         _MAINS_RUNNING.append(main)
-        stdout, _ = sys.stdout, standard_output.guarded()  # a failed write: one line (standard_output.py)
+        stdout = sys.stdout
+        standard_output.guard()  # a failed write: one line (standard_output.py)
         try:
             result = main(*args, **kwargs)
             if sys.stdout is not None:  # None: started with stdout closed (`cmd >&-`)

@@ -22,7 +22,8 @@ PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per
 
 def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict[str, dict] | None = None,
               x: str = "step", per_token: bool = True) -> Path:
-    """Draw `figure(...)` to `out_path` (PNG, PDF, SVG...: its suffix), whole or not at all; returns the path. UserError if it cannot."""
+    """Draw `figure(...)` to `out_path` (PNG, PDF, SVG...: its suffix), whole or not at all; returns the path.
+    UserError if it cannot."""
     drawn = figure(runs, baselines, x, per_token)
     try:
         write_file(Path(out_path), lambda path: drawn.savefig(path, dpi=120))  # the format: the suffix

@@ -64,11 +64,10 @@ class GuardedStdout:
         return getattr(self.stream, name)
 
 
-def guarded() -> GuardedStdout | None:
-    """Guard sys.stdout (once); returns the guard, or None where there is no stdout."""
+def guard() -> None:
+    """Guard sys.stdout, once (none where the process was started without one)."""
     if sys.stdout is not None and not isinstance(sys.stdout, GuardedStdout):
         sys.stdout = GuardedStdout(sys.stdout)
-    return sys.stdout
 
 
 def make_optional() -> None:
