@@ -39,6 +39,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.out.strip():
         raise UserError("--out is empty: give the directory to write")
+    if args.from_hf and args.tokenizer_dir:  # a params directory holds no tokenizer files: it would be ignored
+        raise UserError("--tokenizer-dir is for --to-hf (an HF directory's tokenizer files); drop it with --from-hf")
     outdir.refuse_overlap(args.out, args.from_hf or args.to_hf)  # before any work
     if args.from_hf:
         outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR, args.overwrite)

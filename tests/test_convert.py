@@ -342,3 +342,9 @@ def test_a_tokenizer_dir_that_does_not_fit_is_one_line(hf_dir, byte_model_dir, t
         assert_one_line_error(result, message)
         assert not (tmp_path / "hf").exists()
     assert_one_line_error(convert("--to-hf", str(byte_model_dir), "--out", " "), "--out is empty")
+
+
+def test_a_tokenizer_dir_with_from_hf_is_refused_not_ignored(hf_dir, tmp_path):
+    result = convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax"), "--tokenizer-dir", str(hf_dir))
+    assert_one_line_error(result, "--tokenizer-dir is for --to-hf")
+    assert not (tmp_path / "flax").exists()
