@@ -109,7 +109,7 @@ def _gpt2_encoding(hf_dir):
     try:
         return tiktoken.get_encoding("gpt2")
     except OSError:  # requests' network errors are OSErrors
-        raise TokenizerError(
-            "GPT-2 BPE files unavailable offline: set TIKTOKEN_CACHE_DIR to a tiktoken cache "
-            "(e.g. ../shared/data/tiktoken) or use a model directory with vocab.json + merges.txt"
-        ) from None
+        # Only a model's directory can hold the files instead (prepare and a run's data have none).
+        instead = f", or put GPT-2's vocab.json + merges.txt in {hf_dir}" if hf_dir else ""
+        raise TokenizerError(f"GPT-2 BPE files unavailable offline: set TIKTOKEN_CACHE_DIR to a tiktoken cache "
+                             f"(e.g. ../shared/data/tiktoken){instead}") from None

@@ -31,6 +31,21 @@ def test_damaged_hf_vocab_files_are_one_line(tmp_path, name, text):
         get_tokenizer("gpt2", hf_dir=tmp_path).encode(TEXT)
 
 
+def test_offline_without_tiktokens_files_says_what_to_do_there(tmp_path, monkeypatch):
+    """A model's directory can hold the two files; data (prepare, a run) has no such place to name."""
+    import tiktoken
+
+    def offline(name):
+        raise OSError("no network")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(TokenizerError) as error:
+        get_tokenizer("gpt2")
+    assert "set TIKTOKEN_CACHE_DIR" in str(error.value) and "vocab.json" not in str(error.value)
+    with pytest.raises(TokenizerError, match=f"or put GPT-2's vocab.json \\+ merges.txt in {tmp_path}"):
+        get_tokenizer("gpt2", hf_dir=tmp_path)
+
+
 def test_bytes_round_trip_and_end_of_text():
     tokenizer = get_tokenizer("byte")
     ids = tokenizer.encode(TEXT)
