@@ -30,8 +30,9 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
     """Tokenize `inputs` into shards in `out_dir` (see the module docstring); returns meta.json's content."""
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction={val_fraction} must be in [0, 1)")
-    if shard_tokens < 1 or workers < 1:
-        raise DataError(f"shard_tokens={shard_tokens} and workers={workers} must be at least 1")
+    for name, value in (("shard_tokens", shard_tokens), ("workers", workers)):
+        if value < 1:
+            raise DataError(f"{name}={value} must be at least 1")
     eot, vocab_size = get_tokenizer(tokenizer).eot_token, get_tokenizer(tokenizer).vocab_size
     if not str(out_dir).strip():
         raise DataError("--out is empty: give the directory to write")

@@ -374,9 +374,12 @@ def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
              (["--input", str(tmp_path / "missing.txt")], tmp_path / "out1", "missing.txt: no such file or directory"),
              (["--input", str(tmp_path / "binary.txt")], tmp_path / "out2", "binary.txt: not UTF-8 text"),
              (["--input", SHAKESPEARE], tmp_path / "a_file", "is a file; give a directory"),
-             (["--input", SHAKESPEARE, "--shard-tokens", "0"], tmp_path / "out3", "shard_tokens=0 and workers=2")]
+             (["--input", SHAKESPEARE, "--shard-tokens", "0"], tmp_path / "out3", "shard_tokens=0 must be at least 1")]
     for args, out, message in cases:
         assert_one_line_error(run_prepare(*args, "--out", str(out), "--workers", "2", "--tokenizer", "byte"), message)
+    result = run_prepare("--input", SHAKESPEARE, "--out", str(tmp_path / "out4"), "--workers", "0")
+    assert_one_line_error(result, "workers=0 must be at least 1")  # was "shard_tokens=100000000 and workers=0 ..."
+    assert "shard_tokens" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "binary.txt", "empty.txt", "others"]
     assert [p.name for p in (tmp_path / "others").iterdir()] == ["notes.txt"]
 
