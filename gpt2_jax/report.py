@@ -80,9 +80,11 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
     """Write DIR/report.md and DIR/report.png, against `baseline` if given; returns their paths."""
     workdir = Path(workdir)
     rows = read_metrics(workdir)
-    if not (workdir / TRAIN_CONFIG).exists() or not any("val_loss" in row for row in rows):
-        raise UserError(f"{workdir}: not a training workdir with evaluations "
-                        "(train_config.json, val_loss in metrics.jsonl)")
+    if not (workdir / TRAIN_CONFIG).exists():
+        raise UserError(f"{workdir}: not a training workdir (no {TRAIN_CONFIG}); give the --workdir a run trained in")
+    if not any("val_loss" in row for row in rows):
+        raise UserError(f"{workdir}: no evaluation yet (no val_loss in metrics.jsonl); "
+                        "a run evaluates every eval_every steps (0: never)")
     markdown, picture = workdir / "report.md", workdir / "report.png"
     for path in (markdown, picture):  # before a baseline's evaluation (minutes), not after it
         refuse_unwritable(path)

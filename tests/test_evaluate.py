@@ -379,6 +379,18 @@ def test_a_report_that_cannot_be_written_is_one_line_before_the_baseline_is_scor
     assert {path.name: path.read_bytes() for path in workdir.iterdir() if path.is_file()} == before
 
 
+def test_a_report_on_no_run_or_a_run_not_yet_evaluated_says_which(tmp_path):
+    """Both were 'not a training workdir with evaluations', a run trained with eval_every=0 too."""
+    assert_one_line_error(run_main(report.main, "--workdir", str(tmp_path / "none")),
+                          "none: not a training workdir (no train_config.json)")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "train_config.json").write_text("{}")
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": 10, "train_loss": 5.0}) + "\n")
+    assert_one_line_error(run_main(report.main, "--workdir", str(workdir)),
+                          "run: no evaluation yet (no val_loss in metrics.jsonl)")
+
+
 @pytest.mark.parametrize("suffix, start", [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])
 def test_plot_writes_the_format_its_name_says(tmp_path, suffix, start):
     from gpt2_jax.plot import plot_runs
