@@ -116,16 +116,16 @@ class Run:
             self.start, origin = 0, "training from scratch"
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
         self.model_config, self.meta = model_config, meta  # written to the workdir once the first step has run (loop)
-        done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
-        print(f"{origin} in {self.workdir}{done}")
-        if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start
-            print(describe_changes(c, changed, self.start))
         n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
         processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
         print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
               f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices{processes}, "
               f"mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
               + " | fused add+LayerNorm kernel" * c.fused_norm)
+        done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
+        print(f"{origin} in {self.workdir}{done}")
+        if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start
+            print(describe_changes(c, changed, self.start))
 
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)
