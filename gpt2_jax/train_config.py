@@ -79,6 +79,12 @@ def accumulation_steps(c: ml_collections.ConfigDict) -> int:
 
 def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, platform: str = "") -> None:
     """Raise ConfigError naming the first key that cannot work, and what would (`platform`: jax's backend)."""
+    for key, default, _ in FIELDS:  # a config file may set None (ConfigDict allows it): a traceback in a check below
+        kind = (int, float) if type(default) is float else type(default)
+        if not isinstance(c[key], kind) or isinstance(c[key], bool) != isinstance(default, bool):
+            name = type(default).__name__
+            raise ConfigError(f"{key}={c[key]!r} must be {'an' if name == 'int' else 'a'} {name}, as its default "
+                              f"{default!r} is")
     for key in ("batch_size", "block_size", "tokens_per_step", "max_steps", "n_layer", "n_head", "n_embd",
                 "vocab_pad_multiple"):
         if c[key] < 1:
@@ -101,7 +107,8 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
          f"tokens_per_step={c.tokens_per_step} is not a multiple of batch_size * block_size = {micro_tokens}"),
         (c.batch_size % n_devices == 0, f"batch_size={c.batch_size} does not split over {n_devices} devices"),
         (c.batch_size % n_processes == 0, f"batch_size={c.batch_size} does not split over {n_processes} processes"),
-        (c.fsdp >= 0 and n_devices % (c.fsdp or n_devices) == 0,
+        (c.fsdp >= 0, f"fsdp={c.fsdp} must be >= 0 (0: all devices)"),
+        (n_devices % (c.fsdp or n_devices) == 0,
          f"fsdp={c.fsdp} does not divide the {n_devices} device{'s' * (n_devices != 1)}"),
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1,
          "log_every, checkpoint_every and keep_checkpoints must be >= 1"),

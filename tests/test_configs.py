@@ -113,6 +113,11 @@ def test_the_124m_byte_config_matches_the_bpe_recipes_flops_per_byte_and_bytes_p
     ({"weight_decay": -5.0}, "weight_decay=-5.0 must be a finite number >= 0 (0: no decay)"),
     ({"weight_decay": math.nan}, "weight_decay=nan must be a finite number >= 0"),
     ({"peak_flops": math.nan}, "num_samples, sample_tokens, hellaswag_limit, cpu_devices and peak_flops must be >= 0"),
+    ({"fsdp": -1}, "fsdp=-1 must be >= 0 (0: all devices)"),  # was: 'does not divide the 1 device'
+    # ConfigDict lets a config file set None: '<' not supported between 'int' and 'NoneType', a traceback
+    ({"learning_rate": None}, "learning_rate=None must be a float, as its default 0.0006 is"),
+    ({"batch_size": None}, "batch_size=None must be an int, as its default 16 is"),
+    ({"hellaswag": None}, "hellaswag=None must be a str"),
 ])
 def test_validate_names_the_key_and_its_allowed_range(overrides, message):
     config = default_config()
