@@ -7,7 +7,6 @@ nothing about what the tensors mean: that is `convert.py`.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from gpt2_jax import outdir
 from gpt2_jax.errors import UserError
+from gpt2_jax.torch_bin import load_bin
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
@@ -59,7 +59,7 @@ def resolve(name_or_path: str) -> Path:
 
 
 def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
-    """model.safetensors (numpy) or pytorch_model.bin (torch.load with weights_only=True)."""
+    """model.safetensors (numpy) or pytorch_model.bin (torch_bin.py: tensors only, no code run)."""
     safetensors_file, bin_file = (model_dir / name for name in WEIGHT_FILES)
     if safetensors_file.exists():
         from safetensors import SafetensorError
@@ -71,29 +71,7 @@ def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
             raise CheckpointFileError(
                 f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
     if bin_file.exists():
-        try:
-            import torch
-        except ImportError:
-            raise CheckpointFileError(f"{bin_file}: reading .bin needs torch (pip install torch)") from None
-        try:
-            state_dict = torch.load(bin_file, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variants
-            # torch's message advises weights_only=False, which would run the file's code: never repeat it.
-            objects = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-            if objects:
-                raise CheckpointFileError(f"{bin_file}: refused: it holds Python objects, not only tensors "
-                                          f"({objects.group(1)}); save it as model.safetensors where it was made"
-                                          ) from None
-            detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(error))
-            raise CheckpointFileError(f"{bin_file}: unreadable checkpoint ({type(error).__name__}: "
-                                      f"{detail.group(1) if detail else first_line(error)})") from None
-        if not isinstance(state_dict, dict):
-            raise CheckpointFileError(f"{bin_file}: not a state dict of tensors ({type(state_dict).__name__})")
-        for key, value in state_dict.items():
-            if not isinstance(value, torch.Tensor):
-                raise CheckpointFileError(f"{bin_file}: {key!r} is not a tensor ({type(value).__name__})")
-        return {key: tensor.numpy() if tensor.dtype != torch.bfloat16 else tensor.float().numpy()
-                for key, tensor in state_dict.items()}
+        return load_bin(bin_file)
     raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
 
 
