@@ -48,13 +48,13 @@ class GPT2Config:
     eos_token_id: int = 50256
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if not _is_int(getattr(self, name), 1):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):  # a size past int32: JAX overflows
+            if not _is_int(getattr(self, name), 1) or getattr(self, name) >= 2**31:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer below 2**31")
         for name in ("bos_token_id", "eos_token_id"):
             if not _is_int(getattr(self, name), 0):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a token id (an integer >= 0)")
-        if self.n_inner is not None and not _is_int(self.n_inner, 1):
+        if self.n_inner is not None and not (_is_int(self.n_inner, 1) and self.n_inner < 2**31):
             raise ConfigError(f"n_inner={self.n_inner!r} must be a positive integer or null")
         for name in ("layer_norm_epsilon", "initializer_range"):
             value = getattr(self, name)

@@ -41,6 +41,10 @@ def test_config_json_round_trips_through_transformers(tmp_path):
     (lambda: GPT2Config.from_dict({"n_layer": True}), "n_layer=True must be a positive integer"),
     (lambda: GPT2Config.from_dict({"n_inner": 3.5}), "n_inner=3.5 must be a positive integer or null"),
     (lambda: GPT2Config.from_dict({"initializer_range": float("nan")}), "initializer_range=nan must be a positive"),
+    # was: an OverflowError traceback from jax.eval_shape, converting an int32 argument
+    (lambda: GPT2Config.from_dict({"vocab_size": 10**12}),
+     r"vocab_size=1000000000000 must be a positive integer below 2\*\*31"),
+    (lambda: GPT2Config.from_dict({"n_inner": 2**40}), "n_inner=1099511627776 must be a positive integer or null"),
 ])
 def test_errors_name_the_key_and_value(make, message):
     with pytest.raises(ConfigError, match=message):
