@@ -16,7 +16,10 @@ def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: f
     """
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV / temperature
+    # From the row's max, kept at 0: a tiny temperature (1e-40, 0 in float32) made every positive logit inf or NaN,
+    # and the lowest such id won; now the rest go to -inf, leaving the most likely token.
+    below_max_BxV = logits_BxV - logits_BxV.max(axis=-1, keepdims=True)
+    logits_BxV = jnp.where(below_max_BxV == 0, 0.0, below_max_BxV / temperature)
     if top_k is None and top_p is None:
         return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
     k = min(top_k or logits_BxV.shape[-1], logits_BxV.shape[-1])

@@ -120,6 +120,14 @@ def test_temperature_scales_the_distribution_and_zero_is_argmax():
     np.testing.assert_allclose(frequencies, jax.nn.softmax(logits_V / 0.5), atol=0.015)
 
 
+@pytest.mark.parametrize("top_k, top_p", [(None, None), (3, None), (None, 0.5)])
+def test_a_tiny_temperature_is_argmax_not_the_first_token_past_float32(top_k, top_p):
+    """logits / 1e-40 made every positive logit inf in float32: token 0 was drawn, not the most likely."""
+    logits_BxV = jnp.array([[5.0, 1.0, 10.0, -3.0]] * 8)
+    for temperature in (1e-40, 1e-300):
+        np.testing.assert_array_equal(sample_next(logits_BxV, jax.random.key(0), temperature, top_k, top_p), [2] * 8)
+
+
 def test_end_of_text_fills_the_row_and_stops_the_loop(tiny):
     config, params = tiny
     prompt = np.random.RandomState(5).randint(0, config.vocab_size, (1, 5))
