@@ -31,8 +31,11 @@ def model_config(config, meta: dict, workdir: Path) -> GPT2Config:
     defaults = train_config.default_config()
     for key in SHAPE_KEYS:
         if config[key] not in (getattr(pretrained, key), defaults[key]):
-            raise ConfigError(f"{key}={config[key]} disagrees with {source} ({key}={getattr(pretrained, key)}); "
-                              f"drop --config.{key}: with init_from the model's shape comes from its config.json")
+            # "drop --config.KEY" misled where the config file (configs/shakespeare_byte.py) set it, not the command
+            raise ConfigError(f"{key}={config[key]} disagrees with {source} ({key}={getattr(pretrained, key)}); with "
+                              f"init_from the model's shape comes from its config.json: set {key} to "
+                              f"{getattr(pretrained, key)} or its default {defaults[key]}, in the config file or "
+                              f"--config.{key}")
     if config.block_size > pretrained.n_positions:
         raise ConfigError(f"block_size={config.block_size} exceeds the {pretrained.n_positions} positions of "
                           f"{source}; lower --config.block_size")
