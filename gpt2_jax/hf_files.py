@@ -85,7 +85,8 @@ def check_tokenizer_dir(tokenizer_dir: Path, vocab_size: int) -> None:
     """Refuse a directory to copy tokenizer files from that has neither GPT-2's two files nor a tokenizer.json,
     or whose ids reach past the model's rows (transformers would fail on the first such token)."""
     if not tokenizer_dir.is_dir():
-        raise CheckpointFileError(f"{tokenizer_dir}: no such directory to copy tokenizer files from")
+        what = "not a directory" if tokenizer_dir.exists() else "no such directory"
+        raise CheckpointFileError(f"{tokenizer_dir}: {what} to copy tokenizer files from")
     vocab_json, merges, tokenizer_json = (tokenizer_dir / name for name in TOKENIZER_FILES[:3])
     if not (vocab_json.is_file() and merges.is_file() or tokenizer_json.is_file()):
         raise CheckpointFileError(f"{tokenizer_dir}: no vocab.json and merges.txt, nor tokenizer.json")

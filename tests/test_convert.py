@@ -353,7 +353,9 @@ def test_a_tokenizer_dir_that_does_not_fit_is_one_line(hf_dir, byte_model_dir, t
     monkeypatch.setattr(convert_cli, "load_model", lambda *args, **kwargs: pytest.fail("the weights were read first"))
     (tmp_path / "empty").mkdir()
     too_big = tiny_tokenizer_dir(tmp_path / "gpt2_like", 258)  # the byte model has 257 rows
+    (tmp_path / "a_file").write_text("")  # was: 'no such directory'
     for tokenizer_dir, message in (("/no/such", "/no/such: no such directory to copy tokenizer files from"),
+                                   (tmp_path / "a_file", "a_file: not a directory to copy tokenizer files from"),
                                    (tmp_path / "empty", "empty: no vocab.json and merges.txt, nor tokenizer.json"),
                                    (too_big, "vocab.json: its ids reach 257 and the model has 257 rows: not this")):
         result = convert("--to-hf", str(byte_model_dir), "--out", str(tmp_path / "hf"), "--tokenizer-dir", str(tokenizer_dir))
