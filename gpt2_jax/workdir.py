@@ -37,7 +37,8 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
                                "use a new --workdir")
     if not (workdir / TRAIN_CONFIG).exists():
         return {}
-    saved = read_settings(workdir)
+    # Typed as this start's settings, where it has them: a hand-edited '"max_steps": "x"' was a traceback
+    saved = read_settings(workdir, {key: type(config[key]) for key in config.keys()}, only_where_present=True)
     resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
     for key in SHAPE_SETTINGS + (ORDER_SETTINGS if resuming else ()):
         if key in saved and saved[key] != config[key]:
@@ -66,15 +67,17 @@ def describe_changes(config, changed: dict[str, tuple], step: int) -> str:
         if now != was else "")
 
 
-def read_settings(workdir: Path, types: dict[str, type] | None = None) -> dict:
-    """The run's train_config.json: a JSON object, with each key of `types` in it, of that type."""
+def read_settings(workdir: Path, types: dict[str, type] | None = None, only_where_present: bool = False) -> dict:
+    """The run's train_config.json: a JSON object, with each key of `types` in it (`only_where_present`: those of
+    them it has), of that type (an integer stands for a float)."""
     try:
         saved = json.loads((workdir / TRAIN_CONFIG).read_text(encoding="utf-8"))
         if not isinstance(saved, dict):
             raise ValueError(f"a JSON {type(saved).__name__}, not the run's settings")
-        if missing := [key for key in types or {} if key not in saved]:
+        if missing := [key for key in types or {} if key not in saved and not only_where_present]:
             raise ValueError(f"it lacks {', '.join(missing)}")
-        if wrong := [f"{key} {saved[key]!r}" for key, kind in (types or {}).items() if type(saved[key]) is not kind]:
+        if wrong := [f"{key} {saved[key]!r}" for key, kind in (types or {}).items() if key in saved
+                     and type(saved[key]) not in ((kind, int) if kind is float else (kind,))]:
             raise ValueError(f"values a run never writes: {', '.join(wrong)}")
     except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8, not the settings
         raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None

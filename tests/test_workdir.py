@@ -1,7 +1,9 @@
 """The workdir: one trainer at a time (the lock, released however its holder ends), and a workdir that
 cannot be written is one line."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -153,3 +155,22 @@ def test_a_train_config_json_that_is_not_an_object_is_one_line(tmp_path, text):
     (tmp_path / "train_config.json").write_text(text)  # valid JSON: it was an AttributeError's traceback
     with pytest.raises(WorkdirError, match="train_config.json: unreadable \\(a JSON .*, not the run's settings\\)"):
         check_settings(tmp_path, None, default_config(), {}, 1)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"max_steps": "x", "learning_rate": None}, "values a run never writes: learning_rate None, max_steps 'x'"),
+    ({"seed": "zero"}, "values a run never writes: seed 'zero'"),  # was: 'rerun with --config.seed=zero'
+])
+def test_a_train_config_json_with_values_of_other_types_is_one_line(tmp_path, edit, message):
+    """A hand-edited train_config.json: a value of another type was a TypeError's traceback from the resume's
+    description of what changed (or, for seed, advice to pass it on the command line)."""
+    from gpt2_jax.train_config import default_config
+    from gpt2_jax.workdir import check_settings
+
+    config = default_config()
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **edit}))
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    with pytest.raises(WorkdirError, match=re.escape(f"train_config.json: unreadable ({message})")):
+        check_settings(tmp_path, None, config, {}, 1)
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "learning_rate": 1, "gone_key": 3}))
+    assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (1, 0.0006)}  # an int for a float
