@@ -79,7 +79,9 @@ def parse_flags(argv: list[str], help_text: str = ""):
     except Exception as error:  # a config file is Python: whatever it raises is the user's to fix, in one line
         if isinstance(error, AttributeError) and "get_config" in str(error):
             raise UserError("cannot load --config: the file defines no get_config()") from None
-        raise UserError(f"cannot load --config: {type(error).__name__}: {error}") from None
+        path = _config_path(argv)
+        hint = f" ({path} is not a .py file: a config is Python, configs/NAME.py)" * (not path.endswith(".py"))
+        raise UserError(f"cannot load --config: {type(error).__name__}: {error}{hint}") from None
     if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
     unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))
@@ -90,6 +92,16 @@ def parse_flags(argv: list[str], help_text: str = ""):
         raise UserError(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; build it on "
                         "train_config.default_config() (python -m gpt2_jax.train --help lists the keys)")
     return config, workdir
+
+
+def _config_path(argv: list[str]) -> str:
+    """The --config file as given (--config=FILE or --config FILE)."""
+    for arg, following in zip(argv, argv[1:] + [""]):
+        if arg.startswith("--config="):
+            return arg.partition("=")[2]
+        if arg == "--config":
+            return following
+    return ""
 
 
 def unloadable_file(error: OSError) -> str:

@@ -302,6 +302,14 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_config_that_is_not_python_says_so(tmp_path):
+    """--config=train_config.json (a run's settings, JSON) was 'NameError: name 'true' is not defined' alone."""
+    (tmp_path / "settings.json").write_text('{"remat": true}\n')
+    assert_one_line_error(run_cli("--config", str(tmp_path / "settings.json"), f"--workdir={tmp_path / 'run'}"),
+                          f"NameError: name 'true' is not defined ({tmp_path / 'settings.json'} is not a .py file: "
+                          "a config is Python, configs/NAME.py)")
+
+
 
 @pytest.mark.parametrize("text, returned", [("def get_config():\n    pass\n", "None"),
                                             ("def get_config():\n    return {'seed': 1}\n", "a dict")])
