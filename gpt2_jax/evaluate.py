@@ -93,7 +93,7 @@ def main(argv=None):
     results = {}
     try:
         with out_of_memory_as_user_error(f"lower --batch-size (now {args.batch_size})"):
-            for model in args.model:
+            for model in dict.fromkeys(args.model):  # a model given twice is scored once (one row)
                 results[model] = evaluate_model(model, tasks, args.data_dir, args.hellaswag, args.limit,
                                                 args.batch_size, args.val_tokens)
     except KeyboardInterrupt:  # Ctrl-C: the models scored before it are kept (a model can take many minutes)
