@@ -55,7 +55,7 @@ class GPT2Config:
             if not _is_int(getattr(self, name), 0):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a token id (an integer >= 0)")
         if self.n_inner is not None and not (_is_int(self.n_inner, 1) and self.n_inner < 2**31):
-            raise ConfigError(f"n_inner={self.n_inner!r} must be a positive integer or null")
+            raise ConfigError(f"n_inner={self.n_inner!r} must be a positive integer below 2**31, or null")
         for name in ("layer_norm_epsilon", "initializer_range"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):

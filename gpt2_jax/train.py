@@ -100,7 +100,13 @@ class Run:
         self.data = data.train_iterator(c.data_dir, c.block_size, self.accumulation * self.local_batch, c.seed,
                                         self.process, jax.process_count())
         self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
-
+        # The run's first line (before a restore's words): what it trains, on what, with which kernels.
+        n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
+              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices{processes}, "
+              f"mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
+              + " | fused add+LayerNorm kernel" * c.fused_norm)
         self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         restored = self.checkpoints.restore_train_state(target.params, target.opt_state, self.data)
@@ -116,12 +122,6 @@ class Run:
             self.start, origin = 0, "training from scratch"
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
         self.model_config, self.meta = model_config, meta  # written to the workdir once the first step has run (loop)
-        n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
-        print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
-              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices{processes}, "
-              f"mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
-              + " | fused add+LayerNorm kernel" * c.fused_norm)
         done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
         print(f"{origin} in {self.workdir}{done}")
         if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start

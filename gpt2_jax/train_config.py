@@ -77,11 +77,15 @@ def accumulation_steps(c: ml_collections.ConfigDict) -> int:
     return c.tokens_per_step // (c.batch_size * c.block_size)
 
 
+def fits_setting(value, kind: type) -> bool:
+    """`value` can be a setting of type `kind`: an int stands for a float; a bool is no number."""
+    return isinstance(value, (int, float) if kind is float else kind) and isinstance(value, bool) == (kind is bool)
+
+
 def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, platform: str = "") -> None:
     """Raise ConfigError naming the first key that cannot work, and what would (`platform`: jax's backend)."""
     for key, default, _ in FIELDS:  # a config file may set None (ConfigDict allows it): a traceback in a check below
-        kind = (int, float) if type(default) is float else type(default)
-        if not isinstance(c[key], kind) or isinstance(c[key], bool) != isinstance(default, bool):
+        if not fits_setting(c[key], type(default)):
             name = type(default).__name__
             raise ConfigError(f"{key}={c[key]!r} must be {'an' if name == 'int' else 'a'} {name}, as its default "
                               f"{default!r} is")
@@ -141,7 +145,5 @@ def optimizer_checks(c: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int, eot_token: int) -> GPT2Config:
     """The GPT2Config (HF schema) of the model this run trains, for the data's tokenizer."""
-    return GPT2Config(
-        vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        bos_token_id=eot_token, eos_token_id=eot_token,
-    )
+    return GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                      n_head=c.n_head, bos_token_id=eot_token, eos_token_id=eot_token)

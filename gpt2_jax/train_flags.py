@@ -80,7 +80,8 @@ def parse_flags(argv: list[str], help_text: str = ""):
         if isinstance(error, AttributeError) and "get_config" in str(error):
             raise UserError("cannot load --config: the file defines no get_config()") from None
         path = _config_path(argv)
-        hint = f" ({path} is not a .py file: a config is Python, configs/NAME.py)" * (not path.endswith(".py"))
+        python = not path or path.partition(":")[0].endswith(".py")  # FILE.py:ARG passes ARG to get_config
+        hint = "" if python else f" ({path} is not a .py file: a config is Python, configs/NAME.py)"
         raise UserError(f"cannot load --config: {type(error).__name__}: {error}{hint}") from None
     if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
@@ -97,9 +98,9 @@ def parse_flags(argv: list[str], help_text: str = ""):
 def _config_path(argv: list[str]) -> str:
     """The --config file as given (--config=FILE or --config FILE)."""
     for arg, following in zip(argv, argv[1:] + [""]):
-        if arg.startswith("--config="):
+        if arg.startswith(("--config=", "-config=")):
             return arg.partition("=")[2]
-        if arg == "--config":
+        if arg in ("--config", "-config"):
             return following
     return ""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.optim import learning_rates
 from gpt2_jax.train_checkpoints import CHECKPOINTS
+from gpt2_jax.train_config import FIELDS, fits_setting
 from gpt2_jax.workdir_lock import WorkdirError
 
 MODEL_CONFIG, TRAIN_CONFIG = "config.json", "train_config.json"
@@ -37,8 +38,8 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
                                "use a new --workdir")
     if not (workdir / TRAIN_CONFIG).exists():
         return {}
-    # Typed as this start's settings, where it has them: a hand-edited '"max_steps": "x"' was a traceback
-    saved = read_settings(workdir, {key: type(config[key]) for key in config.keys()}, only_where_present=True)
+    # Each typed as its default, where it has them: a hand-edited '"max_steps": "x"' was a traceback
+    saved = read_settings(workdir, {key: type(default) for key, default, _ in FIELDS}, only_where_present=True)
     resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
     for key in SHAPE_SETTINGS + (ORDER_SETTINGS if resuming else ()):
         if key in saved and saved[key] != config[key]:
@@ -69,15 +70,18 @@ def describe_changes(config, changed: dict[str, tuple], step: int) -> str:
 
 def read_settings(workdir: Path, types: dict[str, type] | None = None, only_where_present: bool = False) -> dict:
     """The run's train_config.json: a JSON object, with each key of `types` in it (`only_where_present`: those of
-    them it has), of that type (an integer stands for a float)."""
+    them it has), of that type (train_config.fits_setting; a null text is read as '')."""
     try:
         saved = json.loads((workdir / TRAIN_CONFIG).read_text(encoding="utf-8"))
         if not isinstance(saved, dict):
             raise ValueError(f"a JSON {type(saved).__name__}, not the run's settings")
+        for key, kind in (types or {}).items():
+            if kind is str and key in saved and saved[key] is None:  # runs whose config set None for '' wrote null
+                saved[key] = ""
         if missing := [key for key in types or {} if key not in saved and not only_where_present]:
             raise ValueError(f"it lacks {', '.join(missing)}")
         if wrong := [f"{key} {saved[key]!r}" for key, kind in (types or {}).items() if key in saved
-                     and type(saved[key]) not in ((kind, int) if kind is float else (kind,))]:
+                     and not fits_setting(saved[key], kind)]:
             raise ValueError(f"values a run never writes: {', '.join(wrong)}")
     except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8, not the settings
         raise WorkdirError(f"{workdir / TRAIN_CONFIG}: unreadable ({error})") from None

@@ -169,6 +169,16 @@ def test_ctrl_c_keeps_the_models_scored_before_it(bpe_model_dir, byte_model_dir,
     assert f"| {bpe_model_dir} | 3.2500 |" in result.stdout and str(byte_model_dir) not in result.stdout
 
 
+def test_a_model_given_twice_is_scored_once(bpe_model_dir, shakespeare_bytes, monkeypatch):
+    scored = []
+    monkeypatch.setattr(evaluate, "evaluate_model",
+                        lambda model, *args: scored.append(model) or {"val_loss": {"loss": 3.25, "bpb": 1.5, "bytes": 1024}})
+    result = run_main(evaluate.main, "--model", str(bpe_model_dir), "--model", str(bpe_model_dir), "--tasks",
+                      "val_loss", "--data-dir", str(shakespeare_bytes))
+    assert result.returncode == 0 and scored == [str(bpe_model_dir)], result.stderr
+    assert result.stdout.count(f"| {bpe_model_dir} |") == 1
+
+
 def test_a_model_with_its_own_gpt2_files_reads_bpe_data_without_tiktokens_files(bpe_model_dir, shakespeare_bpe,
                                                                                 tmp_path):
     """The data's text was decoded with tiktoken's files even when the model directory carried the same two."""

@@ -179,6 +179,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(shakespeare_by
     output = process.communicate()[0]
     assert process.returncode == 0, output
     assert "checkpoint step 20 is damaged" in output and "resuming from step 10" in output
+    assert "params |" in output.splitlines()[0] and "xla attention" in output.splitlines()[0]  # the banner first
 
 
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint(shakespeare_bytes, tmp_path):
@@ -302,13 +303,18 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, text, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_config_that_is_not_python_says_so(tmp_path):
+@pytest.mark.parametrize("form", ["--config FILE", "-config=FILE"])
+def test_a_config_that_is_not_python_says_so(tmp_path, form):
     """--config=train_config.json (a run's settings, JSON) was 'NameError: name 'true' is not defined' alone."""
     (tmp_path / "settings.json").write_text('{"remat": true}\n')
-    assert_one_line_error(run_cli("--config", str(tmp_path / "settings.json"), f"--workdir={tmp_path / 'run'}"),
+    flag = form.replace("FILE", str(tmp_path / "settings.json")).split()
+    assert_one_line_error(run_cli(*flag, f"--workdir={tmp_path / 'run'}"),
                           f"NameError: name 'true' is not defined ({tmp_path / 'settings.json'} is not a .py file: "
                           "a config is Python, configs/NAME.py)")
-
+    (tmp_path / "config.py").write_text("def get_config(size):\n    return 1 / 0\n")  # FILE.py:ARG is Python
+    result = run_cli(f"--config={tmp_path / 'config.py'}:small", f"--workdir={tmp_path / 'run'}")
+    assert_one_line_error(result, "ZeroDivisionError: division by zero")
+    assert "not a .py file" not in result.stderr
 
 
 @pytest.mark.parametrize("text, returned", [("def get_config():\n    pass\n", "None"),

@@ -174,3 +174,18 @@ def test_a_train_config_json_with_values_of_other_types_is_one_line(tmp_path, ed
         check_settings(tmp_path, None, config, {}, 1)
     (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "learning_rate": 1, "gone_key": 3}))
     assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (1, 0.0006)}  # an int for a float
+    config.learning_rate = 1  # a config file's int for a float: the saved float is still of its type
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "learning_rate": 0.0006}))
+    assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (0.0006, 1)}
+
+
+def test_a_run_whose_config_set_none_for_an_empty_text_resumes(tmp_path):
+    """Configs could set hellaswag = None (no HellaSwag) before types were checked, and the run wrote null: a
+    resume, its config now saying '', read that as a value a run never writes."""
+    from gpt2_jax.train_config import default_config
+    from gpt2_jax.workdir import check_settings
+
+    config = default_config()
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "hellaswag": None}))
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    assert check_settings(tmp_path, None, config, {}, 1) == {}
