@@ -14,11 +14,10 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
-from flax import traverse_util
 
 from gpt2_jax import checkpoint_failures, integrity, outdir
 from gpt2_jax.config import GPT2Config
-from gpt2_jax.convert import param_shapes
+from gpt2_jax.convert import first_misfit
 from gpt2_jax.train_checkpoints import CHECKPOINTS, CheckpointError, TrainCheckpoints
 
 PARAMS, CHECKSUMS = "params", "checksums.json"
@@ -68,13 +67,10 @@ def load_params(path: str | Path) -> tuple[GPT2Config, dict]:
 def _fitting(path: Path, config: GPT2Config, params):
     """`params`, if they have the shapes `config` (its config.json) gives: an edited config.json was a flax
     traceback, or (fewer layers) a model that silently skipped some."""
-    expected, found = (traverse_util.flatten_dict(tree) for tree in (param_shapes(config), params))
-    for key in sorted(expected.keys() | found.keys()):
-        want, got = (tree[key].shape if key in tree else None for tree in (expected, found))
-        padded = key == ("wte", "embedding") and got and want and got[1:] == want[1:] and got[0] >= want[0]
-        if got != want and not padded:
-            raise CheckpointError(f"{path}: its params do not fit its config.json ({'.'.join(key)}: "
-                                  f"{got or 'none'} saved, config.json gives {want or 'none'})")
+    misfit = first_misfit(config, params)
+    if misfit:
+        raise CheckpointError(f"{path}: its params do not fit its config.json ({misfit[0]}: "
+                              f"{misfit[1] or 'none'} saved, config.json gives {misfit[2] or 'none'})")
     return params
 
 

@@ -80,11 +80,27 @@ def params_from_state_dict(config: GPT2Config, state_dict: dict[str, np.ndarray]
 
 def state_dict_from_params(config: GPT2Config, params: dict, progress: bool = False) -> dict[str, np.ndarray]:
     """GPT2 params -> HF state dict (float32; a padded vocabulary is cut to vocab_size)."""
+    misfit = first_misfit(config, params)
+    if misfit:  # else an export transformers cannot open, or one that silently left a layer out
+        raise ConversionError(f"the params do not fit the config ({misfit[0]}: {misfit[1] or 'none'} in the params, "
+                              f"the config gives {misfit[2] or 'none'}); pass the config they were made with")
     state_dict = {}
     flat = traverse_util.flatten_dict(without_vocab_padding(config, params))
     for path, value in tqdm(flat.items(), desc="convert", unit="tensor", disable=not progress):
         state_dict[path_to_hf_key(path)] = np.ascontiguousarray(np.asarray(jax.device_get(value), dtype=np.float32))
     return state_dict
+
+
+def first_misfit(config: GPT2Config, params: dict) -> tuple[str, tuple | None, tuple | None] | None:
+    """The first param that does not fit `config`: (its dotted name, its shape, the shape `config` gives; None
+    where there is none), or None if all fit. The embedding may hold padded rows (model.py's vocab_pad_multiple)."""
+    expected, found = (traverse_util.flatten_dict(tree) for tree in (param_shapes(config), params))
+    for key in sorted(expected.keys() | found.keys(), key=lambda key: (key in expected, key)):  # unexpected first
+        want, got = (tuple(getattr(tree[key], "shape", ())) if key in tree else None for tree in (expected, found))
+        padded = key == ("wte", "embedding") and got and want and got[1:] == want[1:] and got[0] >= want[0]
+        if got != want and not padded:
+            return ".".join(map(str, key)), got, want
+    return None
 
 
 def without_vocab_padding(config: GPT2Config, params: dict) -> dict:

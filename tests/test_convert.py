@@ -1,5 +1,6 @@
 """HF checkpoints <-> params: both file formats, the export round-trip, the CLI and its errors."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -104,6 +105,25 @@ def test_export_cuts_a_padded_vocabulary(hf_dir, tmp_path, ids):
     padded = {**params, "wte": {"embedding": np.concatenate([params["wte"]["embedding"], padding])}}
     to_hf(config, padded, tmp_path)
     assert rel_error(hf_logits(tmp_path, ids), hf_logits(hf_dir, ids)) < 1e-6
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_layer": 2}, "h_2.attn.c_attn.bias: (60,) in the params, the config gives none"),  # a layer silently left out
+    ({"vocab_size": 200}, "wte.embedding: (101, 20) in the params, the config gives (200, 20)"),  # transformers failed
+    ({"params": True}, "params.h_0.attn.c_attn.bias: (60,) in the params, the config gives none"),  # {"params": params}
+    ({"drop": "ln_f"}, "ln_f.bias: none in the params, the config gives (20,)"),
+])
+def test_export_of_params_that_do_not_fit_the_config_is_refused(hf_dir, tmp_path, change, message):
+    config, params = from_hf(str(hf_dir))
+    if "params" in change:
+        params = {"params": params}
+    elif "drop" in change:
+        params = {k: v for k, v in params.items() if k != change["drop"]}
+    else:
+        config = dataclasses.replace(config, **change)
+    with pytest.raises(ConversionError, match=re.escape(f"the params do not fit the config ({message}); pass the")):
+        to_hf(config, params, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("umask, directory_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
