@@ -4,6 +4,45 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from gpt2_jax.errors import UserError
+
+
+class SamplingError(UserError):
+    """An empty prompt, one that leaves no room in the context, or settings out of range."""
+
+
+def checked_settings(temperature, top_k: int | None, top_p: float | None, rng):
+    """(temperature, top_k, top_p) as Python numbers (a NumPy or JAX scalar too: the compiled loop is keyed on them,
+    and an array is no key), if in range and `rng` is one JAX random key or None; else a SamplingError."""
+    for name, value, kind in (("temperature", temperature, np.number), ("top_k", top_k, np.integer),
+                              ("top_p", top_p, np.number)):
+        if (value is not None or name == "temperature") and not is_scalar(value, kind):
+            raise SamplingError(f"{name}={value!r} must be {'an integer' if kind is np.integer else 'a number'}")
+    temperature, top_k, top_p = float(temperature), top_k and int(top_k), top_p and float(top_p)
+    for ok, problem in ((0 <= temperature < np.inf, f"temperature={temperature} must be 0 (greedy) or positive"),
+                        (top_k is None or top_k >= 1, f"top_k={top_k} must be at least 1 (unset: every token)"),
+                        (top_p is None or 0 < top_p <= 1, f"top_p={top_p} must be in (0, 1] (unset: every token)")):
+        if not ok:
+            raise SamplingError(problem)
+    if rng is not None and not is_key(rng):
+        got = f"an array of {rng.dtype}, shape {rng.shape}" if hasattr(rng, "shape") else repr(rng)
+        raise SamplingError(f"rng must be one JAX random key, jax.random.key(seed), not {got}")
+    return temperature, top_k, top_p
+
+
+def is_key(rng) -> bool:
+    """One `jax.random.key(seed)`, or one older `jax.random.PRNGKey(seed)` (uint32 words)."""
+    if not isinstance(rng, jax.Array):
+        return False
+    typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    return rng.shape == () if typed else rng.dtype == jnp.uint32 and rng.ndim == 1
+
+
+def is_scalar(value, kind) -> bool:
+    """A Python, NumPy or JAX scalar of `kind` (np.number, np.integer): not a bool, a string, None or an array."""
+    return np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, kind)
 
 
 def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: float | None):

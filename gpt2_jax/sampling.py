@@ -10,7 +10,6 @@ slide a KV cache.
 from __future__ import annotations
 
 import functools
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -20,17 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from gpt2_jax.errors import UserError
 from gpt2_jax.interrupt import StopSignals
 from gpt2_jax.model import GPT2, init_cache
-from gpt2_jax.next_token import sample_next
+from gpt2_jax.next_token import SamplingError, checked_settings, is_scalar, sample_next
 
 
 MAX_NEW_TOKENS = 1_000_000  # the token buffer is [B, prompt + new] int32: 4 MB a row here
-
-
-class SamplingError(UserError):
-    """An empty prompt, one that leaves no room in the context, or settings out of range."""
 
 
 class GenerationInterrupted(KeyboardInterrupt):
@@ -57,8 +51,9 @@ def generate(
     """Continue `prompt_ids` ([T] or [B, T] ints) by `max_new_tokens` tokens of `model` (its config,
     dtype and attention kernel; `GPT2(config)` for the defaults) with `params`.
 
-    temperature 0.0 is greedy. A row that emits `eos_token_id` is filled with it from then
-    on, and the loop stops once every row has. `on_token`, if given, is called on the host
+    temperature 0.0 is greedy; `rng` is a `jax.random.key` (None: key(0), the same draws each call).
+    A row that emits `eos_token_id` is filled with it from then on, and the loop stops once every row
+    has. `on_token`, if given, is called on the host
     with each step's [B] tokens as they are generated (for streaming; a host call per token);
     `on_progress`, with the count of new tokens made so far, after each chunk (cheap). The prompt must fit
     the context; the continuation may run past it (see the module docstring). Ctrl-C (when
@@ -71,13 +66,12 @@ def generate(
         raise SamplingError("the prompt is empty")
     if T > model.config.n_positions:
         raise SamplingError(f"the prompt of {T} tokens is longer than the context of {model.config.n_positions} tokens")
+    if not is_scalar(max_new_tokens, jnp.integer):
+        raise SamplingError(f"max_new_tokens={max_new_tokens!r} must be an integer")
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise SamplingError(f"max_new_tokens={max_new_tokens} must be in [0, {MAX_NEW_TOKENS:,}]")
-    for ok, problem in ((0 <= temperature < math.inf, f"temperature={temperature} must be 0 (greedy) or positive"),
-                        (top_k is None or top_k >= 1, f"top_k={top_k} must be at least 1 (unset: every token)"),
-                        (top_p is None or 0 < top_p <= 1, f"top_p={top_p} must be in (0, 1] (unset: every token)")):
-        if not ok:
-            raise SamplingError(problem)
+    temperature, top_k, top_p = checked_settings(temperature, top_k, top_p, rng)
+    max_new_tokens = int(max_new_tokens)
     state = _start(model, params, prompt_BxT, jax.random.key(0) if rng is None else rng, max_new_tokens)
     decode = functools.partial(_decode, model, params, T=T, sampling=(temperature, top_k, top_p), on_token=on_token)
     chunk, made = 16, 0

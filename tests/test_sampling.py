@@ -162,6 +162,31 @@ def test_bad_prompts_and_settings_raise(tiny):
         generate(GPT2(config), params, np.zeros((1, 3), np.int32), 5, top_p=1.5)
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(max_new_tokens=2.5), "max_new_tokens=2.5 must be an integer"),  # was a TypeError in jax
+    (dict(top_k=2.5), "top_k=2.5 must be an integer"),  # was a TypeError in jax.lax.top_k
+    (dict(temperature=None), "temperature=None must be a number"),
+    (dict(rng=0), "rng must be one JAX random key, jax.random.key(seed), not 0"),  # was 'invalid PRNG key data'
+    (dict(rng=jax.random.split(jax.random.key(0))), "not an array of key<fry>, shape (2,)"),
+])
+def test_settings_of_the_wrong_kind_are_refused(tiny, settings, message):
+    config, params = tiny
+    with pytest.raises(SamplingError, match=re.escape(message)):
+        generate(GPT2(config), params, np.zeros((1, 3), np.int32), **{"max_new_tokens": 3, **settings})
+
+
+def test_numpy_and_jax_scalars_are_settings_like_python_numbers(tiny):
+    config, params = tiny
+    prompt, key = np.zeros((2, 3), np.int32), jax.random.key(4)
+    python = generate(GPT2(config), params, prompt, 5, temperature=0.7, top_k=9, top_p=0.9, rng=key)
+    arrays = generate(GPT2(config), params, prompt, np.int64(5), temperature=jnp.float32(0.7), top_k=np.int32(9),
+                      top_p=np.float64(0.9), rng=key)  # a JAX scalar was 'Non-hashable static arguments'
+    np.testing.assert_array_equal(arrays, python)
+    legacy = generate(GPT2(config), params, prompt, 5, rng=jax.random.PRNGKey(4))  # the older key still works
+    np.testing.assert_array_equal(legacy, generate(GPT2(config), params, prompt, 5, rng=jax.random.wrap_key_data(
+        jax.random.key_data(key))))
+
+
 def run_sample(*args):
     return subprocess.run([sys.executable, "-m", "gpt2_jax.sample", *args], capture_output=True, text=True)
 
