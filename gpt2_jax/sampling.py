@@ -60,7 +60,13 @@ def generate(
     Python's own handler is in place) stops within a chunk: GenerationInterrupted.
     Returns [B, T + max_new_tokens] token ids (prompt included).
     """
-    prompt_BxT = jnp.atleast_2d(jnp.asarray(prompt_ids, dtype=jnp.int32))
+    ids = prompt_ids if isinstance(prompt_ids, jax.Array) else np.asarray(prompt_ids)  # a device's stays there
+    if ids.ndim not in (1, 2) or ids.size and not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise SamplingError(f"the prompt must be token ids, [T] or [B, T] integers, not {ids.dtype} {ids.shape}")
+    if ids.size and not 0 <= int(ids.min()) <= int(ids.max()) < model.config.vocab_size:  # else NaN logits, or wrapped
+        raise SamplingError(f"the prompt holds ids {int(ids.min())} to {int(ids.max())}; the model's tokens are 0 "
+                            f"to {model.config.vocab_size - 1}")
+    prompt_BxT = jnp.atleast_2d(jnp.asarray(ids, dtype=jnp.int32))
     T = prompt_BxT.shape[1]
     if T == 0:
         raise SamplingError("the prompt is empty")

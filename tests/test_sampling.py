@@ -162,6 +162,19 @@ def test_bad_prompts_and_settings_raise(tiny):
         generate(GPT2(config), params, np.zeros((1, 3), np.int32), 5, top_p=1.5)
 
 
+@pytest.mark.parametrize("prompt, message", [
+    (np.array([[1, 101, 3]]), "the prompt holds ids 1 to 101; the model's tokens are 0 to 100"),  # was NaN logits: 0s
+    (jnp.array([[1, -1, 3]]), "the prompt holds ids -1 to 3"),  # was read as the last token, 100
+    (np.array([[1, 2**33]]), "the prompt holds ids 1 to 8589934592"),  # was cast to int32: token 0
+    (np.array([[1.0, 2.7]]), "the prompt must be token ids, [T] or [B, T] integers, not float64 (1, 2)"),  # truncated
+    (np.zeros((1, 2, 3), np.int32), "not int32 (1, 2, 3)"),  # was 'too many values to unpack'
+])
+def test_a_prompt_that_is_not_the_models_token_ids_is_refused(tiny, prompt, message):
+    config, params = tiny
+    with pytest.raises(SamplingError, match=re.escape(message)):
+        generate(GPT2(config), params, prompt, 3)
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(max_new_tokens=2.5), "max_new_tokens=2.5 must be an integer"),  # was a TypeError in jax
     (dict(top_k=2.5), "top_k=2.5 must be an integer"),  # was a TypeError in jax.lax.top_k
