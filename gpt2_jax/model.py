@@ -179,6 +179,8 @@ class GPT2(nn.Module):
         return self._logits(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
 
     def _forward(self, input_ids_BxT, cache, start):
+        if input_ids_BxT.ndim != 2 or start is None and input_ids_BxT.shape[1] > self.config.n_positions:  # else NaN
+            raise ValueError(f"ids of shape {input_ids_BxT.shape}: [B, T], T <= {self.config.n_positions} positions")
         T = input_ids_BxT.shape[1]
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)

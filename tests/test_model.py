@@ -143,6 +143,18 @@ def test_causal_no_position_sees_the_future():
         assert depends_on[: t + 1].all() and not depends_on[t + 1 :].any(), t
 
 
+def test_ids_past_the_context_or_not_a_batch_are_refused_not_nan():
+    """T > n_positions read position rows that do not exist: NaN logits, silently; [T] ids an IndexError."""
+    config = GPT2Config(**TINY_SHAPE)
+    model = GPT2(config)
+    params = model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+    n = config.n_positions
+    assert np.isfinite(model.apply({"params": params}, jnp.zeros((2, n), jnp.int32))).all()
+    for shape in ((2, n + 1), (n,), (1, 2, 3)):
+        with pytest.raises(ValueError, match=rf"ids of shape \({', '.join(map(str, shape))},?\): \[B, T\], T <= {n}"):
+            model.apply({"params": params}, jnp.zeros(shape, jnp.int32))
+
+
 def test_pallas_splash_attention_matches_xla(hf_dir):
     """The TPU kernel (Pallas splash attention), run by Pallas's interpreter here: logits and gradients."""
     config, params = from_hf(str(hf_dir))
