@@ -96,7 +96,7 @@ def parse_flags(argv: list[str], help_text: str = ""):
 
 
 def _config_path(argv: list[str]) -> str:
-    """The --config file as given (--config=FILE or --config FILE)."""
+    """The --config file as given (--config=FILE, --config FILE, or absl's one-dash forms)."""
     for arg, following in zip(argv, argv[1:] + [""]):
         if arg.startswith(("--config=", "-config=")):
             return arg.partition("=")[2]
