@@ -18,21 +18,8 @@ import jax.numpy as jnp
 from gpt2_jax.attention import attend
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.gelu import gelu_tanh
+from gpt2_jax.kv_cache import KVCache, cache_length
 from gpt2_jax.layer_norm import AddLayerNorm
-
-# The KV cache: one {"k", "v"} dict of [batch, max_len, n_head, head_dim] arrays per layer.
-KVCache = list[dict[str, jax.Array]]
-
-
-def init_cache(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    """An empty KV cache for `batch_size` sequences of up to `max_len` tokens."""
-    shape = (batch_size, max_len, config.n_head, config.head_dim)
-    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
-
-
-def cache_bytes(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.float32) -> int:
-    """The size of `init_cache(config, batch_size, max_len, dtype)`, computed without making it."""
-    return 2 * config.n_layer * batch_size * max_len * config.n_embd * jnp.dtype(dtype).itemsize
 
 
 def dense(config: GPT2Config, features: int, dtype: Any, name: str, residual: bool = False) -> nn.Dense:
@@ -120,6 +107,12 @@ class Block(nn.Module):
         return x_BxTxD, MLP(self.config, self.dtype, name="mlp")(h_BxTxD), cache
 
 
+def _check_fits_cache(start, T: int, max_len: int) -> None:
+    """ValueError if positions start..start+T-1 do not fit a cache of max_len (when start is known here)."""
+    if not isinstance(start, jax.core.Tracer) and not 0 <= int(start) <= max_len - T:
+        raise ValueError(f"positions {int(start)}..{int(start) + T - 1} do not fit the cache's {max_len}")
+
+
 class GPT2(nn.Module):
     """GPT-2 language model.
 
@@ -148,6 +141,8 @@ class GPT2(nn.Module):
 
     def setup(self):
         c = self.config
+        if not isinstance(self.vocab_pad_multiple, int) or self.vocab_pad_multiple < 1:
+            raise ValueError(f"vocab_pad_multiple={self.vocab_pad_multiple!r} must be a positive integer")
         padded_vocab = -(-c.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
         embed_init = nn.initializers.normal(c.initializer_range)
         self.wte = nn.Embed(padded_vocab, c.n_embd, embedding_init=embed_init)
@@ -173,7 +168,8 @@ class GPT2(nn.Module):
         """Logits for ids at positions start..start+T-1, reading and extending `cache`.
 
         Returns (logits [B, T, vocab_size] float32, or [B, 1, vocab_size] of the last position
-        with `last_only` (what a prompt's pass needs), and the updated cache).
+        with `last_only` (what a prompt's pass needs), and the updated cache). Positions past the
+        cache raise a ValueError, or give NaN logits where `start` is traced (inside jit).
         """
         x_BxTxD, cache = self._forward(input_ids_BxT, cache, start)
         return self._logits(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
@@ -183,6 +179,10 @@ class GPT2(nn.Module):
             raise ValueError(f"ids of shape {input_ids_BxT.shape}: [B, T], T <= {self.config.n_positions} positions")
         T = input_ids_BxT.shape[1]
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
+        if cache is not None:  # the cache writes at start clamped into [0, max_len - T]: else wrong logits
+            _check_fits_cache(start, T, cache_length(cache))
+            fits = (start >= 0) & (start + T <= cache_length(cache))  # a traced start: NaN logits, not wrong ones
+            positions_T = jnp.where(fits, positions_T, self.config.n_positions)
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
         delta_BxTxD, new_cache = None, None if cache is None else []
         for i, block in enumerate(self.h):

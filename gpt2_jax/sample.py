@@ -18,8 +18,9 @@ from gpt2_jax import accelerator
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.kv_cache import cache_bytes
 from gpt2_jax.loading import load_model
-from gpt2_jax.model import GPT2, cache_bytes
+from gpt2_jax.model import GPT2
 from gpt2_jax.sampling import GenerationInterrupted, generate
 from gpt2_jax.standard_output import StdoutError
 

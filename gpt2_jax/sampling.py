@@ -20,7 +20,8 @@ import numpy as np
 from jax.experimental import io_callback
 
 from gpt2_jax.interrupt import StopSignals
-from gpt2_jax.model import GPT2, init_cache
+from gpt2_jax.kv_cache import init_cache
+from gpt2_jax.model import GPT2
 from gpt2_jax.next_token import SamplingError, checked_settings, is_scalar, sample_next
 
 

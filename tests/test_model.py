@@ -79,6 +79,13 @@ def test_vocab_padding_leaves_logits_unchanged(hf_dir):
     np.testing.assert_allclose(padded.apply({"params": padded_params}, ids), GPT2(config).apply({"params": params}, ids), rtol=1e-6, atol=1e-6)
 
 
+def test_a_vocab_pad_multiple_below_one_is_refused():
+    for bad in (0, -64, 2.5):  # 0 divided by zero, and -64 made a negative-sized embedding
+        with pytest.raises(ValueError, match=f"vocab_pad_multiple={bad} must be a positive integer"):
+            jax.eval_shape(GPT2(GPT2Config(vocab_size=100, n_positions=8, n_embd=8, n_layer=1, n_head=2),
+                                vocab_pad_multiple=bad).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+
+
 def test_bfloat16_compute_stays_close_and_returns_fp32_logits(hf_dir):
     config, params = from_hf(str(hf_dir))
     ids = np.random.RandomState(3).randint(0, config.vocab_size, (2, 17))

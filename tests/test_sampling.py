@@ -18,7 +18,7 @@ import torch
 from conftest import assert_one_line_error, rel_error, run_main
 
 from gpt2_jax import GPT2, GPT2Config, from_hf, generate, sample, sampling
-from gpt2_jax.model import cache_bytes, init_cache
+from gpt2_jax.kv_cache import cache_bytes, init_cache
 from gpt2_jax.next_token import sample_next
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError
 from gpt2_jax.tokenizer import get_tokenizer
@@ -42,6 +42,21 @@ def test_kv_cache_decoding_equals_the_full_forward_at_every_position(tiny):
             pieces.append(logits)
             start += size
         assert rel_error(jnp.concatenate(pieces, axis=1), full) < 1e-5
+
+
+def test_positions_past_the_cache_raise_or_give_nan_never_wrong_logits(tiny):
+    # The cache writes at start clamped into [0, max_len - T]: unchecked, these gave finite, wrong logits.
+    config, params = tiny
+    model, ids = GPT2(config), np.random.RandomState(3).randint(0, config.vocab_size, (2, 4))
+    decode = lambda ids, start: model.apply({"params": params}, ids, init_cache(config, 2, 10), start,
+                                            method=GPT2.decode)[0]
+    for start in (7, 12, -1):  # a known start: a ValueError naming the positions and the cache
+        with pytest.raises(ValueError, match=rf"positions {start}\.\.{start + 3} do not fit the cache's 10"):
+            decode(ids, start)
+    compiled = jax.jit(decode)  # a traced start: NaN, and the same logits as the full forward where it fits
+    assert all(np.isnan(compiled(ids, start)).all() for start in (7, 12, -1))
+    assert rel_error(compiled(ids, 6), decode(ids, 6)) < 1e-6 and np.isfinite(compiled(ids, 6)).all()
+    np.testing.assert_allclose(compiled(ids, 0), model.apply({"params": params}, ids), rtol=1e-5, atol=1e-5)
 
 
 def test_the_prompts_pass_keeps_only_the_last_positions_logits(tiny):

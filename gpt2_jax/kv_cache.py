@@ -1,0 +1,27 @@
+"""The KV cache that sampling reads and extends: one {"k", "v"} dict per layer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gpt2_jax.config import GPT2Config
+
+# One {"k", "v"} dict of [batch, max_len, n_head, head_dim] arrays per layer.
+KVCache = list[dict[str, jax.Array]]
+
+
+def init_cache(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty KV cache for `batch_size` sequences of up to `max_len` tokens."""
+    shape = (batch_size, max_len, config.n_head, config.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.n_layer)]
+
+
+def cache_bytes(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.float32) -> int:
+    """The size of `init_cache(config, batch_size, max_len, dtype)`, computed without making it."""
+    return 2 * config.n_layer * batch_size * max_len * config.n_embd * jnp.dtype(dtype).itemsize
+
+
+def cache_length(cache: KVCache) -> int:
+    """How many positions `cache` holds (its max_len)."""
+    return cache[0]["k"].shape[1]
