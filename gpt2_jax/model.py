@@ -154,7 +154,7 @@ class GPT2(nn.Module):
 
     def __call__(self, input_ids_BxT):
         """Logits [B, T, vocab_size] (float32) for token ids [B, T]."""
-        return self._logits(self.hidden(input_ids_BxT))
+        return self.head(self.hidden(input_ids_BxT))
 
     def hidden(self, input_ids_BxT):
         """The final hidden states [B, T, n_embd] (after ln_f, in the compute dtype): what the head reads.
@@ -172,7 +172,7 @@ class GPT2(nn.Module):
         cache raise a ValueError, or give NaN logits where `start` is traced (inside jit).
         """
         x_BxTxD, cache = self._forward(input_ids_BxT, cache, start)
-        return self._logits(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
+        return self.head(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
 
     def _forward(self, input_ids_BxT, cache, start):
         if input_ids_BxT.ndim != 2 or start is None and input_ids_BxT.shape[1] > self.config.n_positions:  # else NaN
@@ -193,7 +193,8 @@ class GPT2(nn.Module):
                 new_cache.append(layer_cache)
         return self.ln_f(x_BxTxD, delta_BxTxD, keep_sum=False), new_cache
 
-    def _logits(self, x_BxTxD):
-        # Tied head: logits = x @ wte^T, in the compute dtype, read at the real vocab size.
-        embedding_VxD = self.wte.embedding[: self.config.vocab_size].astype(self.dtype)
-        return jnp.einsum("btd,vd->btv", x_BxTxD, embedding_VxD).astype(jnp.float32)
+    def head(self, x_BxTxD):
+        """Tied head: logits [B, T, vocab_size] (fp32) = x @ wte^T in the compute dtype, padding cut from the logits
+        (cut from the embedding, the whole of it was copied at every decoding step)."""
+        logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, self.wte.embedding.astype(self.dtype))
+        return logits_BxTxV[..., : self.config.vocab_size].astype(jnp.float32)
