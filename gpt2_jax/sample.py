@@ -114,9 +114,8 @@ def check_fits_memory(config, num_samples: int, prompt_length: int, max_new_toke
     """Refuse a batch of samples whose KV cache and fp32 logits alone exceed the device's memory (XLA
     would try, and a CPU host page to disk for hours); a smaller excess still ends in the OOM message."""
     length = prompt_length + max_new_tokens
-    cached = length <= config.n_positions  # else each step reruns the model on a window: no cache, its logits
-    per_sample = (cache_bytes(config, 1, length, dtype) if cached else 0) + (
-        (1 if cached else config.n_positions) * config.vocab_size * 4)
+    cached = length <= config.n_positions  # else each step reruns the model on a window: no cache
+    per_sample = (cache_bytes(config, 1, length, dtype) if cached else 0) + config.vocab_size * 4  # one position's
     available = accelerator.memory_bytes()
     if available and num_samples * per_sample > available:
         raise UserError(f"--num-samples {num_samples} needs over {num_samples * per_sample / 2**30:,.1f} GiB "

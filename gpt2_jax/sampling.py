@@ -117,13 +117,13 @@ def _start(model, params, prompt_BxT, rng, max_new_tokens):
 
 def _logits_after(model, params, tokens_BxL, cache, position):
     """The logits [B, V] that predict position + 1, and the cache that has seen `position`."""
-    P, L = model.config.n_positions, tokens_BxL.shape[1]
-    if L > P:  # windowed: the model over the last P tokens
+    P, L, apply = model.config.n_positions, tokens_BxL.shape[1], functools.partial(model.apply, {"params": params})
+    if L > P:  # windowed: the model over the last P tokens, the head at one position (not [B, P, V] logits)
         start = jnp.clip(position + 1 - P, 0, L - P)
-        logits_BxPxV = model.apply({"params": params}, jax.lax.dynamic_slice_in_dim(tokens_BxL, start, P, axis=1))
-        return jax.lax.dynamic_index_in_dim(logits_BxPxV, position - start, axis=1, keepdims=False), cache
+        x_BxPxD = apply(jax.lax.dynamic_slice_in_dim(tokens_BxL, start, P, axis=1), method=GPT2.hidden)
+        return apply(jax.lax.dynamic_slice_in_dim(x_BxPxD, position - start, 1, axis=1), method=GPT2.head)[:, 0], cache
     token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxL, position, 1, axis=1)
-    logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, cache, position, method=GPT2.decode)
+    logits_Bx1xV, cache = apply(token_Bx1, cache, position, method=GPT2.decode)
     return logits_Bx1xV[:, 0], cache
 
 
