@@ -2,7 +2,7 @@
 
 Orbax restores whatever bytes are on disk: a flipped bit in a data file comes back as a wrong
 weight, silently. Each checkpoint therefore stores a checksum of every array (computed on the
-device, in one pass, when the step is saved), and a copy of the data iterator's position; a
+device, a leaf at a time, when the step is saved), and a copy of the data iterator's position; a
 restore recomputes and compares them. Shapes are compared before reading, so a run whose
 settings changed the state's shapes is told so instead of having its healthy checkpoints taken
 for damaged ones. What a failed read says (damage, or the machine): checkpoint_failures.py.
@@ -56,21 +56,19 @@ def _describe(entry: tuple) -> str:
 
 
 @jax.jit
-def _leaf_checksums(leaves):
-    """One uint32 per leaf: the sum of its bits, each word weighted by an odd number that depends on its
-    position, modulo 2**32 (so any single flipped bit changes it, and so do swapped values)."""
-    sums = []
-    for leaf in leaves:
-        leaf = leaf.astype(jnp.uint8) if leaf.dtype == jnp.bool_ else leaf
-        words = jax.lax.bitcast_convert_type(leaf, _UINT[leaf.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
-        weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
-        sums.append(jnp.sum(words * weights, dtype=jnp.uint32))
-    return sums
+def _leaf_checksum(leaf):
+    """A uint32: the sum of the leaf's bits, each word weighted by an odd number that depends on its position,
+    modulo 2**32 (so any single flipped bit changes it, and so do swapped values)."""
+    leaf = leaf.astype(jnp.uint8) if leaf.dtype == jnp.bool_ else leaf
+    words = jax.lax.bitcast_convert_type(leaf, _UINT[leaf.dtype.itemsize]).astype(jnp.uint32).reshape(-1)
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+    return jnp.sum(words * weights, dtype=jnp.uint32)
 
 
 def checksums(tree) -> dict[str, int]:
-    """{leaf path: checksum} of a tree of arrays (sharded or not); waits for them to be computed."""
-    return dict(zip(leaf_paths(tree), (int(s) for s in jax.device_get(_leaf_checksums(jax.tree.leaves(tree))))))
+    """{leaf path: checksum} of a tree of arrays (sharded or not). One leaf at a time, each waited for: XLA on CPU
+    holds a leaf's weighted words whole, and one program over all leaves held them all at once (a second copy)."""
+    return {path: int(_leaf_checksum(leaf)) for path, leaf in zip(leaf_paths(tree), jax.tree.leaves(tree))}
 
 
 def first_corrupt_leaf(tree, saved: dict[str, int]) -> str | None:
