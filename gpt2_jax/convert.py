@@ -9,6 +9,8 @@ PyTorch weights only. The files are read and written by loading.py (`from_hf`, `
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,11 +57,13 @@ def param_shapes(config: GPT2Config) -> dict:
     return jax.eval_shape(GPT2(config).init, jax.random.key(0), ids)["params"]
 
 
-def params_from_state_dict(config: GPT2Config, state_dict: dict[str, np.ndarray], progress: bool = False) -> dict:
-    """Rename an HF state dict into GPT2 params, checking every key and shape."""
+def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.ndarray]],
+                           progress: bool = False) -> dict:
+    """Rename an HF state dict's (name, array) pairs (`state_dict.items()`, or hf_files.read_tensors) into GPT2
+    params, checking every key and shape."""
     expected = traverse_util.flatten_dict(param_shapes(config))
     flat = {}
-    for key, value in tqdm(state_dict.items(), desc="convert", unit="tensor", disable=not progress):
+    for key, value in tqdm(tensors, desc="convert", unit="tensor", disable=not progress):
         if key in IGNORED_HF_KEYS or key.endswith(IGNORED_HF_SUFFIXES):
             continue
         path = hf_key_to_path(key)

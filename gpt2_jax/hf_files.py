@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,21 +59,24 @@ def resolve(name_or_path: str) -> Path:
         ) from None
 
 
-def load_state_dict(model_dir: Path) -> dict[str, np.ndarray]:
-    """model.safetensors (numpy) or pytorch_model.bin (torch_bin.py: tensors only, no code run)."""
+def read_tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) pairs of model.safetensors, read one at a time (never the whole file beside what the caller
+    builds from it), or of pytorch_model.bin (torch_bin.py: tensors only, no code run)."""
     safetensors_file, bin_file = (model_dir / name for name in WEIGHT_FILES)
     if safetensors_file.exists():
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        from safetensors import SafetensorError, safe_open
 
-        try:
-            return load_file(safetensors_file)
+        try:  # pread: read into each array; a memory map would keep the whole file resident too
+            with safe_open(safetensors_file, framework="np", backend="pread") as tensors:
+                for key in tensors.keys():
+                    yield key, tensors.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointFileError(
                 f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
-    if bin_file.exists():
-        return load_bin(bin_file)
-    raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
+    elif bin_file.exists():
+        yield from load_bin(bin_file).items()
+    else:
+        raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
 
 
 def is_hf_export(path: Path) -> bool:

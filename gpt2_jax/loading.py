@@ -65,7 +65,7 @@ def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict
     model_dir = hf_files.resolve(name_or_path)
     config = GPT2Config.from_json(model_dir / "config.json")
     try:
-        return config, convert.params_from_state_dict(config, hf_files.load_state_dict(model_dir), progress)
+        return config, convert.params_from_state_dict(config, hf_files.read_tensors(model_dir), progress)
     except convert.ConversionError as error:
         raise convert.ConversionError(f"{model_dir}: {error}") from None
 
