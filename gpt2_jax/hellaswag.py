@@ -112,9 +112,7 @@ class HellaSwagScorer:
         self.model, self.examples_per_batch = model, max(examples_per_batch, 1)
         self.rows = -(-4 * self.examples_per_batch // mesh.size) * mesh.size  # padded rows have mask 0
         self.rows_sharding = sharding.batch_sharding(mesh)
-        # Replicated out: every process reads all rows' losses (several processes cannot read a split array).
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        self.losses = jax.jit(functools.partial(ending_losses, model), out_shardings=(replicated, replicated))
+        self.losses = functools.partial(_compiled_losses(mesh), model)  # one compile per shape, not per model
 
     def score(self, params, examples: list[Example], tokenizer: Tokenizer, progress=None) -> dict:
         """{"acc", "acc_norm", "n", "predicted", "predicted_norm"}: the accuracies over `examples` and
@@ -138,3 +136,11 @@ class HellaSwagScorer:
         return {"acc": float(np.mean(np.asarray(predicted) == labels)),
                 "acc_norm": float(np.mean(np.asarray(predicted_norm) == labels)),
                 "n": len(examples), "predicted": predicted, "predicted_norm": predicted_norm}
+
+
+@functools.cache
+def _compiled_losses(mesh: jax.sharding.Mesh):
+    """ending_losses compiled for `mesh` (the model static: equal models share each shape's program). Replicated
+    out: every process reads all rows' losses (several processes cannot read a split array)."""
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(ending_losses, static_argnums=0, out_shardings=(replicated, replicated))

@@ -29,7 +29,7 @@ class LossEvaluator:
         self.token_bytes = jax.device_put(tokenizer.token_bytes(), NamedSharding(mesh, P()))
         # The sums start where each batch leaves them, replicated on the mesh: one compile, not two.
         self.zeros = jax.device_put((np.float32(0), np.int32(0), np.float32(0), np.int32(0)), NamedSharding(mesh, P()))
-        self.accumulate = jax.jit(functools.partial(_accumulate_losses, model))
+        self.accumulate = functools.partial(_compiled_accumulate, model)  # one compile per shape, not per model
 
     def evaluate(self, params, source: WindowSource | TextWindows, max_windows: int = 0, progress=None) -> dict:
         """{"loss": nats per target token, "bpb": bits per byte of the targets' text, "tokens", "bytes"}
@@ -53,3 +53,6 @@ def _accumulate_losses(model: GPT2, totals, params, token_bytes_V, windows_BxL):
     independent programs with collectives can run out of order on different devices and deadlock."""
     batch = step.eval_step(model, params, token_bytes_V, windows_BxL)
     return tuple(total + value for total, value in zip(totals, batch))
+
+
+_compiled_accumulate = jax.jit(_accumulate_losses, static_argnums=0)  # equal models (same shapes) share it

@@ -21,7 +21,7 @@ import torch
 import transformers
 from conftest import SHAKESPEARE, assert_one_line_error, random_hf_model, read_only, run_main, tiny_run_config
 
-from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding
+from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding, validation
 from gpt2_jax.data import TextWindows
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model, load_replicated
@@ -120,6 +120,20 @@ def test_end_of_text_is_a_target_of_val_loss_but_no_text_in_val_bpb(bpe_model_di
     n_bytes = len("".join(documents).encode())
     assert scores["bytes"] == n_bytes
     assert scores["bpb"] == pytest.approx(theirs[text].sum().item() / (math.log(2) * n_bytes), rel=1e-5)
+
+
+def test_equal_models_share_the_compiled_evaluations(bpe_model_dir, hellaswag_file):
+    # evaluate --model A --model B of one shape compiled each program once per model; now once per shape.
+    loaded, model, mesh, params = load_replicated(str(bpe_model_dir))
+    examples = hellaswag.load_examples(str(hellaswag_file))[:2]
+    windows = TextWindows(["First Citizen:\nBefore we proceed any further"], loaded.tokenizer, 8)
+    compiled = []
+    for _ in range(2):
+        same_shape = GPT2(loaded.config)  # a new module, equal to the last
+        LossEvaluator(same_shape, mesh, 3, loaded.tokenizer).evaluate(params, windows)
+        hellaswag.HellaSwagScorer(same_shape, mesh, examples_per_batch=2).score(params, examples, loaded.tokenizer)
+        compiled.append((validation._compiled_accumulate._cache_size(), hellaswag._compiled_losses(mesh)._cache_size()))
+    assert compiled[1] == compiled[0]  # the second model compiled nothing
 
 
 def run_evaluate(*args):
