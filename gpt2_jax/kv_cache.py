@@ -25,3 +25,10 @@ def cache_bytes(config: GPT2Config, batch_size: int, max_len: int, dtype=jnp.flo
 def cache_length(cache: KVCache) -> int:
     """How many positions `cache` holds (its max_len)."""
     return cache[0]["k"].shape[1]
+
+
+def check_fits(cache: KVCache, start, T: int) -> None:
+    """ValueError if positions start..start+T-1 do not fit `cache` (when start is known, not traced)."""
+    max_len = cache_length(cache)
+    if not isinstance(start, jax.core.Tracer) and not 0 <= int(start) <= max_len - T:
+        raise ValueError(f"positions {int(start)}..{int(start) + T - 1} do not fit the cache's {max_len}")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from gpt2_jax.attention import attend
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.gelu import gelu_tanh
-from gpt2_jax.kv_cache import KVCache, cache_length
+from gpt2_jax.kv_cache import KVCache, cache_length, check_fits
 from gpt2_jax.layer_norm import AddLayerNorm
 
 
@@ -107,12 +107,6 @@ class Block(nn.Module):
         return x_BxTxD, MLP(self.config, self.dtype, name="mlp")(h_BxTxD), cache
 
 
-def _check_fits_cache(start, T: int, max_len: int) -> None:
-    """ValueError if positions start..start+T-1 do not fit a cache of max_len (when start is known here)."""
-    if not isinstance(start, jax.core.Tracer) and not 0 <= int(start) <= max_len - T:
-        raise ValueError(f"positions {int(start)}..{int(start) + T - 1} do not fit the cache's {max_len}")
-
-
 class GPT2(nn.Module):
     """GPT-2 language model.
 
@@ -180,7 +174,7 @@ class GPT2(nn.Module):
         T = input_ids_BxT.shape[1]
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
         if cache is not None:  # the cache writes at start clamped into [0, max_len - T]: else wrong logits
-            _check_fits_cache(start, T, cache_length(cache))
+            check_fits(cache, start, T)
             fits = (start >= 0) & (start + T <= cache_length(cache))  # a traced start: NaN logits, not wrong ones
             positions_T = jnp.where(fits, positions_T, self.config.n_positions)
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
