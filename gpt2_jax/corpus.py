@@ -99,7 +99,7 @@ def _parquet_documents(parquet, path: Path, text_field: str) -> Iterator[str]:
     if text_field not in columns:
         raise DataError(f"{path}: no column {text_field!r} (it has {', '.join(columns) or 'none'}); see --text-field")
     row = 0
-    for batch in file.iter_batches(columns=[text_field]):
+    for batch in file.iter_batches(batch_size=1024, columns=[text_field]):  # pyarrow's 65,536 rows: GBs of text
         for text in batch.column(0).to_pylist():
             row += 1
             if not isinstance(text, str):

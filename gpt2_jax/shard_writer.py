@@ -75,7 +75,7 @@ def _sigterm_stops():
 
 
 def _encode(text: str) -> np.ndarray:
-    return np.asarray(_worker_tokenizer.encode(text), dtype=shards.TOKEN_DTYPE)
+    return _worker_tokenizer.encode_array(text).astype(shards.TOKEN_DTYPE)
 
 
 @_sigterm_stops()  # around the pool's start too: its workers are forked with the handler
@@ -85,6 +85,7 @@ def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> N
     # Ctrl-C and SIGTERM held back while the workers start (raised inside Pool(), they escape its clean-up, which
     # catches Exception only, and leave the workers running), and let through once `pool` can be ended.
     pool, pending, pending_tokens, count = None, [], 0, meta["documents"]
+    end_of_text = np.asarray([eot], shards.TOKEN_DTYPE)
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         pool = _Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
@@ -94,9 +95,9 @@ def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> N
         with tqdm(desc="tokenize", unit="doc", initial=count, total=count_documents(meta["inputs"])) as progress:
             for tokens in (pool.imap(_encode, documents, chunksize=16) if pool else map(_encode, documents)):
                 if count:  # <|endoftext|> between documents
-                    tokens = np.concatenate([np.asarray([eot], shards.TOKEN_DTYPE), tokens])
+                    pending.append(end_of_text)
                 pending.append(tokens)
-                pending_tokens, count = pending_tokens + tokens.size, count + 1
+                pending_tokens, count = pending_tokens + tokens.size + (count > 0), count + 1
                 progress.update()
                 if pending_tokens >= meta["shard_tokens"]:
                     _flush(meta, out_dir, pending, count)
@@ -113,6 +114,6 @@ def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> N
 
 
 def _flush(meta: dict, out_dir: Path, pending: list[np.ndarray], documents: int) -> None:
-    meta["shards"].append(shards.write_shard(out_dir, len(meta["shards"]), np.concatenate(pending)))
+    meta["shards"].append(shards.write_shard(out_dir, len(meta["shards"]), pending))  # no copy of the shard made
     meta["documents"] = documents
     shards.write_meta(out_dir, meta)

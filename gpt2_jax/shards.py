@@ -50,10 +50,14 @@ def atomic_write(path: Path, write) -> None:
     os.replace(temporary, path)
 
 
-def write_shard(data_dir: Path, index: int, tokens: np.ndarray) -> dict:
-    """Save one shard; returns its entry for meta.json."""
-    atomic_write(data_dir / shard_name(index), lambda file: np.save(file, tokens.astype(TOKEN_DTYPE)))
-    return {"file": shard_name(index), "tokens": int(tokens.size)}
+def write_shard(data_dir: Path, index: int, chunks: list[np.ndarray]) -> dict:
+    """Save `chunks`' tokens one after another as one shard (np.save's file, never joined); its meta.json entry."""
+    header = {"descr": np.dtype(TOKEN_DTYPE).str, "fortran_order": False, "shape": (sum(c.size for c in chunks),)}
+    def write(file):
+        np.lib.format.write_array_header_1_0(file, header)
+        file.writelines(np.ascontiguousarray(chunk, TOKEN_DTYPE).data for chunk in chunks)
+    atomic_write(data_dir / shard_name(index), write)
+    return {"file": shard_name(index), "tokens": int(header["shape"][0])}
 
 
 def write_meta(data_dir: Path, meta: dict) -> None:

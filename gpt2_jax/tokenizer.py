@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ class Tokenizer:
     vocab_size: int
     eot_token: int
     encode: Callable[[str], list[int]]  # plain text; `<|endoftext|>` is not parsed
+    encode_array: Callable[[str], np.ndarray]  # the same ids as a numpy array, no Python list made (prepare's)
     decode: Callable[[Sequence[int]], str]
     decode_bytes: Callable[[Sequence[int]], bytes]  # lossless: every id but end-of-text is a byte string
 
@@ -47,14 +49,23 @@ def get_tokenizer(name: str, hf_dir: str | Path | None = None) -> Tokenizer:
         return Tokenizer(
             "byte", VOCAB_SIZES["byte"], BYTE_EOT,
             encode=lambda text: list(text.encode("utf-8")),
+            encode_array=lambda text: np.frombuffer(text.encode("utf-8"), np.uint8),
             decode=lambda ids: _bytes_of(ids).decode("utf-8", errors="replace"),
             decode_bytes=_bytes_of,
         )
     if name == "gpt2":
         encoding = _gpt2_encoding(hf_dir)
-        return Tokenizer("gpt2", encoding.n_vocab, encoding.eot_token, encoding.encode_ordinary, encoding.decode,
-                         encoding.decode_bytes)
+        return Tokenizer("gpt2", encoding.n_vocab, encoding.eot_token, encoding.encode_ordinary,
+                         functools.partial(_gpt2_array, encoding), encoding.decode, encoding.decode_bytes)
     raise TokenizerError(f"unknown tokenizer {name!r}; choose one of {TOKENIZERS}")
+
+
+def _gpt2_array(encoding, text: str) -> np.ndarray:
+    """encode_ordinary's ids as uint32, without its list of Python ints: 2 GB less for a 300 MB document."""
+    try:
+        return encoding.encode_to_numpy(text, disallowed_special=())  # nothing special: encode_ordinary's ids
+    except UnicodeEncodeError:  # lone surrogates (JSON allows them): encode_ordinary replaces them, and so here
+        return np.asarray(encoding.encode_ordinary(text), np.uint32)
 
 
 def _bytes_of(ids: Sequence[int]) -> bytes:

@@ -295,7 +295,7 @@ def cli_run(batch: int, n_steps: int):
         data_dir, workdir = Path(scratch) / "data", Path(scratch) / "run"
         data_dir.mkdir()
         total = (n_steps + 2) * 2**19 + 10_000_000
-        entry = shards.write_shard(data_dir, 0, np.random.default_rng(0).integers(0, 50256, total))
+        entry = shards.write_shard(data_dir, 0, [np.random.default_rng(0).integers(0, 50256, total)])
         shards.write_meta(data_dir, {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "complete": True,
                                      "shards": [entry], "splits": {k: [vars(s) for s in v] for k, v in
                                                                    shards.split_segments([entry], 2**20).items()}})

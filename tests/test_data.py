@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,29 @@ def test_parquet_input(tmp_path):
     prepare([str(tmp_path / "t.parquet")], tmp_path / "out", tokenizer="byte", val_fraction=0.0, text_field="content")
     assert tokens_of(tmp_path / "out")[0].tolist() == list(b"alpha") + [256] + list(b"beta")
     assert count_documents([str(tmp_path / "t.parquet")]) == 2
+
+
+def test_preparing_holds_no_list_of_a_documents_ids_nor_a_copy_of_its_shard_nor_a_whole_parquet_file(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as parquet
+
+    text = open(SHAKESPEARE, encoding="utf-8").read() * 2  # 2.2 MB, one document: ~680k ids (a list: 36 B each)
+    (tmp_path / "big.txt").write_text(text)
+    parquet.write_table(pyarrow.table({"text": [text[i:i + 500] for i in range(0, len(text), 500)]}),
+                        tmp_path / "t.parquet")  # one row group of 4,462 rows
+    get_tokenizer("gpt2")  # tiktoken's tables loaded (and kept) before measuring
+    tracemalloc.start()  # numpy's arrays and Python's objects; not pyarrow's buffers, nor tiktoken's own
+    try:
+        prepare([str(tmp_path / "big.txt")], tmp_path / "txt", tokenizer="gpt2", workers=1)
+        txt_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        prepare([str(tmp_path / "t.parquet")], tmp_path / "parquet", tokenizer="byte", shard_tokens=100_000)
+        parquet_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    ids = tokens_of(tmp_path / "txt")[0].size
+    assert txt_peak < 2 * len(text) + 8 * ids, (txt_peak, ids)  # its text read, decoded; ids as uint32, uint16
+    assert parquet_peak < len(text) / 2, parquet_peak  # rows a batch at a time, not 2.2 MB of strings at once
 
 
 def test_shakespeare_split_is_nanogpts(tmp_path):
