@@ -59,8 +59,8 @@ def param_shapes(config: GPT2Config) -> dict:
 
 def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.ndarray]],
                            progress: bool = False) -> dict:
-    """Rename an HF state dict's (name, array) pairs (`state_dict.items()`, or hf_files.read_tensors) into GPT2
-    params, checking every key and shape."""
+    """Rename an HF state dict's (name, array) pairs (`state_dict.items()`, or hf_files.read_tensors' as they are
+    read) into GPT2 params, checking every key and shape."""
     expected = traverse_util.flatten_dict(param_shapes(config))
     flat = {}
     for key, value in tqdm(tensors, desc="convert", unit="tensor", disable=not progress):

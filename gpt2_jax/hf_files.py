@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,24 +59,41 @@ def resolve(name_or_path: str) -> Path:
         ) from None
 
 
-def read_tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, array) pairs of model.safetensors, read one at a time (never the whole file beside what the caller
-    builds from it), or of pytorch_model.bin (torch_bin.py: tensors only, no code run)."""
-    safetensors_file, bin_file = (model_dir / name for name in WEIGHT_FILES)
-    if safetensors_file.exists():
-        from safetensors import SafetensorError, safe_open
+class Tensors:
+    """A checkpoint's (name, array) pairs, each read as it is reached, and their count (a progress bar's total)."""
 
-        try:  # pread: read into each array; a memory map would keep the whole file resident too
-            with safe_open(safetensors_file, framework="np", backend="pread") as tensors:
-                for key in tensors.keys():
-                    yield key, tensors.get_tensor(key)
+    def __init__(self, names: list[str], read: Callable[[str], np.ndarray]):
+        self.names, self.read = names, read
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return ((name, self.read(name)) for name in self.names)
+
+
+def read_tensors(model_dir: Path) -> Tensors:
+    """model.safetensors' tensors, read one at a time (never the whole file beside what the caller builds from
+    them; a damaged file is refused here or at the tensor it cannot read), or pytorch_model.bin's (torch_bin.py:
+    tensors only, no code run)."""
+    safetensors_file, bin_file = (model_dir / name for name in WEIGHT_FILES)
+    if bin_file.exists() and not safetensors_file.exists():
+        state_dict = load_bin(bin_file)
+        return Tensors(list(state_dict), state_dict.__getitem__)
+    if not safetensors_file.exists():
+        raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
+    from safetensors import SafetensorError, safe_open
+
+    def unreadable(read, *args, **kwargs):
+        try:
+            return read(*args, **kwargs)
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointFileError(
                 f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
-    elif bin_file.exists():
-        yield from load_bin(bin_file).items()
-    else:
-        raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
+
+    # pread: each tensor read into its array; a memory map would keep the whole file resident beside them
+    tensors = unreadable(safe_open, safetensors_file, "np", "cpu", backend="pread")
+    return Tensors(list(tensors.keys()), lambda name: unreadable(tensors.get_tensor, name))
 
 
 def is_hf_export(path: Path) -> bool:

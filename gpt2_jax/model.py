@@ -9,6 +9,7 @@ the token embedding. Module and parameter names are transformers' (`wte`, `h_0/a
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -135,7 +136,7 @@ class GPT2(nn.Module):
 
     def setup(self):
         c = self.config
-        if not isinstance(self.vocab_pad_multiple, int) or self.vocab_pad_multiple < 1:
+        if not isinstance(self.vocab_pad_multiple, numbers.Integral) or self.vocab_pad_multiple < 1:
             raise ValueError(f"vocab_pad_multiple={self.vocab_pad_multiple!r} must be a positive integer")
         padded_vocab = -(-c.vocab_size // self.vocab_pad_multiple) * self.vocab_pad_multiple
         embed_init = nn.initializers.normal(c.initializer_range)

@@ -27,11 +27,13 @@ PATHS = {
         "with torch.no_grad(): sum(float(p.sum()) for p in model.parameters())"),
     "gpt2_jax from_hf (HF dir -> params)": ("from gpt2_jax import from_hf", "from_hf(sys.argv[1])"),
     "python -m gpt2_jax.convert --from-hf (HF dir -> params dir)": (
-        "import gpt2_jax.convert", "cli('gpt2_jax.convert', '--from-hf', sys.argv[1], '--out', sys.argv[2] + '/params')"),
+        "import gpt2_jax.convert",
+        "cli('gpt2_jax.convert', '--from-hf', sys.argv[1], '--out', sys.argv[2] + '/params')"),
     "gpt2_jax load_model (params dir -> params)": (
         "from gpt2_jax.loading import load_model", "load_model(sys.argv[2] + '/params')"),
     "python -m gpt2_jax.convert --to-hf (params dir -> HF dir)": (
-        "import gpt2_jax.convert", "cli('gpt2_jax.convert', '--to-hf', sys.argv[2] + '/params', '--out', sys.argv[2] + '/hf')"),
+        "import gpt2_jax.convert",
+        "cli('gpt2_jax.convert', '--to-hf', sys.argv[2] + '/params', '--out', sys.argv[2] + '/hf')"),
 }
 MEASURE = """
 import json, runpy, sys, time

@@ -57,12 +57,14 @@ def main():
                 "--workers", str(args.workers)]
     (ours_s, ours_rss), (peer_s, peer_rss) = run(ours_cmd), run(peer_cmd)
     ours = np.concatenate([tokens[s.start:s.stop] for tokens, s in open_split(scratch / "ours", "train")[1]])
-    peer = np.concatenate([np.load(f) for f in sorted((scratch / "peer").glob("*.npy"))])
+    peer_files = sorted((scratch / "peer").glob("*.npy"), key=lambda f: f.stem[-6:])  # by index: val_000000 first
+    peer = np.concatenate([np.load(f) for f in peer_files])
     agree = peer.size == ours.size + 1 and peer[0] == EOT and np.array_equal(peer[1:], ours)
     shutil.rmtree(scratch)
     print(f"{Path(args.input).name} ({mb:.0f} MB), --workers {args.workers}, {ours.size:,} tokens")
-    print(f"  prepare: {mb / ours_s:6.1f} MB/s, {ours.size / ours_s / 1e6:.2f} M tokens/s, peak RSS {ours_rss / 2**20:,.0f} MiB")
-    print(f"  peer   : {mb / peer_s:6.1f} MB/s, {peer.size / peer_s / 1e6:.2f} M tokens/s, peak RSS {peer_rss / 2**20:,.0f} MiB")
+    for name, seconds, size, rss in (("prepare", ours_s, ours.size, ours_rss), ("peer   ", peer_s, peer.size, peer_rss)):
+        print(f"  {name}: {mb / seconds:6.1f} MB/s, {size / seconds / 1e6:.2f} M tokens/s, "
+              f"peak RSS {rss / 2**20:,.0f} MiB")
     print(f"  ratio (prepare / peer): speed {peer_s / ours_s:.2f}x, memory {ours_rss / peer_rss:.2f}x; "
           f"tokens {'agree (peer = [eot] + ours)' if agree else 'DIFFER'}")
 

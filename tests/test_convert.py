@@ -19,7 +19,7 @@ import transformers
 from conftest import assert_one_line_error, random_hf_model, read_only, rel_error, run_main, snapshot
 from safetensors.numpy import save_file
 
-from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, to_hf
+from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, hf_files, to_hf
 from gpt2_jax.checkpoint import load_params, save_params
 from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
 from gpt2_jax.hf_files import CheckpointFileError, check_tokenizer_dir
@@ -208,6 +208,20 @@ def test_cli_round_trip(hf_dir, tmp_path, ids):
     result = run_cli("--to-hf", str(hf_dir), "--out", str(tmp_path / "hf_again"))  # any model reference
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(hf_logits(tmp_path / "hf_again", ids), hf_logits(hf_dir, ids))
+
+
+def test_a_checkpoint_is_counted_before_its_tensors_are_read(hf_dir, tmp_path):
+    # convert's progress bar has a total, and a damaged file is refused before the bar, not after an empty one.
+    tensors = hf_files.read_tensors(hf_dir)
+    assert len(tensors) == len(transformers.GPT2LMHeadModel.from_pretrained(hf_dir).state_dict()) - 1  # lm_head: tied
+    assert dict(tensors).keys() == set(tensors.names)
+    shutil.copy(hf_dir / "config.json", tmp_path)
+    (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(CheckpointFileError, match="unreadable safetensors file"):
+        hf_files.read_tensors(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:-100])
+    with pytest.raises(CheckpointFileError, match="unreadable safetensors file"):  # the header reads, a tensor not
+        dict(hf_files.read_tensors(tmp_path))
 
 
 @pytest.mark.parametrize("case, message", [

@@ -84,6 +84,8 @@ def test_a_vocab_pad_multiple_below_one_is_refused():
         with pytest.raises(ValueError, match=f"vocab_pad_multiple={bad} must be a positive integer"):
             jax.eval_shape(GPT2(GPT2Config(vocab_size=100, n_positions=8, n_embd=8, n_layer=1, n_head=2),
                                 vocab_pad_multiple=bad).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    numpy_int = GPT2(GPT2Config(vocab_size=100, n_positions=8, n_embd=8, n_layer=1, n_head=2), vocab_pad_multiple=np.int64(64))
+    assert jax.eval_shape(numpy_int.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]["wte"]["embedding"].shape == (128, 8)
 
 
 def test_bfloat16_compute_stays_close_and_returns_fp32_logits(hf_dir):
