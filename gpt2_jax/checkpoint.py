@@ -18,9 +18,10 @@ import orbax.checkpoint as ocp
 from gpt2_jax import checkpoint_failures, integrity, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.convert import first_misfit
-from gpt2_jax.train_checkpoints import CHECKPOINTS, CheckpointError, TrainCheckpoints
+from gpt2_jax.model_dirs import CHECKPOINTS, PARAMS, is_flax_dir, is_params_dir
+from gpt2_jax.train_checkpoints import CheckpointError, TrainCheckpoints
 
-PARAMS, CHECKSUMS = "params", "checksums.json"
+CHECKSUMS = "checksums.json"
 PARAMS_DIR = "params directory (config.json + params/)"
 
 
@@ -33,14 +34,6 @@ def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool
         (directory / CHECKSUMS).write_text(json.dumps(integrity.checksums(params), indent=0))
 
     outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR, overwrite)
-
-
-def is_flax_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and ((path / PARAMS).is_dir() or (path / CHECKPOINTS).is_dir())
-
-
-def is_params_dir(path: Path) -> bool:
-    return is_flax_dir(path) and not (path / CHECKPOINTS).exists()
 
 
 def load_params(path: str | Path) -> tuple[GPT2Config, dict]:

@@ -15,9 +15,10 @@ from pathlib import Path
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gpt2_jax import checkpoint, convert, hf_files, sharding
+from gpt2_jax import convert, hf_files, sharding
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.model import GPT2
+from gpt2_jax.model_dirs import is_flax_dir
 from gpt2_jax.tokenizer import Tokenizer, tokenizer_for_vocab
 
 
@@ -36,7 +37,7 @@ class LoadedModel:
 def resolve_reference(reference: str) -> Path:
     """The local directory of a model reference: a params directory or workdir as given, an HF one resolved
     (a hub name's files fetched)."""
-    return Path(reference) if checkpoint.is_flax_dir(Path(reference)) else hf_files.resolve(reference)
+    return Path(reference) if is_flax_dir(Path(reference)) else hf_files.resolve(reference)
 
 
 def load_config(reference: str) -> GPT2Config:
@@ -47,7 +48,9 @@ def load_config(reference: str) -> GPT2Config:
 def load_model(reference: str, progress: bool = False) -> LoadedModel:
     """Load `reference` (see the module docstring); `progress` shows the conversion of an HF checkpoint."""
     model_dir = resolve_reference(reference)
-    if checkpoint.is_flax_dir(model_dir):
+    if is_flax_dir(model_dir):
+        from gpt2_jax import checkpoint  # orbax, grain, tensorstore: 0.2 s of imports an HF model never uses
+
         config, params = checkpoint.load_params(model_dir)
         return LoadedModel(config, convert.without_vocab_padding(config, params), model_dir)
     return LoadedModel(*from_hf(str(model_dir), progress), model_dir)

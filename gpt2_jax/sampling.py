@@ -24,7 +24,6 @@ from gpt2_jax.kv_cache import init_cache
 from gpt2_jax.model import GPT2
 from gpt2_jax.next_token import SamplingError, checked_settings, is_scalar, sample_next
 
-
 MAX_NEW_TOKENS = 1_000_000  # the token buffer is [B, prompt + new] int32: 4 MB a row here
 
 
@@ -54,11 +53,10 @@ def generate(
 
     temperature 0.0 is greedy; `rng` is a `jax.random.key` (None: key(0), the same draws each call).
     A row that emits `eos_token_id` is filled with it from then on, and the loop stops once every row
-    has. `on_token`, if given, is called on the host
-    with each step's [B] tokens as they are generated (for streaming; a host call per token);
-    `on_progress`, with the count of new tokens made so far, after each chunk (cheap). The prompt must fit
-    the context; the continuation may run past it (see the module docstring). Ctrl-C (when
-    Python's own handler is in place) stops within a chunk: GenerationInterrupted.
+    has. `on_token`, if given, is called on the host with each step's [B] tokens as they are generated
+    (for streaming; a host call per token); `on_progress`, with the count of new tokens made so far, after
+    each chunk (cheap). The prompt must fit the context; the continuation may run past it (see the module
+    docstring). Ctrl-C (when Python's own handler is in place) stops within a chunk: GenerationInterrupted.
     Returns [B, T + max_new_tokens] token ids (prompt included).
     """
     ids = prompt_ids if isinstance(prompt_ids, jax.Array) else np.asarray(prompt_ids)  # a device's stays there
@@ -96,7 +94,7 @@ def generate(
             chunk = chunk * 2 if seconds < 0.1 else max(chunk // 2, 1) if seconds > 0.4 else chunk
     if interrupted.signal:
         raise GenerationInterrupted(np.asarray(state[1])[:, : T + made])
-    return jnp.where(jnp.arange(state[1].shape[1]) < T + made, state[1], model.config.eos_token_id)  # rows ended early
+    return state[1]  # rows that ended early hold end-of-text to the end (_decode)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -146,5 +144,7 @@ def _decode(model, params, i, tokens_BxL, cache, logits_BxV, done_B, rng, *, sto
         i, *_, done_B, _ = state
         return (i < stop) & ~jnp.all(done_B)
 
-    return jax.lax.while_loop(not_finished, step, (i, tokens_BxL, cache, logits_BxV, done_B, rng))
+    i, tokens_BxL, *rest = jax.lax.while_loop(not_finished, step, (i, tokens_BxL, cache, logits_BxV, done_B, rng))
+    # Every row has ended (done_B): the positions no step will write are end-of-text too, here, not in one more program.
+    return i, jnp.where(jnp.all(rest[2]) & (jnp.arange(tokens_BxL.shape[1]) >= T + i), eos, tokens_BxL), *rest
 

@@ -19,8 +19,7 @@ import orbax.checkpoint as ocp
 
 from gpt2_jax import checkpoint_failures, integrity
 from gpt2_jax.errors import UserError
-
-CHECKPOINTS = "checkpoints"
+from gpt2_jax.model_dirs import CHECKPOINTS
 
 
 class CheckpointError(UserError):

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.model_dirs import CHECKPOINTS
 from gpt2_jax.optim import learning_rates
-from gpt2_jax.train_checkpoints import CHECKPOINTS
 from gpt2_jax.train_config import FIELDS, fits_setting
 from gpt2_jax.workdir_lock import WorkdirError
 

@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 from gpt2_jax.errors import UserError
-from gpt2_jax.train_checkpoints import CHECKPOINTS
+from gpt2_jax.model_dirs import CHECKPOINTS
 
 LOCK = "train.lock"
 

@@ -20,6 +20,15 @@ COMMANDS = {"sample": "(default: 30)", "convert": "(default: for GPT-2's vocabul
 MODULES = {"convert": "convert_cli"}  # convert.py is the key map; its command line sits on the loader
 
 
+def test_sample_imports_nothing_that_an_hf_model_never_uses():
+    # torch and transformers: a .bin is read without them (torch_bin.py); orbax, grain, tensorstore: only for a
+    # params directory or workdir (model_dirs.py). Each second of imports is waited for before any --help or error.
+    heavy = ("torch", "transformers", "orbax", "grain", "tensorstore", "tensorflow", "optax", "matplotlib")
+    program = f"import sys, gpt2_jax.sample; print([m for m in {heavy} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("name", COMMANDS)
 def test_help_names_the_command_and_shows_every_default(name, capsys, monkeypatch):
     parsers = []

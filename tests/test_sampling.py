@@ -183,6 +183,23 @@ def test_end_of_text_fills_the_row_and_stops_the_loop(tiny):
     assert len(steps) == first + 1  # no steps after every row has ended
 
 
+def test_a_generation_compiles_its_two_programs_once_and_nothing_else(tiny, caplog):
+    config, params = tiny
+    prompt = np.random.RandomState(5).randint(0, config.vocab_size, (3, 5)).astype(np.int32)
+    free = np.asarray(generate(GPT2(dataclasses.replace(config, eos_token_id=config.vocab_size)), params, prompt[:1],
+                               12, temperature=0.0))
+    model = GPT2(dataclasses.replace(config, eos_token_id=int(free[0, 5 + 2])))  # may end rows early: not all
+    keys = [jax.random.key(seed) for seed in (1, 2)]  # made first: jax.random's own programs are not generate's
+    sampling._start.clear_cache(), sampling._decode.clear_cache()  # an earlier test's programs may fit these calls
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        for key in keys:  # a second call, other draws: no retrace
+            generate(model, params, prompt, 12, top_k=5, rng=key).block_until_ready()
+        generate(model, params, prompt[:1], 12, temperature=0.0).block_until_ready()  # its only row ends early
+    compiled = re.findall(r"Compiling jit\((\w+)\)", caplog.text)
+    # One pair for 3 rows sampled (twice), one for 1 row greedy; nothing after the loop (rows that end early).
+    assert [name for name in compiled if name != "atleast_2d"] == ["_start", "_decode"] * 2, compiled
+
+
 def test_progress_is_reported_per_chunk_up_to_the_tokens_made(tiny):
     config, params = tiny
     prompt = np.random.RandomState(6).randint(0, config.vocab_size, (3, 4))
