@@ -1,10 +1,9 @@
 """Autoregressive sampling: KV-cached, the decode loop compiled as one XLA program.
 
-The program runs a chunk of new tokens per call (sized to take ~0.1-0.4 s), so that Ctrl-C
-stops a long generation within a second, keeping what was made, at the compiled loop's speed.
-Past the model's context (prompt + new tokens > n_positions) each step instead reruns the
-model on the last n_positions tokens, as nanoGPT does: learned absolute positions cannot
-slide a KV cache.
+The program runs a chunk of new tokens per call (sized to take ~0.1-0.4 s), so that Ctrl-C stops a long
+generation within a second, keeping what was made, at the compiled loop's speed. Past the model's context
+(prompt + new tokens > n_positions) each step instead reruns the model on the last n_positions tokens, as
+nanoGPT does: learned absolute positions cannot slide a KV cache.
 """
 
 from __future__ import annotations
@@ -144,7 +143,8 @@ def _decode(model, params, i, tokens_BxL, cache, logits_BxV, done_B, rng, *, sto
         i, *_, done_B, _ = state
         return (i < stop) & ~jnp.all(done_B)
 
-    i, tokens_BxL, *rest = jax.lax.while_loop(not_finished, step, (i, tokens_BxL, cache, logits_BxV, done_B, rng))
-    # Every row has ended (done_B): the positions no step will write are end-of-text too, here, not in one more program.
-    return i, jnp.where(jnp.all(rest[2]) & (jnp.arange(tokens_BxL.shape[1]) >= T + i), eos, tokens_BxL), *rest
+    i, tokens_BxL, cache, logits_BxV, done_B, rng = jax.lax.while_loop(not_finished, step, (i, tokens_BxL, cache,
+                                                                                           logits_BxV, done_B, rng))
+    unwritten_L = jnp.all(done_B) & (jnp.arange(tokens_BxL.shape[1]) >= T + i)  # all rows ended: end-of-text to the end
+    return i, jnp.where(unwritten_L, eos, tokens_BxL), cache, logits_BxV, done_B, rng  # here, not in one more program
 
