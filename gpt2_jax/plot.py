@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+from gpt2_jax.errors import UserError
+from gpt2_jax.outdir import write_file
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-
-from gpt2_jax.errors import UserError  # noqa: E402
-from gpt2_jax.outdir import write_file  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # (title, y axis label, metrics drawn on it)
 PANELS = (("loss", "nats per token", ("train_loss", "val_loss")), ("val bits per byte", "bits per byte", ("val_bpb",)),
@@ -25,10 +24,7 @@ def plot_runs(runs: dict[str, list[dict]], out_path: str | Path, baselines: dict
     """Draw `figure(...)` to `out_path` (PNG, PDF, SVG...: its suffix), whole or not at all; returns the path.
     UserError if it cannot."""
     drawn = figure(runs, baselines, x, per_token)
-    try:
-        write_file(Path(out_path), lambda path: drawn.savefig(path, dpi=120))  # the format: the suffix
-    finally:
-        plt.close(drawn)
+    write_file(Path(out_path), lambda path: drawn.savefig(path, dpi=120))  # the format: the suffix
     return Path(out_path)
 
 
@@ -42,15 +38,20 @@ def plot_run_or_warn(rows: list[dict], out_path: Path) -> Path | None:
 
 
 def figure(runs: dict[str, list[dict]], baselines: dict[str, dict] | None = None, x: str = "step",
-           per_token: bool = True) -> plt.Figure:
+           per_token: bool = True) -> Figure:
     """One panel per metric family that any run logged; each run a line per metric, against row[x].
 
     runs: {label: metrics.jsonl rows}; baselines: {label: {"val_loss": value, "val_bpb": value, ...}},
     drawn as horizontal lines on the matching panel; per_token=False leaves the loss panel out.
     """
+    # matplotlib's Figure, not pyplot: no backend chosen for the importer (a notebook keeps its own), no figure
+    # kept open; imported here, so a run pays its 0.3 s only when it draws
+    from matplotlib.figure import Figure
+
     panels = [(title, unit, names) for title, unit, names in PANELS[0 if per_token else 1 :]
               if any(name in row for rows in runs.values() for row in rows for name in names)]
-    drawn, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    drawn = Figure(figsize=(6.5 * len(panels), 4.5))
+    axes = drawn.subplots(1, len(panels), squeeze=False)
     for axis, (title, unit, names) in zip(axes[0], panels):
         for label, rows in runs.items():
             for name in names:

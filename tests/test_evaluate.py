@@ -443,6 +443,24 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
                           f"{tmp_path}: no metrics.jsonl (not a training workdir?)")
 
 
+BACKEND_AFTER_A_PLOT = """
+import sys, matplotlib
+matplotlib.use("svg")  # the importer's own choice, as a notebook's inline backend is
+import gpt2_jax.train
+from gpt2_jax.plot import plot_runs
+plot_runs({"run": [{"step": 1, "train_loss": 3.0}]}, sys.argv[1])
+print(matplotlib.get_backend())
+"""
+
+
+def test_training_and_plotting_leave_the_importers_matplotlib_backend_alone(tmp_path):
+    """plot.py chose Agg for the whole process when imported (train.py imports it): a notebook's plots stopped."""
+    drawn = subprocess.run([sys.executable, "-c", BACKEND_AFTER_A_PLOT, str(tmp_path / "c.png")], capture_output=True,
+                           text=True)
+    assert drawn.stdout.strip() == "svg", drawn.stderr
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_every_panel_labels_both_axes():
     from gpt2_jax.plot import figure
 
