@@ -4,7 +4,7 @@ For each shape and batch size, a whole optimizer step (forward, backward, global
 AdamW) on random windows, timed after warm-up steps; tokens/s, MFU and the ratio to each peer:
   transformers    transformers' GPT2LMHeadModel, eager (bf16 autocast with --dtype bfloat16)
   torch-compile   nanoGPT's model and step: SDPA (is_causal), fused AdamW, bf16 autocast, vocab
-                  padded to 50304, clip 1.0, torch.compile (GPU only)
+                  padded to 50304, clip 1.0, torch.compile (on a CPU: inductor's C++ kernels)
 gpt2_jax runs its compiled, sharded step over every device (on a CPU host: --cpu-devices). MFU's
 peak is the datasheet bf16 rate where flops.PEAK_FLOPS knows the device, else the matmul rate
 measured here in the compute dtype. --cli-steps N also runs `python -m gpt2_jax.train` for N
@@ -323,7 +323,7 @@ def main():
     print(f"# {args.dtype}; jax {jax.__version__}: {jax.device_count()} {jax.devices()[0].device_kind} device(s); "
           f"{peers_on}peak {peak / 1e12:.2f} TFLOP/s "
           f"({'datasheet' if known_peak else 'measured 2048^3 matmul, jax'}); XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
-    peers = [p for p in args.peers if p != "torch-compile" or device == "cuda"]
+    peers = args.peers
     model_options = model_variants.model_options(args)  # first: it may retile the kernel checked next
     if args.fused_norm:
         print(f"# fused add + LayerNorm against XLA's ops here, fp32 [8, 1024, 768]: largest relative error "

@@ -11,6 +11,7 @@ process measures its own matmul peak, so its MFU differs between variants.
     python scripts/bench_variants.py                          # GPT-2 124M, T=1024, bf16, B=64: ~40 s a variant
     python scripts/bench_variants.py --only default residual-bf16 --batch-size 16
     python scripts/bench_variants.py --budget-s 420 --peer torch-compile   # a GPU: the peer's row too
+    python scripts/bench_variants.py --cpu --peer torch-compile    # XLA:CPU's variants, the quickstart's shape, fp32
 """
 
 import argparse
@@ -45,27 +46,45 @@ VARIANTS = {
     "scatter-unsorted": (["--xla_gpu_enable_scatter_determinism_expander=false"], []),
     "cublaslt": (["--xla_gpu_enable_cublaslt=true"], []),
 }
+# XLA:CPU's (--cpu): which library runs the dots and reductions (YNNPACK by default in jaxlib 0.10), and
+# its scheduler; all exact in fp32 but for the summation order
+CPU_VARIANTS = {
+    "default": ([], []),
+    "ynn-off": (["--xla_cpu_experimental_ynn_fusion_type="], []),  # XLA's own loops and Eigen's dots
+    "ynn-dots-off": (["--xla_cpu_experimental_ynn_fusion_type=-individual_dot"], []),  # Eigen's dots only
+    "onednn": (["--xla_cpu_use_onednn=true"], []),
+    "concurrency-scheduler": (["--xla_cpu_enable_concurrency_optimized_scheduler=true"], []),
+}
 ROW = re.compile(r"^\| \S+ B=\d+ \([^)]*\) \| [\d,]+ \| ([\d,]+) \| ([\d.]+%) \| ([\d.]+|-) \|")
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
-    parser.add_argument("--shape", default="gpt2-124m-1024", help="a bench_train.py shape")
-    parser.add_argument("--batch-size", type=at_least(1), default=64, help="windows per step")
+    parser.add_argument("--cpu", action="store_true",
+                        help="XLA:CPU's variants; defaults: --shape quickstart --batch-size 12 --dtype float32")
+    parser.add_argument("--only", nargs="+", choices=sorted({*VARIANTS, *CPU_VARIANTS}),
+                        help="these variants (default: all of the GPU's, or of the CPU's with --cpu)")
+    parser.add_argument("--shape", help="a bench_train.py shape (default: gpt2-124m-1024)")
+    parser.add_argument("--batch-size", type=at_least(1), help="windows per step (default: 64)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: bfloat16)")
     parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps per variant")
     parser.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
     parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
     parser.add_argument("--peer", choices=("torch-compile", "transformers"),
                         help="also time this PyTorch peer in the first default run (its row in the table)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for name, gpu, cpu in (("shape", "gpt2-124m-1024", "quickstart"), ("batch_size", 64, 12),
+                           ("dtype", "bfloat16", "float32")):
+        if getattr(args, name) is None:
+            setattr(args, name, cpu if args.cpu else gpu)
+    return args
 
 
 def run_variant(name, args, profile, timeout, peer=None):
     """(tok/s, MFU text, peak GiB text) or None, and the process's output."""
-    xla_flags, bench_flags = VARIANTS[name]
+    xla_flags, bench_flags = (CPU_VARIANTS if args.cpu else VARIANTS)[name]
     env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *xla_flags]).strip()}
-    command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", args.shape, "--dtype", "bfloat16",
+    command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", args.shape, "--dtype", args.dtype,
                "--batch-sizes", str(args.batch_size), "--steps", str(args.steps), "--peers", *([peer] if peer else []),
                *bench_flags]
     try:
@@ -81,7 +100,9 @@ def run_variant(name, args, profile, timeout, peer=None):
 
 def main():
     args = parse_args()
-    names = args.only or list(VARIANTS)
+    variants = CPU_VARIANTS if args.cpu else VARIANTS
+    names = [name for name in args.only or variants if name in variants] or sys.exit(
+        f"none of --only is a{' CPU' if args.cpu else ' GPU'} variant{'' if args.cpu else ' (--cpu for the CPU ones)'}")
     order = ["default", *[n for n in names if n != "default"], "default"]
     start, results, failures, peer_tokens = time.perf_counter(), [], [], None
     for i, name in enumerate(order):
@@ -108,7 +129,7 @@ def main():
         sys.exit(f"every run failed; the first: {failures[0] if failures else 'none ran'}")
     defaults = [m[0] for n, m in results if n == "default" and m]
     baseline = sum(defaults) / len(defaults) if defaults else None
-    print(f"\n{args.shape}, B={args.batch_size}, bf16; default runs: {', '.join(f'{d:,}' for d in defaults)} tok/s\n")
+    print(f"\n{args.shape}, B={args.batch_size}, {args.dtype}; default runs: {', '.join(f'{d:,}' for d in defaults)} tok/s\n")
     print("| variant | tok/s | MFU | peak GiB | vs default |\n| --- | ---: | ---: | ---: | ---: |")
     for name, measured in results:
         if measured is None:
