@@ -105,8 +105,8 @@ def ending_losses(model: GPT2, params, tokens_NxL: jax.Array, mask_NxL: jax.Arra
 
 
 class HellaSwagScorer:
-    """Scores examples in batches over the mesh; rows are padded to a power-of-two length, so
-    a handful of shapes compile once each."""
+    """Scores examples in batches over the mesh: examples of similar lengths together, each batch padded
+    to its longest row (its inputs to a multiple of 16 tokens), so one program compiles per length."""
 
     def __init__(self, model: GPT2, mesh: jax.sharding.Mesh, examples_per_batch: int = 8):
         self.model, self.examples_per_batch = model, max(examples_per_batch, 1)
@@ -118,24 +118,25 @@ class HellaSwagScorer:
         """{"acc", "acc_norm", "n", "predicted", "predicted_norm"}: the accuracies over `examples` and
         each example's chosen ending by summed and by mean loss."""
         max_len = self.model.config.n_positions + 1  # inputs are the first n_positions tokens
-        batches = [examples[i : i + self.examples_per_batch] for i in range(0, len(examples), self.examples_per_batch)]
-        predicted, predicted_norm = [], []
+        rendered = [render(example, tokenizer, max_len) for example in examples]
+        # Short with short, long with long: in the file's order every batch is padded near its longest example.
+        by_length = sorted(range(len(examples)), key=lambda i: max(map(len, rendered[i][0])))
+        batches = [by_length[i : i + self.examples_per_batch] for i in range(0, len(examples), self.examples_per_batch)]
+        summed_Ex4, mean_Ex4 = np.zeros((2, len(examples), 4), np.float32)
         for batch in batches if progress is None else progress(batches):
-            rendered = [render(example, tokenizer, max_len) for example in batch]
-            rows = [row for tokens, _ in rendered for row in tokens]
-            masks = [mask for _, example_masks in rendered for mask in example_masks]
-            length = min(max(32, 1 << (max(map(len, rows)) - 1).bit_length()), max_len)
+            rows = [row for i in batch for row in rendered[i][0]]
+            masks = [mask for i in batch for mask in rendered[i][1]]
+            inputs = max(-(-(max(map(len, rows)) - 1) // 16) * 16, 16)  # the model reads a row but its last token
+            length = min(inputs + 1, max_len)
             tokens_NxL, mask_NxL = np.zeros((2, self.rows, length), np.int32)
             for i, (row, mask) in enumerate(zip(rows, masks)):
                 tokens_NxL[i, : len(row)], mask_NxL[i, : len(mask)] = row, mask
-            summed, mean = (np.asarray(x)[: len(rows)].reshape(-1, 4) for x in self.losses(
+            summed_Ex4[batch], mean_Ex4[batch] = (np.asarray(x)[: len(rows)].reshape(-1, 4) for x in self.losses(
                 params, *(jax.device_put(a, self.rows_sharding) for a in (tokens_NxL, mask_NxL))))
-            predicted += summed.argmin(-1).tolist()
-            predicted_norm += mean.argmin(-1).tolist()
+        predicted, predicted_norm = summed_Ex4.argmin(-1), mean_Ex4.argmin(-1)
         labels = np.asarray([example.label for example in examples])
-        return {"acc": float(np.mean(np.asarray(predicted) == labels)),
-                "acc_norm": float(np.mean(np.asarray(predicted_norm) == labels)),
-                "n": len(examples), "predicted": predicted, "predicted_norm": predicted_norm}
+        return {"acc": float(np.mean(predicted == labels)), "acc_norm": float(np.mean(predicted_norm == labels)),
+                "n": len(examples), "predicted": predicted.tolist(), "predicted_norm": predicted_norm.tolist()}
 
 
 @functools.cache

@@ -63,6 +63,24 @@ def test_hellaswag_matches_an_independent_transformers_scoring(bpe_model_dir, he
     assert evaluate_model(str(bpe_model_dir), ["hellaswag"], None, str(hellaswag_file), limit=7)["hellaswag"]["n"] == 7
 
 
+def test_hellaswag_batches_examples_of_like_length_padded_to_their_longest(bpe_model_dir):
+    """Rows were padded to a power of two (45 tokens to 64) in the file's order (short examples padded to
+    the long ones beside them); now examples are batched by length, each batch padded to its
+    longest row (inputs to a multiple of 16), and the choices come back in the file's order."""
+    loaded = load_model(str(bpe_model_dir))
+    words = "speak famish resolved know Caius Marcius chief enemy people corn price verdict".split()
+    short, long = "Before we proceed", "First Citizen: Before we proceed any further, hear me speak. " * 3
+    examples = [hellaswag.Example(long if i % 2 else short, tuple(" ".join(words[i + j : i + j + 2]) for j in range(4)),
+                                  i % 4) for i in range(8)]
+    scorer = hellaswag.HellaSwagScorer(GPT2(loaded.config), sharding.make_mesh(1), examples_per_batch=4)
+    shapes, compiled = [], scorer.losses
+    scorer.losses = lambda params, tokens, mask: shapes.append(tokens.shape) or compiled(params, tokens, mask)
+    ours = scorer.score(loaded.params, examples, loaded.tokenizer)
+    assert shapes == [(16, 17), (16, 49)]  # rows of at most 8 tokens, and of 42-45
+    theirs = torch_hellaswag(bpe_model_dir, examples)
+    assert ours["predicted"] == [s for s, _ in theirs] and ours["predicted_norm"] == [m for _, m in theirs]
+
+
 VAL_BYTES = 3000  # the text of Tiny Shakespeare's first 3,000 val bytes (ASCII: 3,000 characters)
 
 
