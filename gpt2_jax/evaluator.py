@@ -3,7 +3,7 @@
 One evaluator, three callers: the training run's evaluations (train_eval.py, on the training
 mesh, its params sharded there), `python -m gpt2_jax.evaluate` and report.py (params replicated
 on every device). Each task compiles once per shape, beside the train step (never recompiling it):
-val loss once, HellaSwag once per padded length.
+val loss once, HellaSwag once per padded shape (a handful).
 """
 
 from __future__ import annotations

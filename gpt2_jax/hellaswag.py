@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gpt2_jax import sharding, step
@@ -96,14 +95,6 @@ def render(example: Example, tokenizer: Tokenizer, max_len: int) -> tuple[list[l
     return rows, masks
 
 
-def ending_losses(model: GPT2, params, tokens_NxL: jax.Array, mask_NxL: jax.Array):
-    """(summed, mean) loss of each row's masked tokens [N]: the next-token losses of training (step.py)."""
-    losses_NxT = step.token_losses(model, params, tokens_NxL)
-    target_mask_NxT = mask_NxL[:, 1:]
-    summed_N = jnp.sum(losses_NxT * target_mask_NxT, axis=-1)
-    return summed_N, summed_N / jnp.maximum(jnp.sum(target_mask_NxT, axis=-1), 1)
-
-
 class HellaSwagScorer:
     """Scores examples in batches over the mesh: examples of similar lengths together, each batch padded
     to its longest row (its inputs to a multiple of 16 tokens), so one program compiles per length."""
@@ -126,22 +117,28 @@ class HellaSwagScorer:
         for batch in batches if progress is None else progress(batches):
             rows = [row for i in batch for row in rendered[i][0]]
             masks = [mask for i in batch for mask in rendered[i][1]]
-            inputs = max(-(-(max(map(len, rows)) - 1) // 16) * 16, 16)  # the model reads a row but its last token
-            length = min(inputs + 1, max_len)
+            # The model reads a row but its last token, and the head reads the endings' targets: each padded to a
+            # multiple of 16, so a handful of shapes compile.
+            length = min(_multiple_of_16(max(map(len, rows)) - 1) + 1, max_len)
             tokens_NxL, mask_NxL = np.zeros((2, self.rows, length), np.int32)
             for i, (row, mask) in enumerate(zip(rows, masks)):
                 tokens_NxL[i, : len(row)], mask_NxL[i, : len(mask)] = row, mask
+            ending_targets = min(_multiple_of_16(mask_NxL[:, 1:].sum(-1).max()), length - 1)
             summed_Ex4[batch], mean_Ex4[batch] = (np.asarray(x)[: len(rows)].reshape(-1, 4) for x in self.losses(
-                params, *(jax.device_put(a, self.rows_sharding) for a in (tokens_NxL, mask_NxL))))
+                params, *(jax.device_put(a, self.rows_sharding) for a in (tokens_NxL, mask_NxL)), ending_targets))
         predicted, predicted_norm = summed_Ex4.argmin(-1), mean_Ex4.argmin(-1)
         labels = np.asarray([example.label for example in examples])
         return {"acc": float(np.mean(predicted == labels)), "acc_norm": float(np.mean(predicted_norm == labels)),
                 "n": len(examples), "predicted": predicted.tolist(), "predicted_norm": predicted_norm.tolist()}
 
 
+def _multiple_of_16(n) -> int:
+    return max(-(-int(n) // 16), 1) * 16
+
+
 @functools.cache
 def _compiled_losses(mesh: jax.sharding.Mesh):
-    """ending_losses compiled for `mesh` (the model static: equal models share each shape's program). Replicated
+    """step.ending_losses compiled for `mesh` (the model static: equal models share each shape's program). Replicated
     out: every process reads all rows' losses (several processes cannot read a split array)."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return jax.jit(ending_losses, static_argnums=0, out_shardings=(replicated, replicated))
+    return jax.jit(step.ending_losses, static_argnums=(0, 4), out_shardings=(replicated, replicated))

@@ -1,8 +1,8 @@
-"""The train and eval steps as pure functions: train_step(state, windows) -> (state, metrics), and
-eval_step's per-batch sums.
+"""The train and eval steps as pure functions: train_step(state, windows) -> (state, metrics),
+eval_step's per-batch sums and HellaSwag's ending_losses.
 
 train.py compiles the train step with its shardings, validation.py the eval step (inside its running
-sums); nothing here knows about devices.
+sums), hellaswag.py the ending losses; nothing here knows about devices.
 """
 
 from __future__ import annotations
@@ -29,10 +29,15 @@ def init_train_state(model: GPT2, optimizer: optax.GradientTransformation, rng: 
     return TrainState(params, optimizer.init(params))
 
 
-def token_losses(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
-    """Next-token cross-entropy [B, L-1] (fp32) of each window's tokens 1..L-1 given the ones before."""
+def token_losses(model: GPT2, params, windows_BxL: jax.Array, positions_BxP: jax.Array | None = None) -> jax.Array:
+    """Next-token cross-entropy [B, L-1] (fp32) of each window's tokens 1..L-1 given the ones before; with
+    positions_BxP, [B, P] of the targets at those positions only (the head runs at them alone)."""
     x_BxTxD = model.apply({"params": params}, windows_BxL[:, :-1], method=GPT2.hidden)
-    return loss.token_losses(x_BxTxD, params["wte"]["embedding"], windows_BxL[:, 1:], model.config.vocab_size)
+    labels_BxT = windows_BxL[:, 1:]
+    if positions_BxP is not None:
+        x_BxTxD = jnp.take_along_axis(x_BxTxD, positions_BxP[..., None], axis=1)
+        labels_BxT = jnp.take_along_axis(labels_BxT, positions_BxP, axis=1)
+    return loss.token_losses(x_BxTxD, params["wte"]["embedding"], labels_BxT, model.config.vocab_size)
 
 
 def mean_loss(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
@@ -69,3 +74,14 @@ def eval_step(model: GPT2, params, token_bytes_V: jax.Array, windows_BxL: jax.Ar
     losses_BxT = token_losses(model, params, jnp.maximum(windows_BxL, 0))
     return (jnp.sum(jnp.where(scored_BxT, losses_BxT, 0)), jnp.sum(scored_BxT, dtype=jnp.int32),
             jnp.sum(jnp.where(bytes_BxT > 0, losses_BxT, 0)), jnp.sum(bytes_BxT, dtype=jnp.int32))
+
+
+def ending_losses(model: GPT2, params, tokens_NxL: jax.Array, mask_NxL: jax.Array, ending_targets: int):
+    """(summed, mean) loss [N] of each row's masked targets: one run of at most `ending_targets` at the row's
+    end (hellaswag.render's endings). The head runs at those positions only, not at the context's."""
+    target_mask_NxT = mask_NxL[:, 1:]
+    count_N = jnp.sum(target_mask_NxT, axis=-1)
+    positions_NxE = jnp.argmax(target_mask_NxT, axis=-1)[:, None] + jnp.arange(ending_targets)
+    losses_NxE = token_losses(model, params, tokens_NxL, jnp.minimum(positions_NxE, target_mask_NxT.shape[1] - 1))
+    summed_N = jnp.sum(jnp.where(jnp.arange(ending_targets) < count_N[:, None], losses_NxE, 0), axis=-1)
+    return summed_N, summed_N / jnp.maximum(count_N, 1)

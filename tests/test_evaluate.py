@@ -21,7 +21,7 @@ import torch
 import transformers
 from conftest import SHAKESPEARE, assert_one_line_error, random_hf_model, read_only, run_main, tiny_run_config
 
-from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding, validation
+from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding, step, validation
 from gpt2_jax.data import TextWindows
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model, load_replicated
@@ -74,11 +74,28 @@ def test_hellaswag_batches_examples_of_like_length_padded_to_their_longest(bpe_m
                                   i % 4) for i in range(8)]
     scorer = hellaswag.HellaSwagScorer(GPT2(loaded.config), sharding.make_mesh(1), examples_per_batch=4)
     shapes, compiled = [], scorer.losses
-    scorer.losses = lambda params, tokens, mask: shapes.append(tokens.shape) or compiled(params, tokens, mask)
+    scorer.losses = lambda params, tokens, *rest: shapes.append(tokens.shape) or compiled(params, tokens, *rest)
     ours = scorer.score(loaded.params, examples, loaded.tokenizer)
     assert shapes == [(16, 17), (16, 49)]  # rows of at most 8 tokens, and of 42-45
     theirs = torch_hellaswag(bpe_model_dir, examples)
     assert ours["predicted"] == [s for s, _ in theirs] and ours["predicted_norm"] == [m for _, m in theirs]
+
+
+def test_hellaswag_runs_the_head_at_the_endings_only(bpe_model_dir):
+    """The head (50,257 logits a position) ran at every position of a row, the context's too, whose losses are
+    thrown away; now at the endings' targets only: the same losses, and no logits of the whole rows."""
+    loaded = load_model(str(bpe_model_dir))
+    model, rng = GPT2(loaded.config), np.random.RandomState(3)
+    tokens = rng.randint(0, 50257, (8, 49)).astype(np.int32)
+    lengths, endings = rng.randint(20, 50, 8), rng.randint(1, 17, 8)  # rows padded to 49; endings of 1-16
+    mask = ((np.arange(49) < lengths[:, None]) & (np.arange(49) >= (lengths - endings)[:, None])).astype(np.int32)
+    summed, mean = step.ending_losses(model, loaded.params, tokens, mask, 16)
+    losses = np.where(mask[:, 1:], step.token_losses(model, loaded.params, tokens), 0).sum(-1)
+    np.testing.assert_allclose(summed, losses, rtol=1e-5)
+    np.testing.assert_allclose(mean, losses / endings, rtol=1e-5)
+    compiled = jax.jit(step.ending_losses, static_argnums=(0, 4)).lower(model, loaded.params, tokens, mask, 16).compile()
+    largest = max(np.prod([int(d) for d in s.split(",")]) for s in re.findall(r"f32\[([\d,]+)\]", compiled.as_text()))
+    assert largest == 8 * 16 * 50257  # the endings' logits; the rows' were 8 * 48 * 50257
 
 
 VAL_BYTES = 3000  # the text of Tiny Shakespeare's first 3,000 val bytes (ASCII: 3,000 characters)
