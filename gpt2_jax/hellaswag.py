@@ -97,7 +97,8 @@ def render(example: Example, tokenizer: Tokenizer, max_len: int) -> tuple[list[l
 
 class HellaSwagScorer:
     """Scores examples in batches over the mesh: examples of similar lengths together, each batch padded
-    to its longest row (its inputs to a multiple of 16 tokens), so one program compiles per length."""
+    to its longest row and its endings' targets each to a multiple of 16 tokens, so one program compiles per
+    pair of those lengths (a handful)."""
 
     def __init__(self, model: GPT2, mesh: jax.sharding.Mesh, examples_per_batch: int = 8):
         self.model, self.examples_per_batch = model, max(examples_per_batch, 1)
