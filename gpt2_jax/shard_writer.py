@@ -47,6 +47,16 @@ class _Pool(multiprocessing.pool.Pool):
         process.terminate = process.kill
         return process
 
+    @staticmethod
+    def _help_stuff_finish(inqueue, task_handler, size):
+        """terminate() takes the workers' queue (its read lock) and drains it until the task handler has ended.
+        CPython's stops at the first moment the queue is empty, as when the handler is still pickling a task: it
+        then writes that task into a pipe nobody reads any more, and terminate() waits for it forever."""
+        inqueue._rlock.acquire()
+        while task_handler.is_alive():
+            if inqueue._reader.poll(0.01):
+                inqueue._reader.recv_bytes()
+
 
 def _stop(signum, frame):
     """SIGTERM in the preparer: `Stopped` where it is, as Ctrl-C's KeyboardInterrupt is, so that the pool's workers

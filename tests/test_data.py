@@ -373,6 +373,44 @@ def test_a_stop_signal_as_the_workers_start_ends_them_too(tmp_path):
     assert preparer.returncode == 128 + signal.SIGTERM and stderr.splitlines()[-1] == "stopped by SIGTERM", stderr
 
 
+# terminate() while both workers are busy and the pool's task handler is still pickling a task larger than a pipe.
+TERMINATE_AS_A_LARGE_TASK_IS_PICKLED = """
+import threading, time
+from gpt2_jax import shard_writer
+pickling = threading.Event()
+class Document:
+    def __init__(self, slow):
+        self.slow = slow
+    def __reduce__(self):  # in the task handler's thread
+        if self.slow:
+            pickling.set()
+            time.sleep(1)
+        return bytes, (b"x" * 1_000_000,)
+def busy(document):
+    time.sleep(60)
+pool = shard_writer._Pool(2)
+pool.imap(busy, [Document(slow=i == 2) for i in range(4)])
+pickling.wait()
+time.sleep(0.2)  # the workers have read their tasks: the queue is empty
+pool.terminate()
+print("ended")
+"""
+
+
+def test_the_pool_ends_while_it_is_handing_out_a_task():
+    """CPython's terminate() stops draining the workers' queue when it is empty, and a task the pool was still
+    pickling (Ctrl-C mid-preparation, a few documents of 100 KB) was then written into a pipe nobody read: the
+    preparer hung, after `interrupted`, until killed."""
+    ended = subprocess.Popen([sys.executable, "-c", TERMINATE_AS_A_LARGE_TASK_IS_PICKLED], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = ended.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ended.pid, signal.SIGKILL)  # what a hang left behind: the preparer and its workers
+    assert ended.returncode == 0 and stdout == "ended\n", stderr
+
+
 def test_a_train_split_too_small_for_a_window_is_warned_about(tmp_path):
     (tmp_path / "t.txt").write_text("To be, or not to be: that is the question. " * 50)
     result = run_prepare("--input", str(tmp_path / "t.txt"), "--out", str(tmp_path / "out"), "--tokenizer", "byte",
