@@ -66,6 +66,9 @@ def parse_flags(argv: list[str], help_text: str = ""):
         key = arg.removeprefix("--config.").split("=")[0]
         if arg.startswith("--config.") and key not in known:
             raise UserError(f"unknown config key {key!r} in {arg}; python -m gpt2_jax.train --help lists them")
+    for name in [name for name in flags.FLAGS if name.startswith("config.")]:  # an earlier call's overrides
+        delattr(flags.FLAGS, name)
+    program_argv, sys.argv = sys.argv, list(argv)  # config_flags reads --config.KEY from sys.argv, not from argv
     try:
         rest = flags.FLAGS(argv)
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
@@ -83,6 +86,8 @@ def parse_flags(argv: list[str], help_text: str = ""):
         python = not path or path.partition(":")[0].endswith(".py")  # FILE.py:ARG passes ARG to get_config
         hint = "" if python else f" ({path} is not a .py file: a config is Python, configs/NAME.py)"
         raise UserError(f"cannot load --config: {type(error).__name__}: {error}{hint}") from None
+    finally:
+        sys.argv = program_argv
     if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
     unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))

@@ -5,6 +5,7 @@ train, and files that are not configs, are refused in one line before the first 
 import importlib.util
 import math
 import re
+import sys
 from pathlib import Path
 
 import jax
@@ -19,6 +20,7 @@ from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train import main, train
 from gpt2_jax.train_config import default_config, model_config, validate
+from gpt2_jax.train_flags import parse_flags
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.py"))
 EXPECTED_PARAMS = {"gpt2_124m": 124.4e6, "gpt2_350m": 354.8e6, "gpt2_774m": 774.0e6, "gpt2_1558m": 1557.6e6}
@@ -159,3 +161,14 @@ def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name
     result = run_main(main, "train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}")
     assert_one_line_error(result, message.format(d=tmp_path))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_parsed_twice_in_one_process_gives_each_call_its_own_overrides():
+    """`main(argv)` from a notebook or a sweep: config_flags read --config.KEY from sys.argv, not argv, so an
+    override was an "Unknown command line flag", and one that an earlier call had given was "defined twice"."""
+    program_argv = list(sys.argv)
+    calls = [["--config.max_steps=7"], [], ["--config.max_steps=9", "--config.batch_size=5"], []]
+    configs = [parse_flags(["train", f"--config={CONFIGS[0].parent / 'shakespeare_byte.py'}", "--workdir=run",
+                            *overrides])[0] for overrides in calls]
+    assert [(config.max_steps, config.batch_size) for config in configs] == [(7, 6), (2000, 6), (9, 5), (2000, 6)]
+    assert sys.argv == program_argv
