@@ -15,6 +15,7 @@ from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_conf
 
 from gpt2_jax import sharding
 from gpt2_jax.config import ConfigError
+from gpt2_jax.errors import UserError
 from gpt2_jax.flops import train_flops_per_token
 from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import get_tokenizer
@@ -165,10 +166,13 @@ def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name
 
 def test_the_command_line_parsed_twice_in_one_process_gives_each_call_its_own_overrides():
     """`main(argv)` from a notebook or a sweep: config_flags read --config.KEY from sys.argv, not argv, so an
-    override was an "Unknown command line flag", and one that an earlier call had given was "defined twice"."""
+    override was an "Unknown command line flag", and one that an earlier call had given was "defined twice"; a flag
+    left out took the earlier call's value."""
     program_argv = list(sys.argv)
     calls = [["--config.max_steps=7"], [], ["--config.max_steps=9", "--config.batch_size=5"], []]
     configs = [parse_flags(["train", f"--config={CONFIGS[0].parent / 'shakespeare_byte.py'}", "--workdir=run",
                             *overrides])[0] for overrides in calls]
     assert [(config.max_steps, config.batch_size) for config in configs] == [(7, 6), (2000, 6), (9, 5), (2000, 6)]
     assert sys.argv == program_argv
+    with pytest.raises(UserError, match="^usage: "):  # not the earlier call's --workdir
+        parse_flags(["train", f"--config={CONFIGS[0].parent / 'shakespeare_byte.py'}"])
