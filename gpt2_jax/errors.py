@@ -32,6 +32,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     def wrapped(*args, **kwargs):
         if signal.getsignal(signal.SIGINT) is _leave_while_starting:  # main's own Ctrl-C handling from here on
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGTERM) is _leave_while_starting:  # and SIGTERM's: as Ctrl-C, unless main's own
+            signal.signal(signal.SIGTERM, stop_as_ctrl_c)
         if not getattr(_ctrl_c_raised_again, "installed", False):  # once a process
             sys.unraisablehook, _ctrl_c_raised_again.installed = _ctrl_c_raised_again(sys.unraisablehook), True
         _MAINS_RUNNING.append(main)
@@ -81,11 +83,12 @@ def _ctrl_c_raised_again(hook):
     StopSignals has it, its work raises it at its next check (`repeated`), so it is only kept quiet here."""
 
     def unraisable(info):
-        handler = signal.getsignal(signal.SIGINT)
+        signum = getattr(info.exc_value, "signum", signal.SIGINT)  # SIGTERM's (stop_as_ctrl_c) says which
+        handler = signal.getsignal(signum)
         if not issubclass(info.exc_type, KeyboardInterrupt) or not _MAINS_RUNNING or sys.is_finalizing():
             hook(info)
-        elif handler is signal.default_int_handler:
-            again = threading.Timer(0.01, _raise_again_if_main_runs)
+        elif handler in (signal.default_int_handler, stop_as_ctrl_c):
+            again = threading.Timer(0.01, _raise_again_if_main_runs, (signum,))
             again.daemon = True
             again.start()
         elif not isinstance(getattr(handler, "__self__", None), StopSignals):
@@ -94,23 +97,35 @@ def _ctrl_c_raised_again(hook):
     return unraisable
 
 
-def _raise_again_if_main_runs():
+def _raise_again_if_main_runs(signum=signal.SIGINT):
     if _MAINS_RUNNING:
-        _thread.interrupt_main(signal.SIGINT)  # as if Ctrl-C came now
+        _thread.interrupt_main(signum)  # as if the signal came now
+
+
+def stop_as_ctrl_c(signum, frame):
+    """SIGTERM (`kill`, `timeout`, Slurm) in a command without a handler of its own: a KeyboardInterrupt, as Ctrl-C,
+    whose `signum` makes it "stopped by SIGTERM", exit 143. By default it ended the process without a word, and
+    without the clean-up of its `finally` blocks (an output's temporary directory was left behind)."""
+    interrupt = KeyboardInterrupt()
+    interrupt.signum = signal.Signals(signum)
+    raise interrupt
 
 
 def leave_on_ctrl_c_while_starting() -> None:
-    """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted":
-    the CLI's module is still importing JAX and the rest, with nothing begun, and Python's own
-    KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
-    Only over Python's own handler: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
+    """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted", and SIGTERM
+    143, "stopped by SIGTERM": the CLI's module is still importing JAX and the rest, with nothing begun, and Python's
+    own KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
+    Only over the default handlers: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _leave_while_starting)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _leave_while_starting)
 
 
 def _leave_while_starting(signum, frame):
+    said = b"interrupted\n" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}\n".encode()
     try:
-        os.write(2, b"interrupted\n")  # a handler may run inside a print: no buffered write; stderr may be gone
+        os.write(2, said)  # a handler may run inside a print: no buffered write; stderr may be gone
     finally:
         os._exit(128 + signum)
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.corpus import count_documents, iter_documents
+from gpt2_jax.errors import stop_as_ctrl_c
 from gpt2_jax.interrupt import Stopped
 from gpt2_jax.tokenizer import get_tokenizer
 
@@ -69,11 +70,11 @@ def _stop(signum, frame):
 
 @contextlib.contextmanager
 def _sigterm_stops():
-    """SIGTERM raises `Stopped` (`_stop`) while in this block: where its handler is the default (a program with its
-    own keeps it) and in the main thread (the only one that may set handlers)."""
+    """SIGTERM raises `Stopped` (`_stop`) while in this block: where its handler is the default or a command's
+    (errors.stop_as_ctrl_c; a program with its own keeps it) and in the main thread (the only one that may set handlers)."""
     global _preparer
-    ours = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    previous = signal.getsignal(signal.SIGTERM)
+    ours = threading.current_thread() is threading.main_thread() and previous in (signal.SIG_DFL, stop_as_ctrl_c)
     if ours:
         _preparer = os.getpid()
         signal.signal(signal.SIGTERM, _stop)
@@ -81,7 +82,7 @@ def _sigterm_stops():
         yield
     finally:
         if ours:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _encode(text: str) -> np.ndarray:

@@ -82,11 +82,14 @@ def test_a_count_below_its_minimum_is_refused_by_the_parser(capsys):
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the process's loaded libraries in /proc")
-@pytest.mark.parametrize("command, ignored", [(["-m", "gpt2_jax.train"], False), (["-u", "-mgpt2_jax.sample"], False),
-                                              (["-m", "gpt2_jax.sample"], True)])
-def test_ctrl_c_while_the_command_imports_is_one_line(command, ignored):
+@pytest.mark.parametrize("command, ignored, signum", [(["-m", "gpt2_jax.train"], False, signal.SIGINT),
+                                                      (["-u", "-mgpt2_jax.sample"], False, signal.SIGINT),
+                                                      (["-m", "gpt2_jax.sample"], True, signal.SIGINT),
+                                                      (["-m", "gpt2_jax.train"], False, signal.SIGTERM)])
+def test_ctrl_c_while_the_command_imports_is_one_line(command, ignored, signum):
     """Before main: once a traceback from inside the imports, or lost in a jaxlib callback (the start went on).
-    A SIGINT that the command was started ignoring (a script's `cmd &`) stays ignored."""
+    A SIGINT that the command was started ignoring (a script's `cmd &`) stays ignored. SIGTERM (`kill`, `timeout`)
+    ended the process without a word (exit -15, no line)."""
     ignoring = ["sh", "-c", 'trap "" INT; exec "$0" "$@"'] if ignored else []  # as a script's `cmd &` starts it
     process = subprocess.Popen([*ignoring, sys.executable, *command, "--help"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -94,12 +97,40 @@ def test_ctrl_c_while_the_command_imports_is_one_line(command, ignored):
     while "jaxlib" not in Path(f"/proc/{process.pid}/maps").read_text():  # importing JAX: main is seconds away
         assert process.poll() is None and time.monotonic() - started < 60, process.communicate()
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
     if ignored:
         assert process.returncode == 0 and stdout.startswith("usage: ") and stderr == ""
     else:
-        assert (process.returncode, stdout, stderr) == (130, "", "interrupted\n")
+        said = "interrupted\n" if signum == signal.SIGINT else "stopped by SIGTERM\n"
+        assert (process.returncode, stdout, stderr) == (128 + signum, "", said)
+
+
+SIGTERM_WHILE_WRITING = """
+import os, signal, time
+from gpt2_jax.errors import exit_on_user_error, leave_on_ctrl_c_while_starting
+
+leave_on_ctrl_c_while_starting()  # as `python -m gpt2_jax.NAME` starts
+
+@exit_on_user_error
+def main():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` while convert writes its temporary output
+        time.sleep(10)
+    finally:
+        print("temporary output removed")
+
+main()
+"""
+
+
+def test_sigterm_in_a_command_is_one_line_after_its_clean_up():
+    """sample, evaluate and convert have no SIGTERM handler of their own: `kill` ended them without a word (exit
+    -15), and convert's temporary output directory was left behind. Now SIGTERM stops them as Ctrl-C does."""
+    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_WRITING], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).parent.parent)
+    assert (result.returncode, result.stdout, result.stderr) == (143, "temporary output removed\n",
+                                                                 "stopped by SIGTERM\n")
 
 
 def test_another_program_run_with_python_m_keeps_its_own_ctrl_c(tmp_path):
