@@ -1,4 +1,4 @@
-"""What a training run prints: a row per logged step (with elapsed time and ETA), and its closing lines."""
+"""What a training run prints: its first line, a row per logged step (with elapsed time and ETA), its closing lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("gr
            "param_norm": ("param norm", ".1f"), "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"),
            "val_loss": ("val loss", ".4f"), "val_bpb": ("val bpb", ".4f"),
            "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
+
+
+def banner(n_params: int, c, accumulation: int, mesh, tokenizer: str, attention: str) -> str:
+    """The run's first line: what it trains, on what, with which kernels."""
+    devices = mesh.devices.flat
+    processes = len({device.process_index for device in mesh.devices.flat})
+    return (f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {accumulation} x {c.batch_size} x "
+            f"{c.block_size} | {mesh.devices.size} {devices[0].platform} devices"
+            f"{f' of {processes} processes' if processes > 1 else ''}, mesh {dict(mesh.shape)} | {tokenizer} tokens | "
+            f"{attention} attention" + " | fused add+LayerNorm kernel" * c.fused_norm)
 
 
 def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float | None) -> str:

@@ -64,8 +64,10 @@ class MetricsWriter:
         self.enabled, self.resume_step, self.tensorboard = enabled, resume_step, None
         self.workdir, self.path = Path(workdir), Path(workdir) / "metrics.jsonl"
         self.kept = None  # the lines to keep, read now: a damaged file stops the run before it trains
+        self.evaluated = set()  # the steps with a val_loss row among them
         if enabled and self.path.exists():
-            self.kept = [line for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
+            kept = [(line, row) for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
+            self.kept, self.evaluated = [line for line, _ in kept], {row["step"] for _, row in kept if "val_loss" in row}
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:

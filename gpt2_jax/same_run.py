@@ -49,6 +49,11 @@ def check_same_start(step: int) -> None:
         compare({start: str(step)}, {start: f"step {step}"})
 
 
+def process_0s(value: bool) -> bool:
+    """Process 0's `value` on every process: what only process 0 reads (the run's metrics.jsonl)."""
+    return value if jax.process_count() == 1 else bool(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
 def compare(texts: dict[str, str], here: dict[str, str]) -> None:
     """Gather a digest of each text from every process; ConfigError naming the texts in which the first process
     that differs from process 0 differs, with what `here` says of them on this process."""

@@ -31,7 +31,7 @@ from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.plot import plot_run_or_warn
-from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start
+from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start, process_0s
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
@@ -100,13 +100,8 @@ class Run:
         self.data = data.train_iterator(c.data_dir, c.block_size, self.accumulation * self.local_batch, c.seed,
                                         self.process, jax.process_count())
         self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
-        # The run's first line (before a restore's words): what it trains, on what, with which kernels.
-        n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-        processes = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
-        print(f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {self.accumulation} x "
-              f"{c.batch_size} x {c.block_size} | {jax.device_count()} {jax.devices()[0].platform} devices{processes}, "
-              f"mesh {dict(mesh.shape)} | {meta['tokenizer']} tokens | {attention} attention"
-              + " | fused add+LayerNorm kernel" * c.fused_norm)
+        print(console.banner(sum(x.size for x in jax.tree.leaves(abstract.params)), c, self.accumulation, mesh,
+                             meta["tokenizer"], attention))  # before a restore's words
         self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         restored = self.checkpoints.restore_train_state(target.params, target.opt_state, self.data)
@@ -122,12 +117,15 @@ class Run:
             self.start, origin = 0, "training from scratch"
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
         self.model_config, self.meta = model_config, meta  # written to the workdir once the first step has run (loop)
-        done = f": already at max_steps={c.max_steps}, nothing to do" if self.start >= c.max_steps else ""
-        print(f"{origin} in {self.workdir}{done}")
+        self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
+        # A stop cut short the evaluation of the step resumed from (its row never written): that one first.
+        self.evaluate_first = bool(restored and self.evaluation and self.evaluation.due(self.start)) and \
+            process_0s(self.start not in self.writer.evaluated)
+        done = f": already at max_steps={c.max_steps}" + ", nothing to do" * (not self.evaluate_first)
+        print(f"{origin} in {self.workdir}{done if self.start >= c.max_steps else ''}")
         if restored and changed and self.start < c.max_steps:  # init_from is read only at a first start
             print(describe_changes(c, changed, self.start))
 
-        self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
         self.schedule = learning_rate_schedule(c)
         self.peak = flops.peak_flops_per_device(c.peak_flops)
         self.flops_per_step = flops.train_flops_per_token(model_config) * c.tokens_per_step
@@ -142,7 +140,10 @@ class Run:
                 print(f"{self.stop.signal} before the first step: stopped, nothing trained")
                 self.stopped_by = self.stop.signal
                 return self.logged
-            for step in range(self.start + 1, c.max_steps + 1):
+            if self.evaluate_first:
+                print(f"evaluating step {self.start}, whose evaluation a stop cut short")
+                self.evaluate(self.start)
+            for step in range(self.start + 1, c.max_steps + 1) if not self.stopped_by else ():
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
                 self.stop.poll()
                 self.checkpoints.check()  # a background save that failed stops the run now
@@ -158,7 +159,7 @@ class Run:
                 last = step == c.max_steps
                 pending = (step, step_metrics) if step % c.log_every == 0 or last else None
                 save = step % c.checkpoint_every == 0 or last or self.stop.signal
-                evaluate = self.evaluation and (step % c.eval_every == 0 or last)
+                evaluate = self.evaluation and self.evaluation.due(step)
                 if save or evaluate:  # never save or evaluate a state whose loss is not finite
                     self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending))
                     pending = None
@@ -216,13 +217,12 @@ class Run:
         print(f"step {step:{width}d}/{self.config.max_steps} | checkpoint {self.workdir / 'checkpoints' / str(step)}")
 
     def evaluate(self, step: int) -> None:
-        # Every device finishes the step before the evaluation's programs start: CPU devices share one
-        # thread pool, and programs with collectives that overlap on it can deadlock.
-        jax.block_until_ready(self.state)
         try:  # stop between batches (a preemption's grace is short); several processes agree batch by batch
             row, samples = self.evaluation(self.state.params, stop=lambda: self.stop.poll() is not None)
-        except EvaluationStopped:
-            print(f"{self.stop.signal}: evaluation of step {step} stopped")
+        except EvaluationStopped:  # a rerun evaluates this step first
+            no_save_follows = step in (self.start, self.config.max_steps)  # else the loop saves, and says so
+            print(f"{self.stop.signal}: evaluation of step {step} stopped" + "; rerun to evaluate it" * no_save_follows)
+            self.stopped_by = self.stop.signal
             return
         self.write(step, row)
         for sample in samples if self.process == 0 else ():

@@ -44,9 +44,16 @@ class TrainingEvaluation:
             prompt = np.tile(prompt_ids, (config.num_samples, 1))
             self.prompt = jax.device_put(prompt, NamedSharding(mesh, P()))
 
+    def due(self, step: int) -> bool:
+        """Whether the run evaluates `step`: every eval_every steps, and the last."""
+        return step % self.config.eval_every == 0 or step == self.config.max_steps
+
     def __call__(self, params, stop=None) -> tuple[dict, list[str]]:
         """({"val_loss", "val_bpb", "hellaswag_acc", "hellaswag_acc_norm"}, sample texts); val_bpb is over
         val_loss's windows, the bytes of their target tokens. `stop()`: see Evaluator."""
+        # Every device finishes the step before the evaluation's programs start: CPU devices share one
+        # thread pool, and programs with collectives that overlap on it can deadlock.
+        jax.block_until_ready(params)
         results = self.evaluate(params, stop=stop)
         row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
         if "hellaswag" in results:

@@ -135,7 +135,8 @@ train_module.main()
 
 def test_a_sigterm_to_one_process_during_an_evaluation_stops_both_within_it(config, tmp_path):
     """The evaluation's batches are agreed on too: both stop at the same batch, and save the step evaluated. The
-    second SIGTERM is ignored (ending process 1 at once would leave process 0 waiting)."""
+    second SIGTERM is ignored (ending process 1 at once would leave process 0 waiting). Rerun, both evaluate that
+    step first, and once it is evaluated neither does."""
     stopping = config.copy_and_resolve_references()
     stopping.eval_batches = 4
     results = finish(start(stopping, tmp_path / "run", tmp_path, 2, code=SIGTERM_TO_PROCESS_1_AT_EVALUATIONS), tmp_path)
@@ -144,6 +145,11 @@ def test_a_sigterm_to_one_process_during_an_evaluation_stops_both_within_it(conf
         assert "SIGTERM: evaluation of step 25 stopped" in output and "SIGTERM: saved step 25 in" in output, output
     assert "val_loss" not in (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "SIGTERM ignored: stopping with the other processes" in results[1][1]
+    stopping.max_steps = 25  # rerun: step 25's evaluation first, which only process 0 (it writes the metrics) knows
+    for said in ["evaluating step 25, whose evaluation a stop cut short", "already at max_steps=25, nothing to do"]:
+        results = finish(start(stopping, tmp_path / "run", tmp_path, 2), tmp_path)
+        assert [code for code, _ in results] == [0, 0] and all(said in output for _, output in results), results
+        assert list(evaluations(tmp_path / "run")) == [25]
 
 
 def test_processes_given_other_settings_or_data_are_refused(config, tmp_path):

@@ -413,8 +413,37 @@ def test_a_stop_signal_during_an_evaluation_saves_the_step_it_evaluated(shakespe
     assert "SIGTERM: evaluation of step 5 stopped" in output and f"SIGTERM: saved step 5 in {tmp_path}" in output
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["5"]
     monkeypatch.setattr(train_module.Run, "evaluate", evaluate)
+    rows = train(config, tmp_path)  # step 5's evaluation first: it was never written, and a rerun resumed after it
+    assert "resuming from step 5" in capsys.readouterr().out and [row["step"] for row in rows[:2]] == [5, 6]
+    assert "val_loss" in rows[0] and [row["step"] for row in read_metrics(tmp_path) if "val_loss" in row] == \
+        [5, 10, 15, 20]
+
+
+def test_a_stop_signal_during_the_last_evaluation_is_a_stop_and_the_rerun_evaluates(shakespeare_bytes, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """The run had finished training, so it exited 0 without the last step's evaluation, and its rerun, "already
+    at max_steps, nothing to do", never made it: the run's final val loss was lost for good."""
+    import gpt2_jax.train as train_module
+
+    evaluate = train_module.Run.evaluate
+
+    def sigterm_while_evaluating(self, step):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self, step)
+
+    monkeypatch.setattr(train_module.Run, "evaluate", sigterm_while_evaluating)
+    config = tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=1000)
+    with pytest.raises(train_module.Stopped) as stopped:
+        train(config, tmp_path)
+    assert stopped.value.signum == signal.SIGTERM and not any("val_loss" in row for row in stopped.value.rows)
+    assert "SIGTERM: evaluation of step 6 stopped; rerun to evaluate it" in capsys.readouterr().out
+    monkeypatch.setattr(train_module.Run, "evaluate", evaluate)
     rows = train(config, tmp_path)
-    assert "resuming from step 5" in capsys.readouterr().out and rows[0]["step"] == 6
+    assert [(row["step"], "val_loss" in row) for row in rows] == [(6, True)]
+    output = capsys.readouterr().out
+    assert "resuming from step 6 in" in output and "already at max_steps=6\n" in output and "nothing to do" not in output
+    rows = train(config, tmp_path)  # evaluated: now there is nothing to do
+    assert rows == [] and "already at max_steps=6, nothing to do" in capsys.readouterr().out
 
 
 def test_a_second_ctrl_c_during_setup_exits_130_at_once(shakespeare_bytes, tmp_path):
