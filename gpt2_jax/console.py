@@ -13,10 +13,10 @@ COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("gr
 
 def banner(n_params: int, c, accumulation: int, mesh, tokenizer: str, attention: str) -> str:
     """The run's first line: what it trains, on what, with which kernels."""
-    devices = mesh.devices.flat
-    processes = len({device.process_index for device in mesh.devices.flat})
+    devices = list(mesh.devices.flat)
+    processes = len({device.process_index for device in devices})
     return (f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {accumulation} x {c.batch_size} x "
-            f"{c.block_size} | {mesh.devices.size} {devices[0].platform} devices"
+            f"{c.block_size} | {len(devices)} {devices[0].platform} devices"
             f"{f' of {processes} processes' if processes > 1 else ''}, mesh {dict(mesh.shape)} | {tokenizer} tokens | "
             f"{attention} attention" + " | fused add+LayerNorm kernel" * c.fused_norm)
 
