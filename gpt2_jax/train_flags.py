@@ -66,8 +66,9 @@ def parse_flags(argv: list[str], help_text: str = ""):
         key = arg.removeprefix("--config.").split("=")[0]
         if arg.startswith("--config.") and key not in known:
             raise UserError(f"unknown config key {key!r} in {arg}; python -m gpt2_jax.train --help lists them")
-    flags.FLAGS.unparse_flags()  # an earlier call's --workdir, --config and overrides: as in a new process
-    for name in [name for name in flags.FLAGS if name.startswith("config.")]:
+    for name in ("config", "workdir"):  # an earlier call's, as in a new process; the program's own flags are kept
+        flags.FLAGS[name].unparse()
+    for name in [name for name in flags.FLAGS if name.startswith("config.")]:  # and its --config.KEY overrides
         delattr(flags.FLAGS, name)
     program_argv, sys.argv = sys.argv, list(argv)  # config_flags reads --config.KEY from sys.argv, not from argv
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from absl import flags
 from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_config
 
 from gpt2_jax import sharding
@@ -176,3 +177,17 @@ def test_the_command_line_parsed_twice_in_one_process_gives_each_call_its_own_ov
     assert sys.argv == program_argv
     with pytest.raises(UserError, match="^usage: "):  # not the earlier call's --workdir
         parse_flags(["train", f"--config={CONFIGS[0].parent / 'shakespeare_byte.py'}"])
+
+
+def test_the_command_line_parsed_in_a_program_with_absl_flags_of_its_own_keeps_them():
+    """A sweep with absl flags of its own (`--trials=5`) that calls main(argv): each call reset the program's flags
+    to their defaults, and one that failed left them all unparsed (reading one raised)."""
+    flags.DEFINE_integer("sweep_trials", 1, "a flag of the program that parses train's command line")
+    try:
+        flags.FLAGS(["sweep", "--sweep_trials=5"])
+        parse_flags(["train", f"--config={CONFIGS[0].parent / 'shakespeare_byte.py'}", "--workdir=run"])
+        with pytest.raises(UserError, match="max_steps"):
+            parse_flags(["train", f"--config={CONFIGS[0].parent / 'shakespeare_byte.py'}", "--config.max_steps=x"])
+        assert flags.FLAGS.sweep_trials == 5
+    finally:
+        delattr(flags.FLAGS, "sweep_trials")
