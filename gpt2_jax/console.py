@@ -37,11 +37,13 @@ def duration(seconds: float) -> str:
 
 def summary(rows: list[dict], first: int, last: int, max_steps: int, seconds: float, workdir: Path,
             plot: Path | None) -> str:
-    """Two lines: the steps this call ran and the run's evaluations; where its files are."""
+    """Two lines: the steps this call ran (none: it evaluated step `last`) and the run's evaluations; where its
+    files are."""
     vals = [(row["val_loss"], row["step"]) for row in rows if "val_loss" in row]
     evaluated = (f"; val loss {vals[-1][0]:.4f} at step {vals[-1][1]}, best {min(vals)[0]:.4f} at step "
                  f"{min(vals)[1]}" if vals else "")
     ended = "done" if last == max_steps else "stopped"
-    return (f"{ended}: steps {first}-{last} of {max_steps} in {duration(seconds)}{evaluated}\n"
+    ran = f"steps {first}-{last} of {max_steps}" if first <= last else f"step {last}'s evaluation"
+    return (f"{ended}: {ran} in {duration(seconds)}{evaluated}\n"
             f"checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}"
             + (f", curves in {plot}" if plot else ""))

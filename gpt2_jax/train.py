@@ -118,7 +118,7 @@ class Run:
             self.state = jax.jit(init, out_shardings=state_sharding)(jax.random.key(c.seed))
         self.model_config, self.meta = model_config, meta  # written to the workdir once the first step has run (loop)
         self.writer = metrics.MetricsWriter(self.workdir, self.start, enabled=self.process == 0)
-        # A stop cut short the evaluation of the step resumed from (its row never written): that one first.
+        # The step resumed from is one the run evaluates, with no row of it (a stop cut it short): that one first.
         self.evaluate_first = bool(restored and self.evaluation and self.evaluation.due(self.start)) and \
             process_0s(self.start not in self.writer.evaluated)
         done = f": already at max_steps={c.max_steps}" + ", nothing to do" * (not self.evaluate_first)
@@ -141,7 +141,7 @@ class Run:
                 self.stopped_by = self.stop.signal
                 return self.logged
             if self.evaluate_first:
-                print(f"evaluating step {self.start}, whose evaluation a stop cut short")
+                print(f"evaluating step {self.start} first: metrics.jsonl holds no evaluation of it")
                 self.evaluate(self.start)
             for step in range(self.start + 1, c.max_steps + 1) if not self.stopped_by else ():
                 self.state, step_metrics = self.step_fn(self.state, self.next_windows())
@@ -177,7 +177,7 @@ class Run:
         finally:  # pending checkpoint writes finish, even on an error
             self.checkpoints.close()
             self.writer.close()
-        if self.process == 0 and step > self.start:
+        if self.process == 0 and (step > self.start or self.evaluate_first and not self.stopped_by):
             self.summarize(step)
         return self.logged
 

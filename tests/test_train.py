@@ -442,6 +442,8 @@ def test_a_stop_signal_during_the_last_evaluation_is_a_stop_and_the_rerun_evalua
     assert [(row["step"], "val_loss" in row) for row in rows] == [(6, True)]
     output = capsys.readouterr().out
     assert "resuming from step 6 in" in output and "already at max_steps=6\n" in output and "nothing to do" not in output
+    assert "evaluating step 6 first: metrics.jsonl holds no evaluation of it" in output
+    assert "done: step 6's evaluation in " in output and " at step 6, best " in output  # the closing lines
     rows = train(config, tmp_path)  # evaluated: now there is nothing to do
     assert rows == [] and "already at max_steps=6, nothing to do" in capsys.readouterr().out
 
