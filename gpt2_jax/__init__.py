@@ -21,7 +21,7 @@ __all__ = list(_PUBLIC)
 # the original command line just before the arguments that argv holds ("-mNAME" when written as one word).
 if sys.argv[:1] == ["-m"] and len(sys.orig_argv) > len(sys.argv) and \
         sys.orig_argv[-len(sys.argv)].removeprefix("-m").startswith("gpt2_jax."):
-    from gpt2_jax.errors import leave_on_ctrl_c_while_starting  # a Ctrl-C before the CLI's main: one line
+    from gpt2_jax.interrupt import leave_on_ctrl_c_while_starting  # a Ctrl-C before the CLI's main: one line
 
     leave_on_ctrl_c_while_starting()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from gpt2_jax import standard_output
-from gpt2_jax.interrupt import StopSignals
+from gpt2_jax.interrupt import StopSignals, leave_while_starting, stop_as_ctrl_c
 
 
 class UserError(ValueError):
@@ -30,9 +30,9 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
-        if signal.getsignal(signal.SIGINT) is _leave_while_starting:  # main's own Ctrl-C handling from here on
+        if signal.getsignal(signal.SIGINT) is leave_while_starting:  # main's own Ctrl-C handling from here on
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        if signal.getsignal(signal.SIGTERM) is _leave_while_starting:  # and SIGTERM's: as Ctrl-C, unless main's own
+        if signal.getsignal(signal.SIGTERM) is leave_while_starting:  # and SIGTERM's: as Ctrl-C, unless main's own
             signal.signal(signal.SIGTERM, stop_as_ctrl_c)
         if not getattr(_ctrl_c_raised_again, "installed", False):  # once a process
             sys.unraisablehook, _ctrl_c_raised_again.installed = _ctrl_c_raised_again(sys.unraisablehook), True
@@ -43,6 +43,8 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             result = main(*args, **kwargs)
             if sys.stdout is not None:  # None: started with stdout closed (`cmd >&-`)
                 sys.stdout.flush()  # what is still buffered fails here, in one line, not in Python's exit
+            if not (args or kwargs):  # the command is done, its process leaving: a stop signal now changes nothing
+                _leave_quietly_when_stopped()
             return result
         except (UserError, standard_output.StdoutError) as error:
             message = " ".join(str(error).split())  # one line, whatever the library put in it
@@ -70,6 +72,20 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             sys.stdout = stdout
 
     return wrapped
+
+
+def _leave_quietly_when_stopped() -> None:
+    """Ctrl-C or SIGTERM while a finished command's process exits (~0.3 s of JAX's atexit clean-up; minutes at a
+    multi-process run's shutdown barrier) ends it at once, exit 0, without a word: there one was an "Exception
+    ignored in atexit callback" traceback. Not ignored: an exit that hangs can still be stopped. A signal ignored
+    from the start stays ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _leave_quietly)
+
+
+def _leave_quietly(signum, frame):
+    os._exit(0)  # the work is done and its output flushed
 
 
 _MAINS_RUNNING = []  # the wrapped mains running now (a main may call another)
@@ -100,34 +116,6 @@ def _ctrl_c_raised_again(hook):
 def _raise_again_if_main_runs(signum=signal.SIGINT):
     if _MAINS_RUNNING:
         _thread.interrupt_main(signum)  # as if the signal came now
-
-
-def stop_as_ctrl_c(signum, frame):
-    """SIGTERM (`kill`, `timeout`, Slurm) in a command without a handler of its own: a KeyboardInterrupt, as Ctrl-C,
-    whose `signum` makes it "stopped by SIGTERM", exit 143. By default it ended the process without a word, and
-    without the clean-up of its `finally` blocks (an output's temporary directory was left behind)."""
-    interrupt = KeyboardInterrupt()
-    interrupt.signum = signal.Signals(signum)
-    raise interrupt
-
-
-def leave_on_ctrl_c_while_starting() -> None:
-    """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted", and SIGTERM
-    143, "stopped by SIGTERM": the CLI's module is still importing JAX and the rest, with nothing begun, and Python's
-    own KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
-    Only over the default handlers: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _leave_while_starting)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _leave_while_starting)
-
-
-def _leave_while_starting(signum, frame):
-    said = b"interrupted\n" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}\n".encode()
-    try:
-        os.write(2, said)  # a handler may run inside a print: no buffered write; stderr may be gone
-    finally:
-        os._exit(128 + signum)
 
 
 def exit_now_if_one_of_several(code: int) -> None:

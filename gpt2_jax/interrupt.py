@@ -2,11 +2,13 @@
 
 While XLA runs a program, Python cannot raise KeyboardInterrupt; a loop of bounded programs
 (the train loop's steps, sampling's chunks) looks at this flag between them and stops cleanly,
-keeping what it has made.
+keeping what it has made. Before a CLI's main begins, and where a command has no handler of its own, the
+signals are answered here too (errors.py's exit_on_user_error gives main its handlers).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -69,3 +71,31 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: signal.Signals, rows: list[dict]):
         super().__init__(signum.name)
         self.signum, self.rows = signum, rows
+
+
+def stop_as_ctrl_c(signum, frame):
+    """SIGTERM (`kill`, `timeout`, Slurm) in a command without a handler of its own: a KeyboardInterrupt, as Ctrl-C,
+    whose `signum` makes it "stopped by SIGTERM", exit 143. By default it ended the process without a word, and
+    without the clean-up of its `finally` blocks (an output's temporary directory was left behind)."""
+    interrupt = KeyboardInterrupt()
+    interrupt.signum = signal.Signals(signum)
+    raise interrupt
+
+
+def leave_on_ctrl_c_while_starting() -> None:
+    """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted", and SIGTERM
+    143, "stopped by SIGTERM": the CLI's module is still importing JAX and the rest, with nothing begun, and Python's
+    own KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
+    Only over the default handlers: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, leave_while_starting)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, leave_while_starting)
+
+
+def leave_while_starting(signum, frame):
+    said = b"interrupted\n" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}\n".encode()
+    try:
+        os.write(2, said)  # a handler may run inside a print: no buffered write; stderr may be gone
+    finally:
+        os._exit(128 + signum)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.corpus import count_documents, iter_documents
-from gpt2_jax.errors import stop_as_ctrl_c
+from gpt2_jax.interrupt import stop_as_ctrl_c
 from gpt2_jax.interrupt import Stopped
 from gpt2_jax.tokenizer import get_tokenizer
 
@@ -71,7 +71,7 @@ def _stop(signum, frame):
 @contextlib.contextmanager
 def _sigterm_stops():
     """SIGTERM raises `Stopped` (`_stop`) while in this block: where its handler is the default or a command's
-    (errors.stop_as_ctrl_c; a program with its own keeps it) and in the main thread (the only one that may set handlers)."""
+    (interrupt.stop_as_ctrl_c; a program with its own keeps it) and in the main thread (the only one that may set handlers)."""
     global _preparer
     previous = signal.getsignal(signal.SIGTERM)
     ours = threading.current_thread() is threading.main_thread() and previous in (signal.SIG_DFL, stop_as_ctrl_c)
