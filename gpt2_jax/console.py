@@ -36,13 +36,13 @@ def duration(seconds: float) -> str:
 
 
 def summary(rows: list[dict], first: int, last: int, max_steps: int, seconds: float, workdir: Path,
-            plot: Path | None) -> str:
+            plot: Path | None, stopped: bool = False) -> str:
     """Two lines: the steps this call ran (none: it evaluated step `last`) and the run's evaluations; where its
-    files are."""
+    files are. `stopped`: by a signal (at max_steps, in the last step's evaluation)."""
     vals = [(row["val_loss"], row["step"]) for row in rows if "val_loss" in row]
     evaluated = (f"; val loss {vals[-1][0]:.4f} at step {vals[-1][1]}, best {min(vals)[0]:.4f} at step "
                  f"{min(vals)[1]}" if vals else "")
-    ended = "done" if last == max_steps else "stopped"
+    ended = "done" if last == max_steps and not stopped else "stopped"
     ran = f"steps {first}-{last} of {max_steps}" if first <= last else f"step {last}'s evaluation"
     return (f"{ended}: {ran} in {duration(seconds)}{evaluated}\n"
             f"checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}"

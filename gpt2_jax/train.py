@@ -234,7 +234,7 @@ class Run:
         rows = metrics.read_metrics(self.workdir)
         plot = plot_run_or_warn(rows, self.workdir / "loss.png")
         print(console.summary(rows, self.start + 1, step, self.config.max_steps, time.perf_counter() - self.began,
-                              self.workdir, plot))
+                              self.workdir, plot, stopped=self.stopped_by is not None))
 
 
 @exit_on_user_error

@@ -436,7 +436,8 @@ def test_a_stop_signal_during_the_last_evaluation_is_a_stop_and_the_rerun_evalua
     with pytest.raises(train_module.Stopped) as stopped:
         train(config, tmp_path)
     assert stopped.value.signum == signal.SIGTERM and not any("val_loss" in row for row in stopped.value.rows)
-    assert "SIGTERM: evaluation of step 6 stopped; rerun to evaluate it" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "SIGTERM: evaluation of step 6 stopped; rerun to evaluate it" in output and "stopped: steps 1-6 of 6" in output
     monkeypatch.setattr(train_module.Run, "evaluate", evaluate)
     rows = train(config, tmp_path)
     assert [(row["step"], "val_loss" in row) for row in rows] == [(6, True)]
