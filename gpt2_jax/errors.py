@@ -18,7 +18,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from gpt2_jax import standard_output
-from gpt2_jax.interrupt import StopSignals, leave_while_starting, stop_as_ctrl_c
+from gpt2_jax.interrupt import STOP_SIGNALS, StopSignals, leave_while_starting, stop_as_ctrl_c
 
 
 class UserError(ValueError):
@@ -32,8 +32,9 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
     def wrapped(*args, **kwargs):
         if signal.getsignal(signal.SIGINT) is leave_while_starting:  # main's own Ctrl-C handling from here on
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        if signal.getsignal(signal.SIGTERM) is leave_while_starting:  # and SIGTERM's: as Ctrl-C, unless main's own
-            signal.signal(signal.SIGTERM, stop_as_ctrl_c)
+        for signum in STOP_SIGNALS:  # and SIGTERM's and SIGHUP's: as Ctrl-C, unless main has its own
+            if signal.getsignal(signum) is leave_while_starting:
+                signal.signal(signum, stop_as_ctrl_c)
         if not getattr(_ctrl_c_raised_again, "installed", False):  # once a process
             sys.unraisablehook, _ctrl_c_raised_again.installed = _ctrl_c_raised_again(sys.unraisablehook), True
         _MAINS_RUNNING.append(main)
@@ -75,11 +76,11 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
 
 
 def _leave_quietly_when_stopped() -> None:
-    """Ctrl-C or SIGTERM while a finished command's process exits (~0.3 s of JAX's atexit clean-up; minutes at a
+    """Ctrl-C, SIGTERM or SIGHUP while a finished command's process exits (~0.3 s of JAX's atexit clean-up; minutes at a
     multi-process run's shutdown barrier) ends it at once, exit 0, without a word: there one was an "Exception
     ignored in atexit callback" traceback. Not ignored: an exit that hangs can still be stopped. A signal ignored
     from the start stays ignored."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _leave_quietly)
 

@@ -73,9 +73,12 @@ class Stopped(KeyboardInterrupt):
         self.signum, self.rows = signum, rows
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, `timeout`, Slurm; a terminal or ssh session closed
+
+
 def stop_as_ctrl_c(signum, frame):
-    """SIGTERM (`kill`, `timeout`, Slurm) in a command without a handler of its own: a KeyboardInterrupt, as Ctrl-C,
-    whose `signum` makes it "stopped by SIGTERM", exit 143. By default it ended the process without a word, and
+    """SIGTERM or SIGHUP in a command without a handler of its own: a KeyboardInterrupt, as Ctrl-C, whose `signum`
+    makes it "stopped by SIGTERM", exit 143 (SIGHUP's 129). By default it ended the process without a word, and
     without the clean-up of its `finally` blocks (an output's temporary directory was left behind)."""
     interrupt = KeyboardInterrupt()
     interrupt.signum = signal.Signals(signum)
@@ -84,13 +87,14 @@ def stop_as_ctrl_c(signum, frame):
 
 def leave_on_ctrl_c_while_starting() -> None:
     """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted", and SIGTERM
-    143, "stopped by SIGTERM": the CLI's module is still importing JAX and the rest, with nothing begun, and Python's
+    143, "stopped by SIGTERM" (SIGHUP 129): the CLI's module is still importing JAX and the rest, with nothing begun, and Python's
     own KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
     Only over the default handlers: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, leave_while_starting)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, leave_while_starting)
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, leave_while_starting)
 
 
 def leave_while_starting(signum, frame):

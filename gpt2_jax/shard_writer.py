@@ -3,7 +3,8 @@
 Each document is tokenized by a worker (one tokenizer per process), `<|endoftext|>` goes between
 documents, and a shard is written, with meta.json's progress, whenever `shard_tokens` have
 gathered: an interrupted preparation resumes after its last complete shard. SIGTERM (`kill`,
-`timeout`, Slurm) stops it as Ctrl-C does: its workers ended, then `stopped by SIGTERM`, exit 143.
+`timeout`, Slurm) and SIGHUP (a terminal closed) stop it as Ctrl-C does: its workers ended, then `stopped by
+SIGTERM`, exit 143 (129).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from tqdm import tqdm
 
 from gpt2_jax import shards
 from gpt2_jax.corpus import count_documents, iter_documents
-from gpt2_jax.interrupt import stop_as_ctrl_c
-from gpt2_jax.interrupt import Stopped
+from gpt2_jax.interrupt import STOP_SIGNALS, Stopped, stop_as_ctrl_c
 from gpt2_jax.tokenizer import get_tokenizer
 
 _worker_tokenizer = None
@@ -32,14 +32,14 @@ _preparer = None  # the pid of the process that tokenizes (and, with --workers N
 
 def _start_worker(tokenizer_name: str, in_pool: bool = True) -> None:
     global _worker_tokenizer
-    if in_pool:  # a stop signal to the whole process group (Ctrl-C, `timeout`, Slurm) is the preparer's to answer
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if in_pool:  # a stop signal to the whole process group (Ctrl-C, `timeout`, a hangup) is the preparer's to answer
+        for signum in (signal.SIGINT, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
     _worker_tokenizer = get_tokenizer(tokenizer_name)
 
 
 class _Pool(multiprocessing.pool.Pool):
-    """A Pool whose terminate() kills its workers (SIGKILL), as they ignore SIGTERM: a worker that a signal ended
+    """A Pool whose terminate() kills its workers (SIGKILL), as they ignore stop signals: a worker that one ended
     on its own could take a lock of the pool's queues with it, and leave terminate() waiting for it forever."""
 
     @staticmethod
@@ -60,9 +60,9 @@ class _Pool(multiprocessing.pool.Pool):
 
 
 def _stop(signum, frame):
-    """SIGTERM in the preparer: `Stopped` where it is, as Ctrl-C's KeyboardInterrupt is, so that the pool's workers
-    are ended (tokenize_into_shards' finally) and the CLI says "stopped by SIGTERM". Nothing in a worker forked
-    with it, until _start_worker has it ignore SIGTERM."""
+    """SIGTERM or SIGHUP in the preparer: `Stopped` where it is, as Ctrl-C's KeyboardInterrupt is, so that the pool's
+    workers are ended (tokenize_into_shards' finally) and the CLI says "stopped by SIGTERM". Nothing in a worker
+    forked with it, until _start_worker has it ignore the signal."""
     if os.getpid() == _preparer:
         signal.signal(signum, signal.SIG_IGN)  # once: a second one would break the workers' ending (terminate)
         raise Stopped(signal.Signals(signum), [])
@@ -70,19 +70,21 @@ def _stop(signum, frame):
 
 @contextlib.contextmanager
 def _sigterm_stops():
-    """SIGTERM raises `Stopped` (`_stop`) while in this block: where its handler is the default or a command's
-    (interrupt.stop_as_ctrl_c; a program with its own keeps it) and in the main thread (the only one that may set handlers)."""
+    """SIGTERM and SIGHUP raise `Stopped` (`_stop`) while in this block: where the handler is the default or a
+    command's (interrupt.stop_as_ctrl_c; a program with its own keeps it) and in the main thread (the only one
+    that may set handlers)."""
     global _preparer
-    previous = signal.getsignal(signal.SIGTERM)
-    ours = threading.current_thread() is threading.main_thread() and previous in (signal.SIG_DFL, stop_as_ctrl_c)
-    if ours:
-        _preparer = os.getpid()
-        signal.signal(signal.SIGTERM, _stop)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    ours = [signum for signum, handler in previous.items() if handler in (signal.SIG_DFL, stop_as_ctrl_c)] \
+        if threading.current_thread() is threading.main_thread() else []
+    _preparer = os.getpid() if ours else _preparer
+    for signum in ours:
+        signal.signal(signum, _stop)
     try:
         yield
     finally:
-        if ours:
-            signal.signal(signal.SIGTERM, previous)
+        for signum in ours:
+            signal.signal(signum, previous[signum])
 
 
 def _encode(text: str) -> np.ndarray:
@@ -93,11 +95,11 @@ def _encode(text: str) -> np.ndarray:
 def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
     """Append shards to `meta` from document `meta["documents"]` on, saving progress per shard."""
     documents = itertools.islice(iter_documents(meta["inputs"], meta["text_field"]), meta["documents"], None)
-    # Ctrl-C and SIGTERM held back while the workers start (raised inside Pool(), they escape its clean-up, which
+    # Stop signals held back while the workers start (raised inside Pool(), they escape its clean-up, which
     # catches Exception only, and leave the workers running), and let through once `pool` can be ended.
     pool, pending, pending_tokens, count = None, [], 0, meta["documents"]
     end_of_text = np.asarray([eot], shards.TOKEN_DTYPE)
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *STOP_SIGNALS})
     try:
         pool = _Pool(workers, _start_worker, (meta["tokenizer"],)) if workers > 1 else None
         if pool is None:

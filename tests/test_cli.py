@@ -106,8 +106,8 @@ def test_ctrl_c_while_the_command_imports_is_one_line(command, ignored, signum):
         assert (process.returncode, stdout, stderr) == (128 + signum, "", said)
 
 
-SIGTERM_WHILE_WRITING = """
-import os, signal, time
+SIGNAL_WHILE_WRITING = """
+import os, signal, sys, time
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.interrupt import leave_on_ctrl_c_while_starting
 
@@ -116,7 +116,7 @@ leave_on_ctrl_c_while_starting()  # as `python -m gpt2_jax.NAME` starts
 @exit_on_user_error
 def main():
     try:
-        os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` while convert writes its temporary output
+        os.kill(os.getpid(), int(sys.argv[1]))  # `kill PID`, or a terminal closed, while convert writes its output
         time.sleep(10)
     finally:
         print("temporary output removed")
@@ -125,13 +125,15 @@ main()
 """
 
 
-def test_sigterm_in_a_command_is_one_line_after_its_clean_up():
-    """sample, evaluate and convert have no SIGTERM handler of their own: `kill` ended them without a word (exit
-    -15), and convert's temporary output directory was left behind. Now SIGTERM stops them as Ctrl-C does."""
-    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_WRITING], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).parent.parent)
-    assert (result.returncode, result.stdout, result.stderr) == (143, "temporary output removed\n",
-                                                                 "stopped by SIGTERM\n")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_in_a_command_is_one_line_after_its_clean_up(signum):
+    """sample, evaluate and convert have no SIGTERM or SIGHUP handler of their own: `kill` (or an ssh session that
+    dropped) ended them without a word (exit -15, -1), and convert's temporary output directory was left behind.
+    Now both stop them as Ctrl-C does."""
+    result = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_WRITING, str(int(signum))], capture_output=True,
+                            text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert (result.returncode, result.stdout, result.stderr) == (128 + signum, "temporary output removed\n",
+                                                                 f"stopped by {signum.name}\n")
 
 
 SIGNAL_WHILE_LEAVING = """
@@ -154,7 +156,7 @@ main()
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_stop_signal_while_a_finished_command_exits_changes_nothing(signum):
     """A signal in JAX's atexit clean-up (~0.3 s) was an "Exception ignored in atexit callback" traceback, exit 0;
     a little later, once Python had given the signal its default action back, an exit -2 or -15 without a word.

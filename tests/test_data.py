@@ -319,7 +319,8 @@ def test_cli_prepares_and_reports_bad_input(tmp_path):
 
 @pytest.mark.parametrize("kill, signum, said", [(os.kill, signal.SIGTERM, "stopped by SIGTERM"),  # `kill PID`
                                                 (os.killpg, signal.SIGTERM, "stopped by SIGTERM"),  # timeout, Slurm
-                                                (os.killpg, signal.SIGINT, "interrupted")])  # Ctrl-C
+                                                (os.killpg, signal.SIGINT, "interrupted"),  # Ctrl-C
+                                                (os.killpg, signal.SIGHUP, "stopped by SIGHUP")])  # a terminal closed
 def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, tmp_path):
     """A stop signal while the workers tokenize, to the preparer alone or to its whole process group: the workers
     are ended with it, print nothing, and the preparer says why in one line, exiting 128 + the signal."""
