@@ -23,6 +23,7 @@ from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_config, load_replicated, resolve_reference
+from gpt2_jax.outdir import write_file
 from gpt2_jax.tokenizer import tokenizer_for_vocab
 
 TASKS = ("val_loss", "hellaswag")
@@ -101,9 +102,8 @@ def main(argv=None):
             print(results_table(results, tasks))
         raise
     print(results_table(results, tasks))
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=2)
+    if args.out:  # whole or absent: a full disk is one line (outdir.write_file), not an empty file and a traceback
+        write_file(Path(args.out), lambda path: path.write_text(json.dumps(results, indent=2)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 evaluations inside a training run, the report and the plots."""
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -202,6 +203,24 @@ def test_running_out_of_memory_is_one_line(bpe_model_dir, shakespeare_bytes, mon
                       str(shakespeare_bytes), "--batch-size", "4096")
     assert_one_line_error(result, "out of memory on cpu (RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
                           "9.1GiB.); lower --batch-size (now 4096)")
+
+
+def test_an_out_on_a_full_disk_is_one_line_and_no_file(bpe_model_dir, shakespeare_bytes, tmp_path, monkeypatch):
+    """`--out eval.json` on a full disk: it was a traceback, exit 1, and an empty eval.json left behind."""
+    real_open = io.open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if "w" in mode and Path(file).parent == tmp_path:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *args: {"val_loss": {"loss": 3.25, "bpb": 1.5, "bytes": 1024}})
+    monkeypatch.setattr(io, "open", full_disk)  # Path.write_text's
+    monkeypatch.setattr("builtins.open", full_disk)
+    result = run_main(evaluate.main, "--model", str(bpe_model_dir), "--tasks", "val_loss", "--data-dir",
+                      str(shakespeare_bytes), "--out", str(tmp_path / "eval.json"))
+    assert_one_line_error(result, f"cannot write {tmp_path / 'eval.json'}: No space left on device")
+    assert list(tmp_path.iterdir()) == []  # no empty eval.json, no temporary file
 
 
 def test_ctrl_c_keeps_the_models_scored_before_it(bpe_model_dir, byte_model_dir, shakespeare_bytes, monkeypatch):
