@@ -58,10 +58,24 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
                 out_dir.rmdir()  # a failure before the first shard leaves nothing behind
             raise
     total = sum(shard["tokens"] for shard in meta["shards"])
-    splits = shards.split_segments(meta["shards"], total - int(total * (1 - val_fraction)))  # nanoGPT's split
+    splits = split_segments(meta["shards"], total - int(total * (1 - val_fraction)))  # nanoGPT's split
     meta.update(complete=True, val_fraction=val_fraction, splits={k: [vars(s) for s in v] for k, v in splits.items()})
     shards.write_meta(out_dir, meta)
     return meta
+
+
+def split_segments(entries: list[dict], val_tokens: int) -> dict[str, list[shards.Segment]]:
+    """Train is everything but the last `val_tokens` tokens of the shards (meta.json's entries); val is that tail."""
+    total = sum(shard["tokens"] for shard in entries)
+    boundary, offset, splits = total - val_tokens, 0, {"train": [], "val": []}
+    for shard in entries:
+        start, stop = offset, offset + shard["tokens"]
+        if start < boundary:
+            splits["train"].append(shards.Segment(shard["file"], 0, min(stop, boundary) - start))
+        if stop > boundary:
+            splits["val"].append(shards.Segment(shard["file"], max(start, boundary) - start, shard["tokens"]))
+        offset = stop
+    return splits
 
 
 def _make_output_dir(out_dir: Path) -> bool:

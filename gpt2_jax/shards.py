@@ -10,6 +10,7 @@ temporary name and renamed, so a killed preparation never leaves a half-written 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,11 +44,18 @@ def shard_name(index: int) -> str:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file, then rename it to `path`."""
+    """Call `write(file)` on a temporary file, then rename it to `path`. A write that fails (a full disk) removes
+    the temporary file and is one line naming `path`: the rerun resumes after the last complete shard."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        write(file)
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise DataError(f"cannot write {path}: {error.strerror or error}; make room, then rerun the same prepare "
+                        "command: it resumes after its last complete shard") from None
 
 
 def write_shard(data_dir: Path, index: int, chunks: list[np.ndarray]) -> dict:
@@ -111,20 +119,6 @@ def check_meta(path: Path, meta: dict) -> None:
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def split_segments(shards: list[dict], val_tokens: int) -> dict[str, list[Segment]]:
-    """Train is everything but the last `val_tokens` tokens; val is that tail."""
-    total = sum(shard["tokens"] for shard in shards)
-    boundary, offset, splits = total - val_tokens, 0, {"train": [], "val": []}
-    for shard in shards:
-        start, stop = offset, offset + shard["tokens"]
-        if start < boundary:
-            splits["train"].append(Segment(shard["file"], 0, min(stop, boundary) - start))
-        if stop > boundary:
-            splits["val"].append(Segment(shard["file"], max(start, boundary) - start, shard["tokens"]))
-        offset = stop
-    return splits
 
 
 def open_split(data_dir: str | Path, split: str) -> tuple[dict, list[tuple[np.ndarray, Segment]]]:

@@ -290,6 +290,7 @@ def nanogpt_step(shape, batch, dtype, device):
 def cli_run(batch: int, n_steps: int):
     """The train CLI on random tokens for n_steps: (median logged tok/s, median MFU, its console lines)."""
     from gpt2_jax import shards
+    from gpt2_jax.prepare import split_segments
 
     with tempfile.TemporaryDirectory() as scratch:
         data_dir, workdir = Path(scratch) / "data", Path(scratch) / "run"
@@ -298,7 +299,7 @@ def cli_run(batch: int, n_steps: int):
         entry = shards.write_shard(data_dir, 0, [np.random.default_rng(0).integers(0, 50256, total)])
         shards.write_meta(data_dir, {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "complete": True,
                                      "shards": [entry], "splits": {k: [vars(s) for s in v] for k, v in
-                                                                   shards.split_segments([entry], 2**20).items()}})
+                                                                   split_segments([entry], 2**20).items()}})
         command = [sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs' / 'gpt2_124m.py'}",
                    f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.batch_size={batch}",
                    f"--config.max_steps={n_steps}", "--config.warmup_steps=2", "--config.log_every=5",

@@ -1,6 +1,7 @@
 """Data: preparation from every input kind, the split, resuming, the grain pipeline, damaged shards."""
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -120,6 +121,45 @@ def test_preparation_resumes_after_the_last_complete_shard(tmp_path):
     resumed = prepare(inputs, resumed_dir, tokenizer="byte", shard_tokens=500)
     assert resumed == straight
     assert (tokens_of(resumed_dir)[0] == tokens_of(tmp_path / "straight")[0]).all()
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """The second shard cannot be written (a full disk): it was a traceback, exit 1, and a half-written
+    shard_000001.npy.tmp left behind."""
+    inputs = []
+    for i in range(6):
+        (tmp_path / f"{i}.txt").write_text(f"text {i} " * 40)
+        inputs.append(str(tmp_path / f"{i}.txt"))
+    straight = prepare(inputs, tmp_path / "straight", tokenizer="byte", shard_tokens=500)
+
+    class FullDisk:  # the file that fills the disk: what is written before the error stays, as on a real disk
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def writelines(self, lines):
+            self.file.write(next(iter(lines)))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real_open = open
+    monkeypatch.setattr(shards, "open", lambda path, mode: (FullDisk if "000001" in str(path) else lambda f: f)(
+        real_open(path, mode)), raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(shards.DataError, match=f"cannot write {out / 'shard_000001.npy'}: No space left on device; "
+                       "make room, then rerun the same prepare command: it resumes after its last complete shard"):
+        prepare(inputs, out, tokenizer="byte", shard_tokens=500)
+    assert sorted(path.name for path in out.iterdir()) == ["meta.json", "shard_000000.npy"]  # no .tmp left
+    monkeypatch.undo()  # room again
+    assert prepare(inputs, out, tokenizer="byte", shard_tokens=500) == straight
+    assert (tokens_of(out)[0] == tokens_of(tmp_path / "straight")[0]).all()
 
 
 @pytest.fixture(scope="module")
