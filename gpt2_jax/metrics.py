@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +63,7 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
-        self.enabled, self.resume_step, self.tensorboard = enabled, resume_step, None
+        self.enabled, self.resume_step, self.tensorboard, self.failed = enabled, resume_step, None, False
         self.workdir, self.path = Path(workdir), Path(workdir) / "metrics.jsonl"
         self.kept = None  # the lines to keep, read now: a damaged file stops the run before it trains
         self.evaluated = set()  # the steps with a val_loss row among them
@@ -82,6 +84,7 @@ class MetricsWriter:
                     self.tensorboard.add_scalar(name, value, step)
             self.tensorboard.flush()
         except OSError as error:  # a full disk: one line, not a traceback
+            self.failed = True
             raise UserError(f"{self.path}: cannot write step {step}'s metrics ({error.strerror or error}); make room "
                             "and rerun to resume from the last checkpoint") from None
 
@@ -99,8 +102,22 @@ class MetricsWriter:
             raise UserError(f"cannot write {self.workdir / 'tensorboard'}: {error.strerror or error}") from None
 
     def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        """Close TensorBoard's events file. Its last events unwritable (a full disk) are a warning, or nothing where
+        a write of this writer failed already (that is the run's one line); either way its writer is left closed,
+        else tensorboardX's exit handler tried again and printed a traceback."""
+        tensorboard, self.tensorboard = self.tensorboard, None
+        try:
+            if tensorboard is not None:
+                tensorboard.close()
+        except OSError as error:
+            for events in (writer.event_writer for writer in tensorboard.all_writers.values()):
+                events._worker.stop()  # what tensorboardX's close does after the flush that failed
+                with contextlib.suppress(OSError):
+                    events._ev_writer.close()
+                events._closed = True
+            if not self.failed:
+                print(f"warning: cannot write {self.workdir / 'tensorboard'}'s last events ({error.strerror or error}); "
+                      "metrics.jsonl holds them", file=sys.stderr)
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:

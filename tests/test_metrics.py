@@ -1,5 +1,8 @@
 """What a run reports: the peak FLOP/s that MFU divides by (flops.py), and metrics.jsonl."""
 
+import errno
+import os
+
 import pytest
 
 from gpt2_jax.flops import peak_flops_of
@@ -14,6 +17,35 @@ from gpt2_jax.flops import peak_flops_of
 ])
 def test_the_peak_is_found_by_whole_names(device_kind, peak):
     assert peak_flops_of(device_kind) == peak
+
+
+def test_tensorboard_events_on_a_full_disk_leave_the_one_line_alone(tmp_path, monkeypatch, capsys):
+    """A row's write fails (a full disk), then the run's clean-up closes TensorBoard's file, whose flush fails
+    the same way: that OSError replaced the one line with a traceback (exit 1), and tensorboardX's exit handler
+    printed another."""
+    from tensorboardX import record_writer
+
+    from gpt2_jax.errors import UserError
+    from gpt2_jax.metrics import MetricsWriter
+
+    def full_disk(self):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    for failed_before in (True, False):
+        workdir = tmp_path / str(failed_before)
+        writer = MetricsWriter(workdir)
+        writer.write(1, {"train_loss": 1.0})
+        monkeypatch.setattr(record_writer.RecordWriter, "flush", full_disk)
+        if failed_before:
+            with pytest.raises(UserError, match="cannot write step 2's metrics \\(No space left on device\\)"):
+                writer.write(2, {"train_loss": 0.5})
+        tensorboard = writer.tensorboard
+        writer.close()
+        warning = f"warning: cannot write {workdir / 'tensorboard'}'s last events (No space left on device)"
+        assert capsys.readouterr().err == ("" if failed_before else warning + "; metrics.jsonl holds them\n")
+        for file_writer in tensorboard.all_writers.values():
+            file_writer.event_writer.close()  # what tensorboardX's exit handler runs: it failed again
+        monkeypatch.undo()
 
 
 def test_metrics_that_cannot_be_written_are_one_line(tmp_path):
