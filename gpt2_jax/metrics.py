@@ -110,11 +110,13 @@ class MetricsWriter:
             if tensorboard is not None:
                 tensorboard.close()
         except OSError as error:
+            # What tensorboardX's close does after the flush that failed (its private parts: if they change, its
+            # exit handler's traceback is back, the run's one line kept all the same).
             for events in (writer.event_writer for writer in tensorboard.all_writers.values()):
-                events._worker.stop()  # what tensorboardX's close does after the flush that failed
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, AttributeError):
+                    events._worker.stop()
+                    events._closed = True
                     events._ev_writer.close()
-                events._closed = True
             if not self.failed:
                 print(f"warning: cannot write {self.workdir / 'tensorboard'}'s last events ({error.strerror or error}); "
                       "metrics.jsonl holds them", file=sys.stderr)
