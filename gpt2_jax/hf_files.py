@@ -1,4 +1,4 @@
-"""Hugging Face model directories on disk: find them, read their weights, write them.
+"""Hugging Face model directories on disk: read their weights, write them (loading.py finds them).
 
 Knows file names and formats (`model.safetensors`, `pytorch_model.bin`, tokenizer files),
 nothing about what the tensors mean: that is `convert.py`.
@@ -29,34 +29,6 @@ class CheckpointFileError(UserError):
 
 def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0]
-
-
-def resolve(name_or_path: str) -> Path:
-    """A local HF directory as is; otherwise a hub name, downloaded with huggingface_hub."""
-    path = Path(name_or_path)
-    if path.is_dir() and any((path / name).exists() for name in ("train.lock", "train_config.json")) and not any(
-            (path / "checkpoints").glob("[0-9]*")):
-        raise CheckpointFileError(f"{name_or_path}: a training workdir with no checkpoint in it (none saved yet: a run "
-                                  "saves its first at step checkpoint_every; or checkpoints/ was removed)")
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    if path.exists():
-        raise CheckpointFileError(
-            f"{name_or_path}: not a model directory (need config.json + {' or '.join(WEIGHT_FILES)}, "
-            "a params directory, or a training workdir)"
-        )
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise CheckpointFileError(f"{name_or_path}: no such directory")
-    import huggingface_hub  # only for hub names
-
-    try:
-        patterns = ["*.json", "*.txt", WEIGHT_FILES[0]]  # config, tokenizer files, safetensors weights
-        return Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns))
-    except Exception as error:  # the hub's errors are many (network, auth, not found)
-        raise CheckpointFileError(
-            f"{name_or_path}: no such local directory, and the Hugging Face Hub did not provide it "
-            f"({type(error).__name__}); pass a local directory with config.json + model.safetensors"
-        ) from None
 
 
 class Tensors:
@@ -133,6 +105,7 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
     An existing `out_dir` is replaced whole if it is empty or an HF model directory, else refused unless
     `overwrite` (outdir.py): no file of an earlier export (a tokenizer of another vocabulary) survives.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     if tokenizer_dir:
@@ -140,7 +113,10 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
 
     def write(directory: Path) -> None:
         (directory / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-        save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})
+        try:
+            save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})
+        except SafetensorError as error:  # its own error for a failed write (a full disk): outdir's one line
+            raise OSError(first_line(error)) from None
         generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
         (directory / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
         for name in TOKENIZER_FILES if tokenizer_dir else ():

@@ -3,7 +3,8 @@
 A reference is a Hugging Face hub name (`gpt2`), a local HF directory (config.json +
 model.safetensors or pytorch_model.bin), a params directory written by
 `python -m gpt2_jax.convert --from-hf`, or a training workdir (its latest good checkpoint).
-The files are hf_files.py's and checkpoint.py's; the key map is convert.py's.
+A reference is resolved here (a hub name's files fetched with huggingface_hub); the files are hf_files.py's and
+checkpoint.py's; the key map is convert.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gpt2_jax import convert, hf_files, sharding
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.hf_files import WEIGHT_FILES, CheckpointFileError
 from gpt2_jax.model import GPT2
 from gpt2_jax.model_dirs import is_flax_dir
 from gpt2_jax.tokenizer import Tokenizer, tokenizer_for_vocab
@@ -37,7 +39,35 @@ class LoadedModel:
 def resolve_reference(reference: str) -> Path:
     """The local directory of a model reference: a params directory or workdir as given, an HF one resolved
     (a hub name's files fetched)."""
-    return Path(reference) if is_flax_dir(Path(reference)) else hf_files.resolve(reference)
+    return Path(reference) if is_flax_dir(Path(reference)) else resolve_hf(reference)
+
+
+def resolve_hf(name_or_path: str) -> Path:
+    """A local HF directory as is; otherwise a hub name, downloaded with huggingface_hub."""
+    path = Path(name_or_path)
+    if path.is_dir() and any((path / name).exists() for name in ("train.lock", "train_config.json")) and not any(
+            (path / "checkpoints").glob("[0-9]*")):
+        raise CheckpointFileError(f"{name_or_path}: a training workdir with no checkpoint in it (none saved yet: a run "
+                                  "saves its first at step checkpoint_every; or checkpoints/ was removed)")
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if path.exists():
+        raise CheckpointFileError(
+            f"{name_or_path}: not a model directory (need config.json + {' or '.join(WEIGHT_FILES)}, "
+            "a params directory, or a training workdir)"
+        )
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise CheckpointFileError(f"{name_or_path}: no such directory")
+    import huggingface_hub  # only for hub names
+
+    try:
+        patterns = ["*.json", "*.txt", WEIGHT_FILES[0]]  # config, tokenizer files, safetensors weights
+        return Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns))
+    except Exception as error:  # the hub's errors are many (network, auth, not found)
+        raise CheckpointFileError(
+            f"{name_or_path}: no such local directory, and the Hugging Face Hub did not provide it "
+            f"({type(error).__name__}); pass a local directory with config.json + model.safetensors"
+        ) from None
 
 
 def load_config(reference: str) -> GPT2Config:
@@ -65,7 +95,7 @@ def load_replicated(reference: str):
 
 def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict]:
     """Load an HF GPT-2 (hub name or local directory) as (GPT2Config, params)."""
-    model_dir = hf_files.resolve(name_or_path)
+    model_dir = resolve_hf(name_or_path)
     config = GPT2Config.from_json(model_dir / "config.json")
     try:
         return config, convert.params_from_state_dict(config, hf_files.read_tensors(model_dir), progress)

@@ -400,6 +400,23 @@ def test_an_output_that_cannot_be_put_in_place_is_refused_before_any_work(hf_dir
         writable()
 
 
+def test_an_export_on_a_full_disk_is_one_line_and_leaves_no_output(hf_dir, tmp_path, monkeypatch):
+    """safetensors raises its own SafetensorError, not an OSError, for a write that fails: it was a traceback."""
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    def full_disk(state_dict, path, metadata=None):
+        with open(path, "wb") as file:
+            file.write(b"part of it")
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    assert_one_line_error(convert("--to-hf", str(hf_dir), "--out", str(tmp_path / "hf")),
+                          f"cannot write {tmp_path / 'hf'}: Error while serializing: IoError(Os {{ code: 28")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary directory
+
+
 def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
     out = tmp_path / "hf"
     for model in (bpe_model_dir, byte_model_dir):  # GPT-2 BPE first (tokenizer files), then bytes (none)
