@@ -29,8 +29,12 @@ def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool
     """Write DIR/config.json and DIR/params (an orbax checkpoint of the param tree), replacing DIR whole."""
     def write(directory: Path) -> None:
         config.to_json(directory / "config.json")
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(directory / PARAMS, params)
+        checkpoint_failures.quiet_orbax_failures()  # a failed write: outdir's one line, not orbax's hundreds
+        try:
+            with ocp.StandardCheckpointer() as checkpointer:
+                checkpointer.save(directory / PARAMS, params)
+        except Exception as error:  # orbax/tensorstore raise many types for a failed write (a full disk)
+            raise OSError(checkpoint_failures.failure_reason(error)) from None
         (directory / CHECKSUMS).write_text(json.dumps(integrity.checksums(params), indent=0))
 
     outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR, overwrite)

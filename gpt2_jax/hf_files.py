@@ -7,6 +7,8 @@ nothing about what the tensors mean: that is `convert.py`.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -116,7 +118,8 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
         try:
             save_file(state_dict, directory / WEIGHT_FILES[0], metadata={"format": "pt"})
         except SafetensorError as error:  # its own error for a failed write (a full disk): outdir's one line
-            raise OSError(first_line(error)) from None
+            code = re.search(r"os error (\d+)", str(error))
+            raise OSError(os.strerror(int(code.group(1))) if code else first_line(error)) from None
         generation = {key: config_dict[key] for key in ("bos_token_id", "eos_token_id")}
         (directory / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
         for name in TOKENIZER_FILES if tokenizer_dir else ():

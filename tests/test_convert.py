@@ -400,21 +400,33 @@ def test_an_output_that_cannot_be_put_in_place_is_refused_before_any_work(hf_dir
         writable()
 
 
-def test_an_export_on_a_full_disk_is_one_line_and_leaves_no_output(hf_dir, tmp_path, monkeypatch):
-    """safetensors raises its own SafetensorError, not an OSError, for a write that fails: it was a traceback."""
+def test_a_conversion_on_a_full_disk_is_one_line_and_leaves_no_output(hf_dir, tmp_path, monkeypatch):
+    """Neither library raises an OSError for a write that failed: safetensors its SafetensorError, orbax a
+    ValueError after hundreds of lines of its own. Each was a traceback. Their messages are a full tmpfs's."""
+    import orbax.checkpoint as ocp
     import safetensors.numpy
     from safetensors import SafetensorError
 
-    def full_disk(state_dict, path, metadata=None):
+    def full_disk(path):
         with open(path, "wb") as file:
             file.write(b"part of it")
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
-                              'left on device" })')
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
-    assert_one_line_error(convert("--to-hf", str(hf_dir), "--out", str(tmp_path / "hf")),
-                          f"cannot write {tmp_path / 'hf'}: Error while serializing: IoError(Os {{ code: 28")
-    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary directory
+    def save_file(state_dict, path, metadata=None):
+        full_disk(path)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    def save(self, directory, params, **kwargs):
+        directory.mkdir()
+        full_disk(directory / "d")
+        raise ValueError(f"RESOURCE_EXHAUSTED: Error writing \"wte.embedding/0.0\" in OCDBT database at {directory}: "
+                         f"Failed to write 568066 bytes to file 14: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", save)
+    for direction, out in (("--to-hf", tmp_path / "hf"), ("--from-hf", tmp_path / "flax")):
+        assert_one_line_error(convert(direction, str(hf_dir), "--out", str(out)),
+                              f"cannot write {out}: No space left on device")
+        assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary directory
 
 
 def test_a_new_export_replaces_the_old_one_whole(bpe_model_dir, byte_model_dir, tmp_path):
