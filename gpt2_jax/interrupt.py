@@ -87,8 +87,9 @@ def stop_as_ctrl_c(signum, frame):
 
 def leave_on_ctrl_c_while_starting() -> None:
     """Until a CLI's main begins (`exit_on_user_error`), Ctrl-C exits 130 at once, saying "interrupted", and SIGTERM
-    143, "stopped by SIGTERM" (SIGHUP 129): the CLI's module is still importing JAX and the rest, with nothing begun, and Python's
-    own KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start went on).
+    143, "stopped by SIGTERM" (SIGHUP 129): the CLI's module is still importing JAX and the rest, with nothing
+    begun, and Python's own KeyboardInterrupt there is a traceback, or lost in a callback of jaxlib's (the start
+    went on).
     Only over the default handlers: an ignored SIGINT (a job started with `&` by a script) stays ignored."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, leave_while_starting)

@@ -69,7 +69,7 @@ class MetricsWriter:
         self.evaluated = set()  # the steps with a val_loss row among them
         if enabled and self.path.exists():
             kept = [(line, row) for line, row in _lines_and_rows(self.path) if row["step"] <= resume_step]
-            self.kept, self.evaluated = [line for line, _ in kept], {row["step"] for _, row in kept if "val_loss" in row}
+            self.kept, self.evaluated = [line for line, _ in kept], {r["step"] for _, r in kept if "val_loss" in r}
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -118,8 +118,8 @@ class MetricsWriter:
                     events._closed = True
                     events._ev_writer.close()
             if not self.failed:
-                print(f"warning: cannot write {self.workdir / 'tensorboard'}'s last events ({error.strerror or error}); "
-                      "metrics.jsonl holds them", file=sys.stderr)
+                print(f"warning: cannot write {self.workdir / 'tensorboard'}'s last events "
+                      f"({error.strerror or error}); metrics.jsonl holds them", file=sys.stderr)
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
