@@ -69,7 +69,7 @@ def _stop(signum, frame):
 
 
 @contextlib.contextmanager
-def _sigterm_stops():
+def _stop_signals_raise_stopped():
     """SIGTERM and SIGHUP raise `Stopped` (`_stop`) while in this block: where the handler is the default or a
     command's (interrupt.stop_as_ctrl_c; a program with its own keeps it) and in the main thread (the only one
     that may set handlers)."""
@@ -91,7 +91,7 @@ def _encode(text: str) -> np.ndarray:
     return _worker_tokenizer.encode_array(text).astype(shards.TOKEN_DTYPE)
 
 
-@_sigterm_stops()  # around the pool's start too: its workers are forked with the handler
+@_stop_signals_raise_stopped()  # around the pool's start too: its workers are forked with the handler
 def tokenize_into_shards(meta: dict, out_dir: Path, workers: int, eot: int) -> None:
     """Append shards to `meta` from document `meta["documents"]` on, saving progress per shard."""
     documents = itertools.islice(iter_documents(meta["inputs"], meta["text_field"]), meta["documents"], None)
