@@ -1,8 +1,9 @@
-"""What runs fastest on each platform: XLA flags set before JAX starts, and the attention kernel.
+"""What runs fastest on each platform: XLA flags set before JAX starts, and the model's kernels.
 
 Measured on one H200 (docs/benchmarks.md): cuDNN's flash attention is 1.75x XLA's unfused
 attention in the GPT-2 124M train step, and cuBLAS GEMMs (Triton's GEMM emitter off) another
-1.19x. A flag the user already put in XLA_FLAGS is left as they set it.
+1.19x; then queries, keys and values as three matmuls and the fused add + LayerNorm kernel
+1.05x more. A flag the user already put in XLA_FLAGS is left as they set it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ def attention_impl(requested: str, dtype, device=None) -> str:
     if device.platform == "gpu" and "nvidia" in device.device_kind.lower():
         return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
     return "pallas" if device.platform == "tpu" else "xla"
+
+
+def model_kernels(attention: str, split_qkv: bool | None, fused_norm: bool | None, dtype, device=None) -> dict:
+    """GPT2's kernel arguments (attention_impl, split_qkv, fused_norm): each as requested, or for "" / None
+    the fastest exact choice on `device`.
+
+    NVIDIA GPUs in bf16/fp16: cuDNN's flash attention; queries, keys and values as three matmuls (cuDNN
+    takes each dense, so one matmul's output was copied apart: 1.02x); each residual add and the LayerNorm
+    after it as one Pallas kernel (1.03x; on the device, 2.5e-7 from XLA's ops in fp32). Elsewhere XLA's
+    ops (Pallas splash attention on TPUs): the other two were measured faster on an H200 only.
+    """
+    attention = attention_impl(attention, dtype, device)
+    return {"attention_impl": attention,
+            "split_qkv": attention == "cudnn" if split_qkv is None else split_qkv,
+            "fused_norm": attention_impl("", dtype, device) == "cudnn" if fused_norm is None else fused_norm}
 
 
 def memory_bytes(device=None) -> int | None:

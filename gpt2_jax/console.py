@@ -11,14 +11,15 @@ COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("gr
            "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
 
 
-def banner(n_params: int, c, accumulation: int, mesh, tokenizer: str, attention: str) -> str:
-    """The run's first line: what it trains, on what, with which kernels."""
+def banner(n_params: int, c, accumulation: int, mesh, tokenizer: str, kernels: dict) -> str:
+    """The run's first line: what it trains, on what, with which kernels (accelerator.model_kernels)."""
     devices = list(mesh.devices.flat)
     processes = len({device.process_index for device in devices})
     return (f"{n_params / 1e6:.2f}M params | {c.tokens_per_step:,} tokens/step = {accumulation} x {c.batch_size} x "
             f"{c.block_size} | {len(devices)} {devices[0].platform} devices"
             f"{f' of {processes} processes' if processes > 1 else ''}, mesh {dict(mesh.shape)} | {tokenizer} tokens | "
-            f"{attention} attention" + " | fused add+LayerNorm kernel" * c.fused_norm)
+            f"{kernels['attention_impl']} attention" + " | q, k, v as three matmuls" * kernels["split_qkv"] +
+            " | fused add+LayerNorm kernel" * kernels["fused_norm"])
 
 
 def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float | None) -> str:

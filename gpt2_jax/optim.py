@@ -9,6 +9,8 @@ optax sees one update per optimizer step.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import optax
 
@@ -53,3 +55,20 @@ def make_optimizer(config) -> optax.GradientTransformation:
             mask=decay_mask,
         ),
     )
+
+
+def optimizer_checks(c) -> list[tuple[bool, str]]:
+    """(ok, message) for the schedule's and AdamW's keys; a NaN fails every range (its comparisons are False)."""
+    return [
+        (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
+        (0 < c.min_lr_ratio <= 1, f"min_lr_ratio={c.min_lr_ratio} must be in (0, 1]"),
+        (c.warmup_steps >= 0, f"warmup_steps={c.warmup_steps} must be >= 0 (0: no warmup)"),
+        (c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps}"),
+        (0 <= c.b1 < 1, f"b1={c.b1} must be in [0, 1)"),
+        (0 <= c.b2 < 1, f"b2={c.b2} must be in [0, 1)"),
+        # eps keeps the update finite where a gradient is always 0 (the padded vocabulary's rows).
+        (0 < c.eps < math.inf, f"eps={c.eps} must be a finite number > 0"),
+        (0 <= c.weight_decay < math.inf, f"weight_decay={c.weight_decay} must be a finite number >= 0 (0: no decay)"),
+        # optax scales the gradient by grad_clip / its norm above grad_clip: 0 would zero every update.
+        (0 < c.grad_clip, f"grad_clip={c.grad_clip} must be > 0 (the largest gradient norm kept; inf: no clipping)"),
+    ]

@@ -83,10 +83,9 @@ class Run:
                         else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         changed = check_settings(self.workdir, model_config, c, meta, jax.process_count())
 
-        attention = accelerator.attention_impl(c.attention_impl, c.dtype)
+        kernels = accelerator.model_kernels(c.attention_impl, c.split_qkv, c.fused_norm, c.dtype)
         model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
-                     attention_impl=attention, remat=c.remat, residual_dtype=jnp.dtype(c.residual_dtype),
-                     split_qkv=c.split_qkv, fused_norm=c.fused_norm)
+                     remat=c.remat, residual_dtype=jnp.dtype(c.residual_dtype), **kernels)
         optimizer = make_optimizer(c)
         init = functools.partial(init_train_state, model, optimizer)
         abstract = jax.eval_shape(init, jax.random.key(c.seed))
@@ -101,7 +100,7 @@ class Run:
                                         self.process, jax.process_count())
         self.evaluation = TrainingEvaluation(c, model, mesh, get_tokenizer(meta["tokenizer"])) if c.eval_every else None
         print(console.banner(sum(x.size for x in jax.tree.leaves(abstract.params)), c, self.accumulation, mesh,
-                             meta["tokenizer"], attention))  # before a restore's words
+                             meta["tokenizer"], kernels))  # before a restore's words
         self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         restored = self.checkpoints.restore_train_state(target.params, target.opt_state, self.data)

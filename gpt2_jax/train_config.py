@@ -7,16 +7,16 @@ The defaults are GPT-2 124M as build-nanogpt trains it.
 
 from __future__ import annotations
 
-import math
-
 import ml_collections
 
 from gpt2_jax.accelerator import ATTENTION_IMPLS
 from gpt2_jax.config import ConfigError, GPT2Config
+from gpt2_jax.optim import optimizer_checks
 
 DTYPES = ("float32", "bfloat16")
 
-# (key, default, meaning): the defaults, and what `python -m gpt2_jax.train --help` lists.
+# (key, default, meaning): the defaults, and what `python -m gpt2_jax.train --help` lists. A default of None is
+# a bool that the platform decides unless set (accelerator.model_kernels).
 FIELDS = (
     ("data_dir", "", "token shards from python -m gpt2_jax.prepare; their tokenizer sets the vocabulary"),
     ("init_from", "", "start from this model (hub name, HF dir, params dir or workdir; its config.json sets "
@@ -30,8 +30,10 @@ FIELDS = (
     ("attention_impl", "", f"one of {ATTENTION_IMPLS}; '': the fastest exact kernel here (accelerator.py)"),
     ("remat", False, "recompute activations in the backward pass to save memory"),
     ("residual_dtype", "float32", f"the residual stream's dtype, one of {DTYPES}: bfloat16 halves its memory traffic"),
-    ("split_qkv", False, "queries, keys and values as three matmuls, not one split by copying (docs/benchmarks.md)"),
-    ("fused_norm", False, "each residual add and LayerNorm as one Pallas kernel (NVIDIA GPUs; docs/benchmarks.md)"),
+    ("split_qkv", None, "queries, keys and values as three matmuls, not one split by copying; None: with cuDNN "
+                        "attention, where it is faster (docs/benchmarks.md)"),
+    ("fused_norm", None, "each residual add and LayerNorm as one Pallas kernel; None: on NVIDIA GPUs in bfloat16, "
+                         "where it is faster (docs/benchmarks.md)"),
     ("batch_size", 16, "windows per micro-batch, all devices together"),
     ("tokens_per_step", 524_288, "tokens per optimizer step (2**19, GPT-3 small's); micro-batches accumulate to it"),
     ("learning_rate", 6e-4, "peak learning rate, reached after warmup_steps"),
@@ -64,7 +66,8 @@ FIELDS = (
 
 def default_config() -> ml_collections.ConfigDict:
     """GPT-2 124M as build-nanogpt trains it (FIELDS)."""
-    return ml_collections.ConfigDict({key: default for key, default, _ in FIELDS})
+    return ml_collections.ConfigDict({key: ml_collections.FieldReference(None, field_type=bool) if default is None
+                                      else default for key, default, _ in FIELDS})
 
 
 def describe() -> str:
@@ -78,7 +81,10 @@ def accumulation_steps(c: ml_collections.ConfigDict) -> int:
 
 
 def fits_setting(value, kind: type) -> bool:
-    """`value` can be a setting of type `kind`: an int stands for a float; a bool is no number."""
+    """`value` can be a setting of type `kind`: an int stands for a float; a bool is no number; NoneType (a
+    default of None) takes a bool too."""
+    if kind is type(None):
+        return value is None or isinstance(value, bool)
     return isinstance(value, (int, float) if kind is float else kind) and isinstance(value, bool) == (kind is bool)
 
 
@@ -86,7 +92,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
     """Raise ConfigError naming the first key that cannot work, and what would (`platform`: jax's backend)."""
     for key, default, _ in FIELDS:  # a config file may set None (ConfigDict allows it): a traceback in a check below
         if not fits_setting(c[key], type(default)):
-            name = type(default).__name__
+            name = type(default).__name__ if default is not None else "bool or None"
             raise ConfigError(f"{key}={c[key]!r} must be {'an' if name == 'int' else 'a'} {name}, as its default "
                               f"{default!r} is")
     for key in ("batch_size", "block_size", "tokens_per_step", "max_steps", "n_layer", "n_head", "n_embd",
@@ -102,7 +108,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
         (c.attention_impl != "cudnn" or platform in ("", "gpu", "cuda"),
          f"attention_impl='cudnn' needs an NVIDIA GPU, not {platform}; use '' (jax picks) or 'xla'"),
         (not c.fused_norm or platform in ("", "gpu", "cuda"),
-         f"fused_norm=True needs an NVIDIA GPU (its Triton kernel), not {platform}; leave it False"),
+         f"fused_norm=True needs an NVIDIA GPU (its Triton kernel), not {platform}; leave it None or False"),
         (c.data_dir, "data_dir is not set; pass --config.data_dir=DIR (from python -m gpt2_jax.prepare)"),
         (c.dtype in DTYPES, f"dtype={c.dtype!r}; choose one of {DTYPES}"),
         (c.residual_dtype in DTYPES, f"residual_dtype={c.residual_dtype!r}; choose one of {DTYPES}"),
@@ -124,23 +130,6 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def optimizer_checks(c: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
-    """(ok, message) for the schedule's and AdamW's keys; a NaN fails every range (its comparisons are False)."""
-    return [
-        (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
-        (0 < c.min_lr_ratio <= 1, f"min_lr_ratio={c.min_lr_ratio} must be in (0, 1]"),
-        (c.warmup_steps >= 0, f"warmup_steps={c.warmup_steps} must be >= 0 (0: no warmup)"),
-        (c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps}"),
-        (0 <= c.b1 < 1, f"b1={c.b1} must be in [0, 1)"),
-        (0 <= c.b2 < 1, f"b2={c.b2} must be in [0, 1)"),
-        # eps keeps the update finite where a gradient is always 0 (the padded vocabulary's rows).
-        (0 < c.eps < math.inf, f"eps={c.eps} must be a finite number > 0"),
-        (0 <= c.weight_decay < math.inf, f"weight_decay={c.weight_decay} must be a finite number >= 0 (0: no decay)"),
-        # optax scales the gradient by grad_clip / its norm above grad_clip: 0 would zero every update.
-        (0 < c.grad_clip, f"grad_clip={c.grad_clip} must be > 0 (the largest gradient norm kept; inf: no clipping)"),
-    ]
 
 
 def model_config(c: ml_collections.ConfigDict, vocab_size: int, eot_token: int) -> GPT2Config:

@@ -9,7 +9,7 @@ floor on their time. Those fusions are memory-bound, so fewer bytes is what make
 matmuls and attention are bound by arithmetic, and only a GPU run times anything.
 
     python scripts/gpu_plan.py                        # B=64, bf16, cuDNN attention, on an H200
-    python scripts/gpu_plan.py --gpu h100 --split-qkv --save-hlo /tmp/step.hlo
+    python scripts/gpu_plan.py --gpu h100 --fused-norm off --save-hlo /tmp/step.hlo   # XLA's LayerNorms
     XLA_FLAGS=--xla_gpu_experimental_all_fusions_with_triton=true python scripts/gpu_plan.py
 """
 
@@ -19,6 +19,7 @@ import functools
 import os
 import re
 import sys
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,8 @@ def compile_only_device(gpu: str):
 
 
 def compile_step(args):
-    """The compiled train step (bench_train.py's, GPT-2 124M at T=1024 in bf16) for one `args.gpu`."""
+    """The compiled train step (bench_train.py's, GPT-2 124M at T=1024 in bf16) for one `args.gpu`, and GPT2's
+    kernel options (the train CLI's on that card but those the flags set)."""
     import jax
     import jax.numpy as jnp
 
@@ -75,15 +77,17 @@ def compile_step(args):
     device = compile_only_device(args.gpu)
     config = default_config()
     config.warmup_steps, config.max_steps = 10, 1000
-    gpt2 = GPT2(GPT2Config(), dtype=jnp.bfloat16, vocab_pad_multiple=64, attention_impl="cudnn",
-                **model_variants.model_options(args))
+    gpu = types.SimpleNamespace(platform="gpu", device_kind=f"NVIDIA {args.gpu}")  # the card the kernels are for
+    options = model_variants.model_options(args, jnp.bfloat16, "cudnn", gpu)
+    gpt2 = GPT2(GPT2Config(), dtype=jnp.bfloat16, vocab_pad_multiple=64, **options)
     optimizer, mesh = make_optimizer(config), sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(step.init_train_state, gpt2, optimizer), jax.random.key(0))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
                          sharding.tree_shardings(mesh, state))
     windows = jax.ShapeDtypeStruct((1, args.batch_size, 1025), jnp.int32,
                                    sharding=sharding.batch_sharding(mesh, leading_dims=1))
-    return jax.jit(functools.partial(step.train_step, gpt2, optimizer), donate_argnums=0).lower(state, windows).compile()
+    return jax.jit(functools.partial(step.train_step, gpt2, optimizer), donate_argnums=0).lower(
+        state, windows).compile(), options
 
 
 def group(op_name: str) -> str:
@@ -100,14 +104,13 @@ def main():
     args = parse_args()
     bandwidth = float(re.search(r"memory_bandwidth: (\d+)", (TARGETS / f"{args.gpu}.txtpb").read_text()).group(1))
     accelerator.set_xla_flags()
-    compiled = compile_step(args)
+    compiled, options = compile_step(args)
     text = compiled.as_text()
     if args.save_hlo:
         Path(args.save_hlo).write_text(text)
     memory = compiled.memory_analysis()
     tiles = f" tiles {','.join(map(str, args.fused_norm_tiles))}" if args.fused_norm_tiles else ""
-    print(f"# {args.gpu}, B={args.batch_size}, residual {args.residual_dtype}, split_qkv={args.split_qkv}, "
-          f"fused_norm={args.fused_norm}{tiles}, "
+    print(f"# {args.gpu}, B={args.batch_size}, {model_variants.describe(options)}{tiles}, "
           f"gelu {'autodiff' if args.autodiff_gelu else 'gelu.py'}, XLA_FLAGS={os.environ['XLA_FLAGS']}")
     print(f"memory: arguments {memory.argument_size_in_bytes / 2**30:.1f} GiB, "
           f"temporaries {memory.temp_size_in_bytes / 2**30:.1f} GiB")

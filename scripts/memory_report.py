@@ -32,11 +32,10 @@ from gpt2_jax.train_flags import parse_flags  # noqa: E402
 
 def planned_bytes(config, device) -> dict:
     model_config = train_config.model_config(config, 50257, 50256)
-    attention = accelerator.attention_impl(config.attention_impl, config.dtype, device)
+    kernels = accelerator.model_kernels(config.attention_impl, config.split_qkv, config.fused_norm, config.dtype,
+                                        device)
     model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
-                 attention_impl=attention, remat=config.remat,
-                 residual_dtype=jnp.dtype(config.residual_dtype), split_qkv=config.split_qkv,
-                 fused_norm=config.fused_norm)
+                 remat=config.remat, residual_dtype=jnp.dtype(config.residual_dtype), **kernels)
     optimizer = make_optimizer(config)
     mesh = sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(init_train_state, model, optimizer), jax.random.key(0))

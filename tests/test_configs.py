@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 from absl import flags
 from conftest import SHAKESPEARE, assert_one_line_error, run_main, tiny_run_config
@@ -191,3 +192,21 @@ def test_the_command_line_parsed_in_a_program_with_absl_flags_of_its_own_keeps_t
         assert flags.FLAGS.sweep_trials == 5
     finally:
         delattr(flags.FLAGS, "sweep_trials")
+
+
+def test_the_kernel_settings_are_left_to_the_platform_unless_the_command_line_sets_them():
+    """split_qkv and fused_norm default to None (accelerator.model_kernels decides); True and False are typed
+    overrides, and a value of another type is one line."""
+    config_file = f"--config={CONFIGS[0].parent / 'gpt2_124m.py'}"
+    config = parse_flags(["train", config_file, "--workdir=run"])[0]
+    assert (config.split_qkv, config.fused_norm) == (None, None)
+    config = parse_flags(["train", config_file, "--workdir=run", "--config.fused_norm=True",
+                          "--config.split_qkv=False"])[0]
+    assert (config.split_qkv, config.fused_norm) == (False, True)
+    with pytest.raises(UserError, match="fused_norm"):
+        parse_flags(["train", config_file, "--workdir=run", "--config.fused_norm=maybe"])
+    with pytest.raises(TypeError, match="yes is of original type <class 'str'> and cannot be casted"):
+        default_config().fused_norm = "yes"  # a config file's (config_flags makes it one line)
+    config = ml_collections.ConfigDict({**default_config().to_dict(), "data_dir": "data", "fused_norm": "yes"})
+    with pytest.raises(ConfigError, match="^fused_norm='yes' must be a bool or None, as its default None is$"):
+        validate(config, 1, 1)
