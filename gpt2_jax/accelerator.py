@@ -40,7 +40,7 @@ def attention_impl(requested: str, dtype, device=None) -> str:
     if requested:
         return requested
     device = device or jax.devices()[0]
-    if device.platform == "gpu" and "nvidia" in device.device_kind.lower():
+    if device.platform in ("gpu", "cuda") and "nvidia" in device.device_kind.lower():  # "cuda": compile-only
         return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
     return "pallas" if device.platform == "tpu" else "xla"
 
@@ -50,8 +50,8 @@ def model_kernels(attention: str, split_qkv: bool | None, fused_norm: bool | Non
     the fastest exact choice on `device`.
 
     NVIDIA GPUs in bf16/fp16: cuDNN's flash attention; queries, keys and values as three matmuls (cuDNN
-    takes each dense, so one matmul's output was copied apart: 1.02x); each residual add and the LayerNorm
-    after it as one Pallas kernel (1.03x; on the device, 2.5e-7 from XLA's ops in fp32). Elsewhere XLA's
+    takes each dense, so one matmul's output was copied apart: 1.018x with the kernel); each residual add and
+    the LayerNorm after it as one Pallas kernel (1.028x; on the device, 2.5e-7 from XLA's ops in fp32). Elsewhere XLA's
     ops (Pallas splash attention on TPUs): the other two were measured faster on an H200 only.
     """
     attention = attention_impl(attention, dtype, device)

@@ -63,9 +63,13 @@ def describe_changes(config, changed: dict[str, tuple], step: int) -> str:
     check_settings) and what they do to the next step's learning rate."""
     was, now = learning_rates(config, {key: before for key, (before, _) in changed.items()}, step)
     return "settings changed since this run's last start: " + ", ".join(
-        f"{key} {before} -> {value}" for key, (before, value) in changed.items()) + (
+        f"{key} {_shown(before)} -> {_shown(value)}" for key, (before, value) in changed.items()) + (
         f"; the next step's learning rate is {now:.3g}, {'up' if now > was else 'down'} from {was:.3g}"
         if now != was else "")
+
+
+def _shown(value) -> str:
+    return "None (the platform's choice)" if value is None else str(value)  # None: accelerator.model_kernels'
 
 
 def read_settings(workdir: Path, types: dict[str, type] | None = None, only_where_present: bool = False) -> dict:

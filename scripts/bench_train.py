@@ -8,8 +8,9 @@ AdamW) on random windows, timed after warm-up steps; tokens/s, MFU and the ratio
 gpt2_jax runs its compiled, sharded step over every device (on a CPU host: --cpu-devices). MFU's
 peak is the datasheet bf16 rate where flops.PEAK_FLOPS knows the device, else the matmul rate
 measured here in the compute dtype. --cli-steps N also runs `python -m gpt2_jax.train` for N
-steps on random tokens (configs/gpt2_124m.py, batch = the largest --batch-sizes) and reports
-what its metrics.jsonl logged, so the number users see is checked against this one.
+steps on random tokens (configs/gpt2_124m.py, batch = the largest --batch-sizes, and the variant's
+--split-qkv, --fused-norm, --residual-dtype) and reports what its metrics.jsonl logged, so the
+number users see is checked against this one.
 
     python scripts/bench_train.py --cpu-devices 1
     python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16 --batch-sizes 16 64 \\
@@ -286,8 +287,9 @@ def nanogpt_step(shape, batch, dtype, device):
     return torch_step(lambda: model(inputs, targets), model, optimizer, dtype, device)
 
 
-def cli_run(batch: int, n_steps: int):
-    """The train CLI on random tokens for n_steps: (median logged tok/s, median MFU, its console lines)."""
+def cli_run(batch: int, n_steps: int, overrides=()):
+    """The train CLI on random tokens for n_steps, with --config.KEY=VALUE `overrides`: (median logged tok/s,
+    median MFU, its console lines)."""
     from gpt2_jax import shards
     from gpt2_jax.prepare import split_segments
 
@@ -302,7 +304,7 @@ def cli_run(batch: int, n_steps: int):
         command = [sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs' / 'gpt2_124m.py'}",
                    f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.batch_size={batch}",
                    f"--config.max_steps={n_steps}", "--config.warmup_steps=2", "--config.log_every=5",
-                   "--config.eval_every=0", "--config.checkpoint_every=1000000", "--config.hellaswag="]
+                   "--config.eval_every=0", "--config.checkpoint_every=1000000", "--config.hellaswag=", *overrides]
         result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                     [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
@@ -367,9 +369,10 @@ def main():
         print("| " + " | ".join(row) + " |")
     if args.cli_steps:
         batch = max(args.batch_sizes or [SHAPES["gpt2-124m-1024"][4]])
-        cli_tps, cli_mfu, lines = cli_run(batch, args.cli_steps)
-        print(f"\n# python -m gpt2_jax.train --config=configs/gpt2_124m.py --config.batch_size={batch}, "
-              f"{args.cli_steps} steps of 2^19 tokens on random data:")
+        overrides = model_variants.config_overrides(args)
+        cli_tps, cli_mfu, lines = cli_run(batch, args.cli_steps, overrides)
+        print(f"\n# python -m gpt2_jax.train --config=configs/gpt2_124m.py --config.batch_size={batch}"
+              f"{''.join(' ' + flag for flag in overrides)}, {args.cli_steps} steps of 2^19 tokens on random data:")
         print("\n".join(f"#   {line}" for line in (lines if isinstance(lines, list) else [lines])))
         if cli_tps:
             print(f"# its metrics.jsonl: median tokens_per_sec {cli_tps:,.0f}, mfu {cli_mfu:.1%}")

@@ -61,6 +61,13 @@ def model_options(args, dtype, attention: str = "", device=None) -> dict:
         attention, chosen[args.split_qkv], chosen[args.fused_norm], dtype, device)}
 
 
+def config_overrides(args) -> list[str]:
+    """The train CLI's --config.KEY=VALUE flags for the variant's settings that it has (not the tiles or GELU)."""
+    chosen = {"split_qkv": args.split_qkv, "fused_norm": args.fused_norm}
+    return [f"--config.{key}={value == 'on'}" for key, value in chosen.items() if value] + (
+        [f"--config.residual_dtype={args.residual_dtype}"] if args.residual_dtype != "float32" else [])
+
+
 def describe(options: dict) -> str:
     """`cudnn attention, split qkv, fused norm` for a table's row (model_options's result)."""
     return ", ".join([f"{options['attention_impl']} attention"] + ["split qkv"] * options["split_qkv"] +

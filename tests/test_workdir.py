@@ -196,12 +196,16 @@ def test_a_run_saved_with_a_kernel_setting_of_any_kind_resumes(tmp_path, saved):
     """split_qkv and fused_norm were bools (runs before 2026-11-27 wrote false); None now leaves them to the
     platform: each of the three is a value a run writes, a text is not."""
     from gpt2_jax.train_config import default_config
-    from gpt2_jax.workdir import check_settings
+    from gpt2_jax.workdir import check_settings, describe_changes
 
     config = default_config()
     (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "fused_norm": saved}))
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
-    assert check_settings(tmp_path, None, config, {}, 1) == ({} if saved is None else {"fused_norm": (saved, None)})
+    changed = check_settings(tmp_path, None, config, {}, 1)
+    assert changed == ({} if saved is None else {"fused_norm": (saved, None)})
+    if changed:  # what the resume prints
+        assert describe_changes(config, changed, 10) == (f"settings changed since this run's last start: fused_norm "
+                                                         f"{saved} -> None (the platform's choice)")
     (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "split_qkv": "yes"}))
     with pytest.raises(WorkdirError, match=re.escape("unreadable (values a run never writes: split_qkv 'yes')")):
         check_settings(tmp_path, None, config, {}, 1)

@@ -1,0 +1,22 @@
+"""The benchmark scripts' variants: the train CLI that bench_train.py --cli-steps runs is the variant it timed."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import model_variants  # noqa: E402
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    model_variants.add_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_the_cli_run_gets_the_variants_settings_and_the_platforms_choice_for_the_rest():
+    assert model_variants.config_overrides(parse()) == []  # the CLI's own choice, as the bench's default
+    variant = parse("--fused-norm", "off", "--split-qkv", "on", "--residual-dtype", "bfloat16")
+    assert model_variants.config_overrides(variant) == ["--config.split_qkv=True", "--config.fused_norm=False",
+                                                        "--config.residual_dtype=bfloat16"]
+    assert model_variants.config_overrides(parse("--autodiff-gelu")) == []  # not a setting of the CLI
