@@ -40,7 +40,7 @@ def attention_impl(requested: str, dtype, device=None) -> str:
     if requested:
         return requested
     device = device or jax.devices()[0]
-    if device.platform in ("gpu", "cuda") and "nvidia" in device.device_kind.lower():  # "cuda": compile-only
+    if device.platform == "gpu" and "nvidia" in device.device_kind.lower():
         return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
     return "pallas" if device.platform == "tpu" else "xla"
 
