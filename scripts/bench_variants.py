@@ -10,7 +10,8 @@ process measures its own matmul peak, so its MFU differs between variants.
 
     python scripts/bench_variants.py                          # GPT-2 124M, T=1024, bf16, B=64: ~40 s a variant
     python scripts/bench_variants.py --only default residual-bf16 --batch-size 16
-    python scripts/bench_variants.py --budget-s 420 --peer torch-compile   # a GPU: the peer's row too
+    python scripts/bench_variants.py --budget-s 420 --peer torch-compile --cli-steps 15   # a GPU: the peer's and
+                                                                   # the train CLI's rows too
     python scripts/bench_variants.py --cpu --peer torch-compile    # XLA:CPU's variants, the quickstart's shape, fp32
 """
 
@@ -54,6 +55,8 @@ CPU_VARIANTS = {
     "onednn": (["--xla_cpu_use_onednn=true"], []),
     "concurrency-scheduler": (["--xla_cpu_enable_concurrency_optimized_scheduler=true"], []),
 }
+# bench_train.py's line for the train CLI's run (--cli-steps)
+CLI_ROW = re.compile(r"^# its metrics.jsonl: median tokens_per_sec ([\d,]+), mfu ([\d.]+%)", re.MULTILINE)
 ROW = re.compile(r"^\| \S+ B=\d+ \([^)]*\) \| [\d,]+ \| ([\d,]+) \| ([\d.]+%) \| ([\d.]+|-) \|")
 
 
@@ -71,6 +74,9 @@ def parse_args():
     parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
     parser.add_argument("--peer", choices=("torch-compile", "transformers"),
                         help="also time this PyTorch peer in the first default run (its row in the table)")
+    parser.add_argument("--cli-steps", type=at_least(0), default=0,
+                        help="also run the train CLI this many steps in the first default run (bench_train.py's "
+                             "--cli-steps; its logged tok/s as a row)")
     args = parser.parse_args()
     for name, gpu, cpu in (("shape", "gpt2-124m-1024", "quickstart"), ("batch_size", 64, 12),
                            ("dtype", "bfloat16", "float32")):
@@ -79,13 +85,13 @@ def parse_args():
     return args
 
 
-def run_variant(name, args, profile, timeout, peer=None):
+def run_variant(name, args, profile, timeout, peer=None, cli_steps=0):
     """(tok/s, MFU text, peak GiB text) or None, and the process's output."""
     xla_flags, bench_flags = (CPU_VARIANTS if args.cpu else VARIANTS)[name]
     env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), *xla_flags]).strip()}
     command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", args.shape, "--dtype", args.dtype,
                "--batch-sizes", str(args.batch_size), "--steps", str(args.steps), "--peers", *([peer] if peer else []),
-               *bench_flags]
+               "--cli-steps", str(cli_steps), *bench_flags]
     try:
         result = subprocess.run(command + (["--profile"] if profile else []), capture_output=True, text=True,
                                 env=env, timeout=timeout)
@@ -103,16 +109,19 @@ def main():
     names = [name for name in args.only or variants if name in variants] or sys.exit(
         f"none of --only is a{' CPU' if args.cpu else ' GPU'} variant{'' if args.cpu else ' (--cpu for the CPU ones)'}")
     order = ["default", *[n for n in names if n != "default"], "default"]
-    start, results, failures, peer_tokens = time.perf_counter(), [], [], None
+    start, results, failures, peer_tokens, cli = time.perf_counter(), [], [], None, None
     for i, name in enumerate(order):
         if i and time.perf_counter() - start > args.budget_s:
             print(f"# budget spent: not run: {', '.join(order[i:])}", flush=True)
             break
         timeout = min(300, max(60, args.budget_s + 150 - (time.perf_counter() - start)))  # ends by budget + 150 s
-        measured, output = run_variant(name, args, args.profile and i == 0, timeout, args.peer if i == 0 else None)
+        measured, output = run_variant(name, args, args.profile and i == 0, timeout, args.peer if i == 0 else None,
+                                       args.cli_steps if i == 0 else 0)
         if i == 0 and args.peer:
             peer_row = re.search(rf"^# {args.peer} \S+ B=\d+: ([\d,]+) tok/s", output, re.MULTILINE)
             peer_tokens = int(peer_row[1].replace(",", "")) if peer_row else None
+        if i == 0 and args.cli_steps:
+            cli = CLI_ROW.search(output)
         if args.profile and i == 0:
             print("\n".join(line for line in output.splitlines() if line.startswith("# profile") or
                             line.startswith("#  ")), flush=True)
@@ -140,6 +149,10 @@ def main():
         ratio = f"{peer_tokens / baseline:.3f}x" if peer_tokens and baseline else "-"
         print(f"| {args.peer} (PyTorch, in the first default's run) | {f'{peer_tokens:,}' if peer_tokens else 'failed'} "
               f"| | | {ratio} |")
+    if args.cli_steps:
+        ratio = f"{int(cli[1].replace(',', '')) / baseline:.3f}x" if cli and baseline else "-"
+        print(f"| the train CLI, {args.cli_steps} steps (its metrics.jsonl, in the first default's run) | "
+              f"{cli[1] if cli else 'failed'} | {cli[2] if cli else ''} | | {ratio} |")
 
 
 if __name__ == "__main__":

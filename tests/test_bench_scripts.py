@@ -20,3 +20,12 @@ def test_the_cli_run_gets_the_variants_settings_and_the_platforms_choice_for_the
     assert model_variants.config_overrides(variant) == ["--config.split_qkv=True", "--config.fused_norm=False",
                                                         "--config.residual_dtype=bfloat16"]
     assert model_variants.config_overrides(parse("--autodiff-gelu")) == []  # not a setting of the CLI
+
+
+def test_bench_variants_reads_the_train_clis_rate_from_the_line_bench_train_prints():
+    import bench_variants
+
+    printed = f"# its metrics.jsonl: median tokens_per_sec {551_704.4:,.0f}, mfu {0.4771:.1%}"  # bench_train's format
+    assert "# its metrics.jsonl: median tokens_per_sec {cli_tps:,.0f}, mfu {cli_mfu:.1%}" in (
+        Path(bench_variants.__file__).parent / "bench_train.py").read_text()
+    assert bench_variants.CLI_ROW.search(f"# other\n{printed}\n").groups() == ("551,704", "47.7%")
