@@ -19,7 +19,6 @@ import functools
 import os
 import re
 import sys
-import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,8 +76,7 @@ def compile_step(args):
     device = compile_only_device(args.gpu)
     config = default_config()
     config.warmup_steps, config.max_steps = 10, 1000
-    gpu = types.SimpleNamespace(platform="gpu", device_kind=f"NVIDIA {args.gpu}")  # the card the kernels are for
-    options = model_variants.model_options(args, jnp.bfloat16, "cudnn", gpu)
+    options = model_variants.model_options(args, jnp.bfloat16, "cudnn", device)  # it says 'gpu', 'NVIDIA H200'
     gpt2 = GPT2(GPT2Config(), dtype=jnp.bfloat16, vocab_pad_multiple=64, **options)
     optimizer, mesh = make_optimizer(config), sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(step.init_train_state, gpt2, optimizer), jax.random.key(0))
