@@ -56,15 +56,18 @@ def model_options(args, dtype, attention: str = "", device=None) -> dict:
         model.gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
     if args.fused_norm_tiles:  # read by the kernels when they are traced, so before any step is compiled
         layer_norm_kernel.ROWS, layer_norm_kernel.CHUNK, layer_norm_kernel.WARPS = args.fused_norm_tiles
-    chosen = {"on": True, "off": False, None: None}
-    return {"residual_dtype": jnp.dtype(args.residual_dtype), **accelerator.model_kernels(
-        attention, chosen[args.split_qkv], chosen[args.fused_norm], dtype, device)}
+    return {"residual_dtype": jnp.dtype(args.residual_dtype),
+            **accelerator.model_kernels(attention, **_kernel_settings(args), dtype=dtype, device=device)}
+
+
+def _kernel_settings(args) -> dict:
+    """The train CLI's split_qkv and fused_norm for --split-qkv/--fused-norm: True, False, None (its choice)."""
+    return {key: {"on": True, "off": False, None: None}[getattr(args, key)] for key in ("split_qkv", "fused_norm")}
 
 
 def config_overrides(args) -> list[str]:
     """The train CLI's --config.KEY=VALUE flags for the variant's settings that it has (not the tiles or GELU)."""
-    chosen = {"split_qkv": args.split_qkv, "fused_norm": args.fused_norm}
-    return [f"--config.{key}={value == 'on'}" for key, value in chosen.items() if value] + (
+    return [f"--config.{key}={value}" for key, value in _kernel_settings(args).items() if value is not None] + (
         [f"--config.residual_dtype={args.residual_dtype}"] if args.residual_dtype != "float32" else [])
 
 
