@@ -19,7 +19,7 @@ from gpt2_jax.config import ConfigError
 XLA_FLAGS = (
     "--xla_gpu_enable_triton_gemm=false",  # cuBLAS beats Triton's GEMMs for GPT-2's shapes (+19% on an H200)
 )
-ATTENTION_IMPLS = ("", "xla", "cudnn", "pallas")  # "": the fastest exact kernel for the platform
+ATTENTION_IMPLS = ("", "chunked", "xla", "cudnn", "pallas")  # "": the fastest exact kernel for the platform
 
 
 def set_xla_flags() -> None:
@@ -34,15 +34,16 @@ def set_xla_flags() -> None:
 def attention_impl(requested: str, dtype, device=None) -> str:
     """The attention kernel to use: `requested`, or for "" the fastest exact one on `device`.
 
-    cuDNN flash attention on NVIDIA GPUs (it takes bf16/fp16 only; fp32 runs XLA's), the
-    Pallas splash-attention kernel on TPUs, XLA's attention elsewhere.
+    cuDNN flash attention on NVIDIA GPUs in bf16/fp16 (it takes no fp32), the Pallas splash-attention
+    kernel on TPUs, and elsewhere XLA's ops a chunk of queries at a time (attention.chunked_attention:
+    2.3x XLA's whole square at T=1,024 on a CPU; on a GPU in fp32, not measured).
     """
     if requested:
         return requested
     device = device or jax.devices()[0]
     if device.platform == "gpu" and "nvidia" in device.device_kind.lower():
-        return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
-    return "pallas" if device.platform == "tpu" else "xla"
+        return "cudnn" if jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "chunked"
+    return "pallas" if device.platform == "tpu" else "chunked"
 
 
 def model_kernels(attention: str, split_qkv: bool | None, fused_norm: bool | None, dtype, device=None) -> dict:

@@ -118,8 +118,9 @@ class GPT2(nn.Module):
         bfloat16 to halve the memory traffic of the adds and LayerNorms around it (MaxText's way).
       vocab_pad_multiple: round the embedding's rows up to a multiple of this (64 gives
         50304) for faster matmuls; logits are always returned at `config.vocab_size`.
-      attention_impl: None/"xla"/"cudnn" for `jax.nn.dot_product_attention`, or "pallas" for
-        the splash-attention kernel (accelerator.py picks one per platform for training).
+      attention_impl: "xla"/"cudnn" for `jax.nn.dot_product_attention`, "pallas" for the splash-attention
+        kernel, None/"chunked" for XLA's ops by chunks of queries (attention.py; accelerator.py picks one per
+        platform for training).
       remat: recompute each block's activations in the backward pass (saves memory).
       split_qkv: queries, keys and values as three matmuls rather than one split by copying (QKV).
       fused_norm: each residual add and the LayerNorm after it as one Pallas kernel (NVIDIA GPUs).

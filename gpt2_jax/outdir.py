@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpt2_jax.errors import UserError
+from gpt2_jax.leftovers import left_by_killed_writers, writer_tag
 
 
 class OutputError(UserError):
@@ -56,8 +57,9 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
     `out_dir` may be missing, empty, or a `kind` directory (`same_kind(out_dir)`), which is replaced;
     anything else is refused unless `overwrite`.
     """
+    _tidy_after_killed_writers(Path(out_dir).absolute())
     out_dir = refuse_other_kind(out_dir, same_kind, kind, overwrite)
-    temporary, previous = (out_dir.with_name(f".{out_dir.name}.{what}-{os.getpid()}") for what in ("tmp", "old"))
+    temporary, previous = (out_dir.with_name(f".{out_dir.name}.{what}-{writer_tag()}") for what in ("tmp", "old"))
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove(temporary)
@@ -84,6 +86,18 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
         _remove(temporary)
 
 
+def _tidy_after_killed_writers(out_dir: Path) -> None:
+    """Best effort: what writers of `out_dir` killed mid-write left (leftovers.py) goes, but a previous version
+    moved aside while `out_dir` is missing (killed between the two renames), which is put back."""
+    try:
+        for left in left_by_killed_writers(out_dir.parent, f".{out_dir.name}.old-"):
+            _remove(left) if out_dir.exists() else left.rename(out_dir)
+        for left in left_by_killed_writers(out_dir.parent, f".{out_dir.name}.tmp-"):
+            _remove(left)
+    except OSError:
+        pass  # a folder that cannot be written: refuse_other_kind says so
+
+
 def _mount_point(out_dir: Path) -> OutputError:
     return OutputError(f"--out {out_dir} is a mount point, which cannot be replaced (an output is written beside it, "
                        f"then renamed into place); give a new folder inside it: --out {out_dir}/NAME")
@@ -106,8 +120,10 @@ def refuse_unwritable(path: Path) -> None:
 def write_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(temporary_file)` beside `path`, then rename it to `path`: a reader sees the old file or the
     new one, whole, never a part. An OSError is an OutputError naming `path`."""
-    temporary = path.with_name(f".{path.stem}-{os.getpid()}{path.suffix}")  # the suffix kept: savefig reads it
+    temporary = path.with_name(f".{path.stem}-{writer_tag()}{path.suffix}")  # the suffix kept: savefig reads it
     try:
+        for left in left_by_killed_writers(path.parent, f".{path.stem}-", path.suffix):
+            _remove(left)  # a killed writer's temporary file (leftovers.py)
         write(temporary)
         os.replace(temporary, path)
     except OSError as error:

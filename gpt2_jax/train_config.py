@@ -106,7 +106,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
     checks = optimizer_checks(c) + [
         (0 <= c.seed < 2**32, f"seed={c.seed} must be in [0, 2**32)"),
         (c.attention_impl != "cudnn" or platform in ("", "gpu", "cuda"),
-         f"attention_impl='cudnn' needs an NVIDIA GPU, not {platform}; use '' (jax picks) or 'xla'"),
+         f"attention_impl='cudnn' needs an NVIDIA GPU, not {platform}; use '' (the platform's choice) or 'chunked'"),
         (not c.fused_norm or platform in ("", "gpu", "cuda"),
          f"fused_norm=True needs an NVIDIA GPU (its Triton kernel), not {platform}; leave it None or False"),
         (c.data_dir, "data_dir is not set; pass --config.data_dir=DIR (from python -m gpt2_jax.prepare)"),

@@ -7,13 +7,20 @@ import pytest
 import torch
 from conftest import TINY_SHAPE, rel_error
 
-from gpt2_jax import GPT2, GPT2Config, from_hf
+from gpt2_jax import GPT2, GPT2Config, attention, from_hf
 from gpt2_jax.convert import state_dict_from_params
 from gpt2_jax.gelu import gelu_tanh
 from gpt2_jax.step import mean_loss
 
 
-def test_logits_match_transformers_fp32(hf_model, hf_dir):
+@pytest.fixture(params=[None, 8], ids=["whole", "query-chunks-of-8"])
+def query_chunk(request, monkeypatch):
+    """The default attention (attention.chunked_attention) as one chunk at these lengths, and by chunks of 8."""
+    if request.param:
+        monkeypatch.setattr(attention, "QUERY_CHUNK", request.param)
+
+
+def test_logits_match_transformers_fp32(hf_model, hf_dir, query_chunk):
     config, params = from_hf(str(hf_dir))
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (3, 29))
     ours = GPT2(config).apply({"params": params}, ids)
@@ -23,7 +30,7 @@ def test_logits_match_transformers_fp32(hf_model, hf_dir):
     assert rel_error(ours, theirs) < 1e-5
 
 
-def test_gradients_match_transformers_fp32(hf_model, hf_dir):
+def test_gradients_match_transformers_fp32(hf_model, hf_dir, query_chunk):
     """The whole backward pass (GELU's own gradient, the chunked loss's) against PyTorch's autograd."""
     config, params = from_hf(str(hf_dir))
     windows = np.random.RandomState(6).randint(0, config.vocab_size, (3, 30))
@@ -176,3 +183,28 @@ def test_pallas_splash_attention_matches_xla(hf_dir):
                      GPT2(config, attention_impl="xla").apply({"params": params}, ids)) < 1e-5
     ours, xla = (jax.grad(loss)(params, impl) for impl in ("pallas", "xla"))
     assert rel_error(ours["h_1"]["attn"]["c_attn"]["kernel"], xla["h_1"]["attn"]["c_attn"]["kernel"]) < 1e-5
+
+
+def test_attention_by_chunks_of_queries_is_xlas_attention():
+    """Values and gradients against jax.nn.dot_product_attention's XLA path in fp32: chunks of 16 over 45 positions
+    (the last one partial), random q, k, v; in bf16 as close as XLA's own bf16 attention is to fp32."""
+    q, k, v = (jnp.asarray(np.random.RandomState(seed).standard_normal((2, 45, 3, 8)) * 2, jnp.float32)
+               for seed in (10, 11, 12))
+    weights = jnp.asarray(np.random.RandomState(13).standard_normal((2, 45, 3, 8)), jnp.float32)
+
+    def xla(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+
+    def chunked(q, k, v):
+        return attention.chunked_attention(q, k, v, chunk=16)
+
+    assert rel_error(chunked(q, k, v), xla(q, k, v)) < 1e-6
+    ours, theirs = (jax.grad(lambda *qkv: jnp.sum(f(*qkv) * weights), argnums=(0, 1, 2))(q, k, v)
+                    for f in (chunked, xla))
+    for name, grad, reference in zip("qkv", ours, theirs):
+        assert rel_error(grad, reference) < 1e-5, name
+    half = [t.astype(jnp.bfloat16) for t in (q, k, v)]
+    assert chunked(*half).dtype == jnp.bfloat16
+    exact = xla(q, k, v)
+    assert rel_error(chunked(*half).astype(jnp.float32), exact) <= 2 * rel_error(xla(*half).astype(jnp.float32), exact)
+    assert attention.attend(q, k, v, None, "chunked").shape == q.shape  # QUERY_CHUNK=128 > 45: XLA's whole square

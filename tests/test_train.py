@@ -44,7 +44,7 @@ def test_a_tiny_run_learns_and_writes_its_workdir(shakespeare_bytes, tmp_path):
 
 def test_the_split_qkv_and_bf16_residual_options_reach_the_model(shakespeare_bytes, tmp_path, monkeypatch, capsys):
     """Options set reach the model and the run's first line; those left to the platform (None) are its choice
-    (accelerator.model_kernels: on a CPU, XLA's ops)."""
+    (accelerator.model_kernels: on a CPU, XLA's ops, the attention by chunks of queries)."""
     import gpt2_jax.train as train_module
 
     built = []
@@ -52,11 +52,11 @@ def test_the_split_qkv_and_bf16_residual_options_reach_the_model(shakespeare_byt
     train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0, split_qkv=True,
                           residual_dtype="bfloat16"), tmp_path / "a")
     assert built[0]["split_qkv"] is True and built[0]["residual_dtype"] == jnp.bfloat16
-    assert built[0]["fused_norm"] is False and built[0]["attention_impl"] == "xla"
-    assert "| xla attention | q, k, v as three matmuls\n" in capsys.readouterr().out
+    assert built[0]["fused_norm"] is False and built[0]["attention_impl"] == "chunked"
+    assert "| chunked attention | q, k, v as three matmuls\n" in capsys.readouterr().out
     train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0), tmp_path / "b")
     assert (built[1]["split_qkv"], built[1]["fused_norm"]) == (False, False)
-    assert "| xla attention\n" in capsys.readouterr().out
+    assert "| chunked attention\n" in capsys.readouterr().out
 
 
 def start_run(config, workdir, code=None):
@@ -186,7 +186,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(shakespeare_by
     output = process.communicate()[0]
     assert process.returncode == 0, output
     assert "checkpoint step 20 is damaged" in output and "resuming from step 10" in output
-    assert "params |" in output.splitlines()[0] and "xla attention" in output.splitlines()[0]  # the banner first
+    assert "params |" in output.splitlines()[0] and "chunked attention" in output.splitlines()[0]  # the banner first
 
 
 def test_a_diverged_loss_stops_with_the_last_good_checkpoint(shakespeare_bytes, tmp_path):
