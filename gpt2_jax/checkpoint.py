@@ -31,13 +31,21 @@ def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool
         config.to_json(directory / "config.json")
         checkpoint_failures.quiet_orbax_failures()  # a failed write: outdir's one line, not orbax's hundreds
         try:
-            with ocp.StandardCheckpointer() as checkpointer:
+            handler = ocp.StandardCheckpointHandler(save_concurrent_gb=_in_flight_gb(params))
+            with ocp.Checkpointer(handler) as checkpointer:
                 checkpointer.save(directory / PARAMS, params)
         except Exception as error:  # orbax/tensorstore raise many types for a failed write (a full disk)
             raise OSError(checkpoint_failures.failure_reason(error)) from None
         (directory / CHECKSUMS).write_text(json.dumps(integrity.checksums(params), indent=0))
 
     outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR, overwrite)
+
+
+def _in_flight_gb(params) -> int:
+    """orbax's bound on the bytes it copies out at once while saving (96 GB by default: all of GPT-2's params, a
+    second copy; `convert --from-hf` of gpt2-large added 1.98x the weights, 1.53x with this): 1 GB, or the
+    largest array's size, which it must take whole."""
+    return max(1, -(-max(leaf.nbytes for leaf in jax.tree.leaves(params)) // 10**9))
 
 
 def load_params(path: str | Path) -> tuple[GPT2Config, dict]:

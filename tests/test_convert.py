@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -103,6 +104,15 @@ config, params = from_hf(sys.argv[1])
 views = [np.asarray(leaf) for leaf in jax.tree.leaves(params)]  # as orbax's save reads them
 print(high_water_mark() - before)
 """
+
+
+def test_a_params_directory_is_saved_a_bounded_number_of_gigabytes_at_a_time():
+    """orbax copies out at most this much at once (its default, 96 GB, copied all the params a second time), and
+    never less than the largest array, which it must take whole (it refuses a bound below one array's size)."""
+    from gpt2_jax.checkpoint import _in_flight_gb
+
+    assert _in_flight_gb({"a": np.zeros(10, np.float32), "b": np.zeros((1000, 1000), np.float32)}) == 1
+    assert _in_flight_gb({"wte": types.SimpleNamespace(nbytes=2_500_000_000), "b": np.zeros(3)}) == 3
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's VmHWM")
@@ -422,7 +432,7 @@ def test_a_conversion_on_a_full_disk_is_one_line_and_leaves_no_output(hf_dir, tm
                          f"Failed to write 568066 bytes to file 14: No space left on device [os_error_code='28']")
 
     monkeypatch.setattr(safetensors.numpy, "save_file", save_file)
-    monkeypatch.setattr(ocp.StandardCheckpointer, "save", save)
+    monkeypatch.setattr(ocp.Checkpointer, "save", save)
     for direction, out in (("--to-hf", tmp_path / "hf"), ("--from-hf", tmp_path / "flax")):
         assert_one_line_error(convert(direction, str(hf_dir), "--out", str(out)),
                               f"cannot write {out}: No space left on device")
