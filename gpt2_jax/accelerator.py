@@ -36,7 +36,7 @@ def attention_impl(requested: str, dtype, device=None) -> str:
 
     cuDNN flash attention on NVIDIA GPUs in bf16/fp16 (it takes no fp32), the Pallas splash-attention
     kernel on TPUs, and elsewhere XLA's ops a chunk of queries at a time (attention.chunked_attention:
-    2.3x XLA's whole square at T=1,024 on a CPU; on a GPU in fp32, not measured).
+    2.2-2.4x XLA's whole square at T=1,024 on a CPU; on GPUs in fp32 and AMD GPUs, not measured).
     """
     if requested:
         return requested

@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-QUERY_CHUNK = 128  # queries per chunk of `chunked_attention`: 2.3x XLA's whole [T, T] attention at T=1,024 on a CPU
+QUERY_CHUNK = 128  # queries per chunk of `chunked_attention` (64: 0.87x, 256: 0.98x the speed at T=1,024, CPU)
 
 
 def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
@@ -43,8 +43,9 @@ def chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, chunk: int | None = None)
     """Causal attention by XLA's ops, `chunk` (QUERY_CHUNK) queries at a time, each chunk over the keys it can see.
 
     The values of `jax.nn.dot_product_attention`'s "xla" (the same fp32 scores, scale, mask and softmax),
-    without its masked upper half of the [T, T] scores, and never all of them at once: at T=1,024 a CPU
-    computes it 2.3x as fast, its gradient 2.7x (docs/benchmarks.md). Exact, not an approximation: each
+    without its masked upper half of the [T, T] scores, nor all of the rest at once (the backward pass keeps each
+    chunk's exps: half the square): at [8, 1,024, 12, 64] a CPU computes it, and its gradient, 2.2-2.4x as fast
+    (docs/benchmarks.md). Exact, not an approximation: each
     chunk's softmax runs over all the keys it sees (no running maximum); its exps are normalized after the
     weighted sum of the values, which is one pass fewer over them. JAX's own attentions either compute the
     whole square (XLA) or are a GPU's or TPU's kernel (interpreted, slowly, elsewhere): hence this code.

@@ -43,9 +43,9 @@ def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool
 
 def _in_flight_gb(params) -> int:
     """orbax's bound on the bytes it copies out at once while saving (96 GB by default: all of GPT-2's params, a
-    second copy; `convert --from-hf` of gpt2-large added 1.98x the weights, 1.53x with this): 1 GB, or the
-    largest array's size, which it must take whole."""
-    return max(1, -(-max(leaf.nbytes for leaf in jax.tree.leaves(params)) // 10**9))
+    second copy; `convert --from-hf` of gpt2-large added 1.98x the weights, 1.53x with this): 1 GB, or
+    more than the largest array's size, which it must take whole (and refuses at exactly the bound)."""
+    return max(1, max(leaf.nbytes for leaf in jax.tree.leaves(params)) // 10**9 + 1)
 
 
 def load_params(path: str | Path) -> tuple[GPT2Config, dict]:

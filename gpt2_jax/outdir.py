@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from gpt2_jax import leftovers
 from gpt2_jax.errors import UserError
-from gpt2_jax.leftovers import left_by_killed_writers, writer_tag
+from gpt2_jax.leftovers import remove as _remove
 
 
 class OutputError(UserError):
@@ -57,13 +57,15 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
     `out_dir` may be missing, empty, or a `kind` directory (`same_kind(out_dir)`), which is replaced;
     anything else is refused unless `overwrite`.
     """
-    _tidy_after_killed_writers(Path(out_dir).absolute())
+    leftovers.tidy_dir(Path(out_dir).absolute())  # what writers killed mid-write left
     out_dir = refuse_other_kind(out_dir, same_kind, kind, overwrite)
-    temporary, previous = (out_dir.with_name(f".{out_dir.name}.{what}-{writer_tag()}") for what in ("tmp", "old"))
+    tag = leftovers.writer_tag()
+    temporary, previous = (out_dir.with_name(f".{out_dir.name}.{what}-{tag}") for what in ("tmp", "old"))
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         _remove(temporary)
         temporary.mkdir()
+        lock = leftovers.hold(temporary)
     except OSError as error:
         raise _unwritable_parent(out_dir, out_dir.parent, error.strerror or str(error)) from None
     try:
@@ -84,18 +86,7 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
         raise OutputError(f"cannot write {out_dir}: {error.strerror or error}") from None
     finally:
         _remove(temporary)
-
-
-def _tidy_after_killed_writers(out_dir: Path) -> None:
-    """Best effort: what writers of `out_dir` killed mid-write left (leftovers.py) goes, but a previous version
-    moved aside while `out_dir` is missing (killed between the two renames), which is put back."""
-    try:
-        for left in left_by_killed_writers(out_dir.parent, f".{out_dir.name}.old-"):
-            _remove(left) if out_dir.exists() else left.rename(out_dir)
-        for left in left_by_killed_writers(out_dir.parent, f".{out_dir.name}.tmp-"):
-            _remove(left)
-    except OSError:
-        pass  # a folder that cannot be written: refuse_other_kind says so
+        os.close(lock)
 
 
 def _mount_point(out_dir: Path) -> OutputError:
@@ -120,16 +111,20 @@ def refuse_unwritable(path: Path) -> None:
 def write_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(temporary_file)` beside `path`, then rename it to `path`: a reader sees the old file or the
     new one, whole, never a part. An OSError is an OutputError naming `path`."""
-    temporary = path.with_name(f".{path.stem}-{writer_tag()}{path.suffix}")  # the suffix kept: savefig reads it
+    leftovers.tidy_file(path)  # what writers killed mid-write left
+    temporary = path.with_name(f".{path.stem}.tmp-{leftovers.writer_tag()}{path.suffix}")  # savefig reads the suffix
+    lock = None
     try:
-        for left in left_by_killed_writers(path.parent, f".{path.stem}-", path.suffix):
-            _remove(left)  # a killed writer's temporary file (leftovers.py)
+        temporary.touch()
+        lock = leftovers.hold(temporary)
         write(temporary)
         os.replace(temporary, path)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         _remove(temporary)
+        if lock is not None:
+            os.close(lock)
 
 
 def _normal_modes(directory: Path) -> None:
@@ -141,10 +136,3 @@ def _normal_modes(directory: Path) -> None:
         if not path.is_symlink():
             executable = path.is_dir() or path.stat().st_mode & 0o111
             path.chmod((0o777 if executable else 0o666) & ~umask)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

@@ -106,13 +106,22 @@ print(high_water_mark() - before)
 """
 
 
-def test_a_params_directory_is_saved_a_bounded_number_of_gigabytes_at_a_time():
+def test_a_params_directory_is_saved_a_bounded_number_of_gigabytes_at_a_time(hf_dir, tmp_path, monkeypatch):
     """orbax copies out at most this much at once (its default, 96 GB, copied all the params a second time), and
-    never less than the largest array, which it must take whole (it refuses a bound below one array's size)."""
+    more than the largest array, which it must take whole (it refuses an array of the bound's size or more)."""
     from gpt2_jax.checkpoint import _in_flight_gb
 
     assert _in_flight_gb({"a": np.zeros(10, np.float32), "b": np.zeros((1000, 1000), np.float32)}) == 1
     assert _in_flight_gb({"wte": types.SimpleNamespace(nbytes=2_500_000_000), "b": np.zeros(3)}) == 3
+    assert _in_flight_gb({"wte": types.SimpleNamespace(nbytes=2_000_000_000)}) == 3
+    handlers = []
+    handler = ocp.StandardCheckpointHandler
+    monkeypatch.setattr(ocp, "StandardCheckpointHandler", lambda **kwargs: handlers.append(kwargs) or handler(**kwargs))
+    config, params = from_hf(str(hf_dir))
+    save_params(tmp_path / "flax", config, params)
+    assert handlers == [{"save_concurrent_gb": 1}]
+    reloaded = load_params(tmp_path / "flax")[1]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reloaded)))
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's VmHWM")

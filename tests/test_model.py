@@ -16,8 +16,14 @@ from gpt2_jax.step import mean_loss
 @pytest.fixture(params=[None, 8], ids=["whole", "query-chunks-of-8"])
 def query_chunk(request, monkeypatch):
     """The default attention (attention.chunked_attention) as one chunk at these lengths, and by chunks of 8."""
-    if request.param:
-        monkeypatch.setattr(attention, "QUERY_CHUNK", request.param)
+    if not request.param:
+        yield
+        return
+    monkeypatch.setattr(attention, "QUERY_CHUNK", request.param)
+    chunked, calls = attention.chunked_attention, []
+    monkeypatch.setattr(attention, "chunked_attention", lambda *args: calls.append(args[0].shape) or chunked(*args))
+    yield
+    assert any(shape[1] > request.param for shape in calls)  # the model's attention ran by chunks
 
 
 def test_logits_match_transformers_fp32(hf_model, hf_dir, query_chunk):
