@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 
 CHUNK_TOKENS = 8192  # tokens (batch x positions) per chunk: large matmuls, ~0.8 GB of logits for 50,304 rows
+# token_losses' on a CPU, where a chunk's logits then stay in its caches between the passes (1.38x at 8 x 1,024;
+# training's gradient is slower with chunks this small: each one adds to the whole [V, D] embedding gradient)
+CPU_EVAL_CHUNK_TOKENS = 128
 
 
 def chunk_layout(batch: int, time: int, chunk_tokens: int = CHUNK_TOKENS) -> tuple[int, int]:
@@ -55,11 +58,12 @@ def _exps_and_losses(logits_BxPxV, max_BxP, labels_BxP):
     return exp_BxPxV, sum_BxP, max_BxP + jnp.log(sum_BxP) - label_logits_BxP
 
 
-def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_tokens: int = CHUNK_TOKENS):
+def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_tokens: int | None = None):
     """Cross-entropy [B, T] (fp32) of `labels` under the logits x @ embedding^T (in x's dtype).
 
     For evaluation: differentiable, but its gradient would keep every chunk's logits.
     """
+    chunk_tokens = chunk_tokens or (CPU_EVAL_CHUNK_TOKENS if jax.default_backend() == "cpu" else CHUNK_TOKENS)
     layout = chunk_layout(*labels_BxT.shape, chunk_tokens)
     embedding_VxD = embedding_VxD.astype(x_BxTxD.dtype)
 
