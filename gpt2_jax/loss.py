@@ -17,9 +17,10 @@ import jax
 import jax.numpy as jnp
 
 CHUNK_TOKENS = 8192  # tokens (batch x positions) per chunk: large matmuls, ~0.8 GB of logits for 50,304 rows
-# token_losses' on a CPU, where a chunk's logits then stay in its caches between the passes (1.38x at 8 x 1,024;
-# training's gradient is slower with chunks this small: each one adds to the whole [V, D] embedding gradient)
-CPU_EVAL_CHUNK_TOKENS = 128
+# token_losses' chunk on a CPU, in logits: 128 tokens of GPT-2's vocabulary (25 MB in fp32), which then stay in its
+# caches between the passes (1.38x at 8 x 1,024; training's gradient is slower with chunks this small: each one
+# adds to the whole [V, D] embedding gradient)
+CPU_EVAL_CHUNK_LOGITS = 128 * 50304
 
 
 def chunk_layout(batch: int, time: int, chunk_tokens: int = CHUNK_TOKENS) -> tuple[int, int]:
@@ -63,7 +64,9 @@ def token_losses(x_BxTxD, embedding_VxD, labels_BxT, vocab_size: int, chunk_toke
 
     For evaluation: differentiable, but its gradient would keep every chunk's logits.
     """
-    chunk_tokens = chunk_tokens or (CPU_EVAL_CHUNK_TOKENS if jax.default_backend() == "cpu" else CHUNK_TOKENS)
+    if not chunk_tokens:
+        on_cpu = jax.default_backend() == "cpu"
+        chunk_tokens = max(1, CPU_EVAL_CHUNK_LOGITS // embedding_VxD.shape[0]) if on_cpu else CHUNK_TOKENS
     layout = chunk_layout(*labels_BxT.shape, chunk_tokens)
     embedding_VxD = embedding_VxD.astype(x_BxTxD.dtype)
 

@@ -76,6 +76,21 @@ def test_token_losses_equal_the_plain_ones(inputs):
     assert rel_error(loss.token_losses(x[:, :11], embedding, labels[:, :11], VOCAB, 9), plain[:, :11]) < 1e-6
 
 
+def test_evaluations_chunks_on_a_cpu_hold_a_fixed_number_of_logits(monkeypatch):
+    """128 tokens a chunk for GPT-2's vocabulary (cache-sized logits), one chunk for a small vocabulary."""
+    layouts = []
+    layout = loss.chunk_layout
+    monkeypatch.setattr(loss, "chunk_layout", lambda *args: layouts.append(layout(*args)) or layouts[-1])
+    rng = np.random.default_rng(1)
+    for rows in (50304, PADDED):
+        x = jnp.asarray(rng.normal(size=(2, 300, 8)), jnp.float32)
+        embedding = jnp.asarray(rng.normal(size=(rows, 8)), jnp.float32)
+        labels = jnp.asarray(rng.integers(0, VOCAB, size=(2, 300)), jnp.int32)
+        plain = optax.softmax_cross_entropy_with_integer_labels(jnp.einsum("btd,vd->btv", x, embedding[:VOCAB]), labels)
+        assert rel_error(loss.token_losses(x, embedding, labels, VOCAB), plain) < 1e-6
+    assert layouts == [(5, 60), (1, 300)]  # 2 x 64 positions a chunk at most, then all 600 tokens at once
+
+
 def test_chunk_layout_is_the_fewest_equal_chunks_that_fit():
     assert loss.chunk_layout(32, 1024) == (4, 256)
     assert loss.chunk_layout(6, 64) == (1, 64)
