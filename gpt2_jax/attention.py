@@ -45,10 +45,10 @@ def chunked_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, chunk: int | None = None)
     The values of `jax.nn.dot_product_attention`'s "xla" (the same fp32 scores, scale, mask and softmax),
     without its masked upper half of the [T, T] scores, nor all of the rest at once (the backward pass keeps each
     chunk's exps: half the square): at [8, 1,024, 12, 64] a CPU computes it, and its gradient, 2.2-2.4x as fast
-    (docs/benchmarks.md). Exact, not an approximation: each
-    chunk's softmax runs over all the keys it sees (no running maximum); its exps are normalized after the
-    weighted sum of the values, which is one pass fewer over them. JAX's own attentions either compute the
-    whole square (XLA) or are a GPU's or TPU's kernel (interpreted, slowly, elsewhere): hence this code.
+    (docs/benchmarks.md). Exact, not an approximation: each chunk's softmax runs over all the keys it sees (no
+    running maximum); its exps are normalized after the weighted sum of the values, which is one pass fewer over
+    them. JAX's own attentions either compute the whole square (XLA) or are a GPU's or TPU's kernel (interpreted,
+    slowly, elsewhere): hence this code.
     """
     B, T, H, K = q_BxTxHxK.shape
     chunk = chunk or QUERY_CHUNK
