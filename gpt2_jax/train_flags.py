@@ -66,6 +66,9 @@ def parse_flags(argv: list[str], help_text: str = ""):
         key = arg.removeprefix("--config.").split("=")[0]
         if arg.startswith("--config.") and key not in known:
             raise UserError(f"unknown config key {key!r} in {arg}; python -m gpt2_jax.train --help lists them")
+    if not _config_path(argv) and any(arg.startswith("--config.") for arg in argv):
+        raise UserError("--config.KEY=VALUE overrides a config file's key: give the file too, --config=configs/NAME.py")
+    argv, platform_decides = _platform_choices(argv)
     for name in ("config", "workdir"):  # an earlier call's, as in a new process; the program's own flags are kept
         flags.FLAGS[name].unparse()
     for name in [name for name in flags.FLAGS if name.startswith("config.")]:  # and its --config.KEY overrides
@@ -99,7 +102,28 @@ def parse_flags(argv: list[str], help_text: str = ""):
                 f"no {', '.join(missing)}" if missing else ""]
         raise UserError(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; build it on "
                         "train_config.default_config() (python -m gpt2_jax.train --help lists the keys)")
+    for key in platform_decides:
+        config[key] = None
     return config, workdir
+
+
+def _platform_choices(argv: list[str]) -> tuple[list[str], set[str]]:
+    """argv without --config.KEY=None for the keys whose default None lets the platform decide (absl types them as
+    bools, which have no None), and the keys whose last value is None: a config file's True or False can be handed
+    back to the platform."""
+    undecided = {key for key, default, _ in train_config.FIELDS if default is None}
+    kept, last = [], {}
+    for arg in argv:
+        key, equals, value = arg.removeprefix("--config.").partition("=")
+        if not (arg.startswith("--config.") and key in undecided):
+            kept.append(arg)
+            continue
+        if equals and value.lower() not in ("none", "true", "false", "1", "0"):
+            raise UserError(f"{arg}: {key} is True, False or None (the platform decides; the default)")
+        last[key] = value.lower() if equals else "true"  # absl takes a flag's last value
+        if value.lower() != "none":
+            kept.append(arg)
+    return kept, {key for key, value in last.items() if value == "none"}
 
 
 def _config_path(argv: list[str]) -> str:

@@ -103,9 +103,8 @@ def tiny_run_config(data_dir, **overrides):
 
 
 def config_flags_of(config):
-    """--config.KEY=VALUE flags that set every key of `config` (for the train CLI) but those left to the platform
-    (None: the default, which a flag cannot name)."""
-    return [f"--config.{key}={value}" for key, value in config.items() if value is not None]
+    """--config.KEY=VALUE flags that set every key of `config` (for the train CLI; None: left to the platform)."""
+    return [f"--config.{key}={value}" for key, value in config.items()]
 
 
 @pytest.fixture(scope="session")

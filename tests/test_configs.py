@@ -194,17 +194,31 @@ def test_the_command_line_parsed_in_a_program_with_absl_flags_of_its_own_keeps_t
         delattr(flags.FLAGS, "sweep_trials")
 
 
-def test_the_kernel_settings_are_left_to_the_platform_unless_the_command_line_sets_them():
+def test_the_kernel_settings_are_left_to_the_platform_unless_the_command_line_sets_them(tmp_path):
     """split_qkv and fused_norm default to None (accelerator.model_kernels decides); True and False are typed
-    overrides, and a value of another type is one line."""
+    overrides, None hands a config file's choice back to the platform (the last value counts, as absl's does),
+    and another value is one line."""
     config_file = f"--config={CONFIGS[0].parent / 'gpt2_124m.py'}"
     config = parse_flags(["train", config_file, "--workdir=run"])[0]
     assert (config.split_qkv, config.fused_norm) == (None, None)
     config = parse_flags(["train", config_file, "--workdir=run", "--config.fused_norm=True",
                           "--config.split_qkv=False"])[0]
     assert (config.split_qkv, config.fused_norm) == (False, True)
-    with pytest.raises(UserError, match="fused_norm"):
-        parse_flags(["train", config_file, "--workdir=run", "--config.fused_norm=maybe"])
+    config_file_choosing = tmp_path / "choosing.py"
+    config_file_choosing.write_text("from gpt2_jax.train_config import default_config\n\ndef get_config():\n"
+                                    "    c = default_config()\n    c.fused_norm, c.split_qkv = False, True\n    return c\n")
+    argv = ["train", f"--config={config_file_choosing}", "--workdir=run"]
+    assert (parse_flags(argv)[0].fused_norm, parse_flags(argv)[0].split_qkv) == (False, True)
+    config = parse_flags(argv + ["--config.fused_norm=None", "--config.split_qkv=none"])[0]
+    assert (config.fused_norm, config.split_qkv) == (None, None)
+    config = parse_flags(argv + ["--config.fused_norm=True", "--config.fused_norm=None", "--config.split_qkv=None",
+                                 "--config.split_qkv"])[0]
+    assert (config.fused_norm, config.split_qkv) == (None, True)
+    for value in ("maybe", ""):
+        with pytest.raises(UserError, match=f"^--config.fused_norm={value}: fused_norm is True, False or None"):
+            parse_flags(["train", config_file, "--workdir=run", f"--config.fused_norm={value}"])
+    with pytest.raises(UserError, match="^--config.KEY=VALUE overrides a config file's key: give the file too"):
+        parse_flags(["train", "--workdir=run", "--config.fused_norm=True"])
     with pytest.raises(TypeError, match="yes is of original type <class 'str'> and cannot be casted"):
         default_config().fused_norm = "yes"  # a config file's (config_flags makes it one line)
     config = ml_collections.ConfigDict({**default_config().to_dict(), "data_dir": "data", "fused_norm": "yes"})
