@@ -9,6 +9,7 @@ a run could not read, all act on. Saves run in the background; a failed one stop
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +34,17 @@ class TrainCheckpoints:
         self.read_only = read_only  # a reader never deletes, creates or sets aside anything
         self.directory = Path(workdir).absolute() / CHECKPOINTS
         self.pending, self.failed = None, False  # the step being written in the background; a save failed
-        options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
-                                               enable_async_checkpointing=True)
+        # The step's directories are made before save() returns: made in the background (orbax's default), a
+        # failure to make them (a read-only checkpoints/) left the save waiting forever, deaf to Ctrl-C.
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else keep, create=not read_only, enable_async_checkpointing=True,
+            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False))
         handlers = checkpoint_failures.failures_kept({  # each process's reads, agreed on
             "params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
             "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()})
+        if not read_only and self.directory.is_dir() and not os.access(self.directory, os.W_OK | os.X_OK):
+            raise CheckpointError(f"{self.directory} is read-only here: no checkpoint could be saved (or old ones "
+                                  "removed); make it writable")  # before the run spends time on steps it cannot keep
         checkpoint_failures.quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 

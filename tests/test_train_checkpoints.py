@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import assert_one_line_error, config_flags_of, run_main, snapshot, tiny_run_config, step_of
+from conftest import (assert_one_line_error, config_flags_of, read_only, run_main, snapshot, step_of,
+                      tiny_run_config)
 
 from gpt2_jax import checkpoint_failures
 from gpt2_jax.checkpoint import CheckpointError, load_params
@@ -37,6 +38,20 @@ sys.argv[0] = "train"
 main()
 """
 
+# The same with step 30's directory refused, as a read-only checkpoints/ refuses it.
+NO_DIRECTORY_AT_30 = """
+import errno, os, sys
+make_directory = os.mkdir
+def make_or_refuse(path, *args, **kwargs):
+    if "30.orbax-checkpoint-tmp" in str(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    make_directory(path, *args, **kwargs)
+os.mkdir = make_or_refuse
+from gpt2_jax.train import main
+sys.argv[0] = "train"
+main()
+"""
+
 
 @pytest.fixture(scope="module")
 def trained(shakespeare_bytes, tmp_path_factory):
@@ -50,10 +65,11 @@ def copy_of(workdir, tmp_path):
     return Path(shutil.copytree(workdir, tmp_path / "run"))
 
 
-def run_train(config, workdir, code=None):
+def run_train(config, workdir, code=None, timeout=None):
     command = ["-c", code] if code else ["-m", "gpt2_jax.train"]
     return subprocess.run([sys.executable, *command, f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}",
-                           f"--workdir={workdir}", *config_flags_of(config)], capture_output=True, text=True, cwd=ROOT)
+                           f"--workdir={workdir}", *config_flags_of(config)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
 
 
 def truncate_params(step_dir):
@@ -216,6 +232,31 @@ def test_a_failed_save_stops_the_run_and_keeps_the_last_good_checkpoint(trained,
     assert 30 <= steps[-1] < 40  # stopped at once, not at the next save
     resumed = run_train(config, workdir)
     assert resumed.returncode == 0 and "resuming from step 20" in resumed.stdout, resumed.stderr
+
+
+def test_a_step_whose_directory_cannot_be_made_stops_the_run_at_once(trained, shakespeare_bytes, tmp_path):
+    """orbax makes a step's directories in the background by default, and a failure there left the save waiting
+    forever, deaf to Ctrl-C and SIGTERM: here they are made before save() returns, and the run stops."""
+    workdir = copy_of(trained, tmp_path)
+    try:
+        result = run_train(tiny_run_config(shakespeare_bytes, max_steps=40, eval_every=0), workdir, NO_DIRECTORY_AT_30,
+                           timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run waited for a step whose directory could not be made")
+    assert_one_line_error(result, f"saving checkpoint step 30 in {workdir / 'checkpoints'} failed (Permission "
+                                  "denied); the last good checkpoint is step 20")
+
+
+def test_a_read_only_checkpoints_folder_is_refused_before_the_first_step(trained, shakespeare_bytes, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    writable = read_only(workdir / "checkpoints")
+    try:
+        result = run_train(tiny_run_config(shakespeare_bytes, max_steps=40, eval_every=0), workdir)
+    finally:
+        writable()
+    assert_one_line_error(result, f"{workdir / 'checkpoints'} is read-only here: no checkpoint could be saved (or "
+                                  "old ones removed); make it writable")
+    assert "step 21" not in result.stdout
 
 
 @pytest.mark.parametrize("reader, error, reason", [
