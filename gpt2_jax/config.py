@@ -105,12 +105,16 @@ class GPT2Config:
             values = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file") from None
+        except OSError as error:  # unreadable, a directory
+            raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path}: not valid JSON ({error})") from None
         try:
             return cls.from_dict(values)
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
+            raise ConfigError(f"{path}: {error}{defaults_taken(values)}") from None
 
     def to_dict(self) -> dict:
         """A transformers-compatible config dict (GPT2LMHeadModel, tied head)."""
@@ -123,6 +127,14 @@ class GPT2Config:
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def defaults_taken(values) -> str:
+    """' (config.json gives no n_embd: GPT-2 124M's taken)' for the shape's fields a config dict leaves out (as
+    transformers, from_dict takes GPT-2 124M's), else ''."""
+    missing = [key for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+               if isinstance(values, dict) and key not in values]
+    return f" (config.json gives no {', '.join(missing)}: GPT-2 124M's taken)" if missing else ""
 
 
 def _is_int(value, minimum: int) -> bool:

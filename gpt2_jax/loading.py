@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from pathlib import Path
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gpt2_jax import convert, hf_files, sharding
-from gpt2_jax.config import GPT2Config
+from gpt2_jax.config import GPT2Config, defaults_taken
 from gpt2_jax.hf_files import WEIGHT_FILES, CheckpointFileError
 from gpt2_jax.model import GPT2
 from gpt2_jax.model_dirs import is_flax_dir
@@ -100,7 +101,8 @@ def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict
     try:
         return config, convert.params_from_state_dict(config, hf_files.read_tensors(model_dir), progress)
     except convert.ConversionError as error:
-        raise convert.ConversionError(f"{model_dir}: {error}") from None
+        raise convert.ConversionError(f"{model_dir}: {error}"
+                                      f"{defaults_taken(json.loads((model_dir / 'config.json').read_text()))}") from None
 
 
 def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: str | Path | None = None,

@@ -206,7 +206,8 @@ def test_the_kernel_settings_are_left_to_the_platform_unless_the_command_line_se
     assert (config.split_qkv, config.fused_norm) == (False, True)
     config_file_choosing = tmp_path / "choosing.py"
     config_file_choosing.write_text("from gpt2_jax.train_config import default_config\n\ndef get_config():\n"
-                                    "    c = default_config()\n    c.fused_norm, c.split_qkv = False, True\n    return c\n")
+                                    "    c = default_config()\n    c.fused_norm, c.split_qkv = False, True\n"
+                                    "    return c\n")
     argv = ["train", f"--config={config_file_choosing}", "--workdir=run"]
     assert (parse_flags(argv)[0].fused_norm, parse_flags(argv)[0].split_qkv) == (False, True)
     config = parse_flags(argv + ["--config.fused_norm=None", "--config.split_qkv=none"])[0]

@@ -256,6 +256,12 @@ def test_a_checkpoint_is_counted_before_its_tensors_are_read(hf_dir, tmp_path):
     ("config_wrong_type", "layer_norm_epsilon='abc' must be a positive number"),
     ("config_a_list", "a config must be a JSON object"),
     ("config_null_eos", "eos_token_id=None must be a token id"),
+    # was: a shape mismatch that blamed the weights for what config.json left out
+    ("config_no_n_embd", "n_embd=768 is not divisible by n_head=5 (config.json gives no n_embd: GPT-2 124M's taken)"),
+    ("config_no_n_layer", "missing 108 parameter(s), e.g. transformer.h.10.attn.c_attn.bias (config.json gives no "
+                          "n_layer: GPT-2 124M's taken)"),
+    ("config_not_utf8", "config.json: not UTF-8 text (invalid start byte at byte 0)"),  # was: a traceback
+    ("config_a_directory", "not a model directory (need config.json + model.safetensors"),
     ("bin_a_list", "not a state dict of tensors (list)"),
     ("bin_not_tensors", "'transformer.wte.weight' is not a tensor (int)"),
     ("bin_python_objects", "refused: it holds Python objects, not only tensors (print)"),
@@ -287,6 +293,17 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
         save_file(weights, tmp_path / "model.safetensors")
     elif case == "unsupported_config":
         (tmp_path / "config.json").write_text(json.dumps({**json.loads(config_text), "scale_attn_by_inverse_layer_idx": True}))
+        save_file(weights, tmp_path / "model.safetensors")
+    elif case in ("config_no_n_embd", "config_no_n_layer"):
+        (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in json.loads(config_text).items()
+                                                          if k != case.removeprefix("config_no_")}))
+        save_file(weights, tmp_path / "model.safetensors")
+    elif case == "config_not_utf8":
+        (tmp_path / "config.json").write_bytes(b"\xff\xfe{\x00}")
+        save_file(weights, tmp_path / "model.safetensors")
+    elif case == "config_a_directory":
+        (tmp_path / "config.json").unlink()
+        (tmp_path / "config.json").mkdir()
         save_file(weights, tmp_path / "model.safetensors")
     elif case.startswith("config_"):
         changes = {"config_wrong_type": {"layer_norm_epsilon": "abc"}, "config_null_eos": {"eos_token_id": None}}
