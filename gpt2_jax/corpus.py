@@ -88,6 +88,8 @@ def _file_documents(path: Path, text_field: str) -> Iterator[str]:
                     yield _json_text(line, text_field, f"{path}:{number}")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
+    except OSError as error:  # unreadable here (permissions), an I/O error
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def _parquet_documents(parquet, path: Path, text_field: str) -> Iterator[str]:

@@ -141,6 +141,18 @@ def read_only(path):
     return lambda: subprocess.run(["chattr", "-i", str(path)]) if os.geteuid() == 0 else path.chmod(0o755)
 
 
+def unprivileged():
+    """A command's prefix that runs it without root's right to read and write any file (where the tests run as
+    root), so that a file made unreadable with chmod is unreadable to it."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: no unreadable file to test with")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+
+
 def step_of(line):
     """The step of a training console row (`step  33/150 | loss ...`), else None."""
     words = line.split()

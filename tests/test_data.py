@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE, assert_one_line_error, read_only
+from conftest import SHAKESPEARE, assert_one_line_error, read_only, unprivileged
 
 from gpt2_jax import shards
 from gpt2_jax.corpus import count_documents
@@ -485,6 +485,18 @@ def test_bad_input_or_output_is_one_line_and_leaves_no_folder(tmp_path):
     assert "shard_tokens" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "binary.txt", "empty.txt", "others"]
     assert [p.name for p in (tmp_path / "others").iterdir()] == ["notes.txt"]
+
+
+def test_an_unreadable_input_is_one_line(tmp_path):
+    """was: a PermissionError traceback from the tokenizing workers"""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("readable")
+    (tmp_path / "in" / "b.txt").write_text("not for us")
+    (tmp_path / "in" / "b.txt").chmod(0)
+    result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "in"),
+                             "--out", str(tmp_path / "out"), "--tokenizer", "byte"], capture_output=True, text=True)
+    assert_one_line_error(result, f"{tmp_path / 'in' / 'b.txt'}: cannot read it (Permission denied)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_preparation_cut_before_its_first_meta_json_runs_again(tmp_path):
