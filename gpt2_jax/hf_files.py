@@ -65,6 +65,10 @@ def read_tensors(model_dir: Path) -> Tensors:
             raise CheckpointFileError(
                 f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
 
+    try:  # opened here first: safetensors says "No such file or directory" of a file it may not read
+        open(safetensors_file, "rb").close()
+    except OSError as error:
+        raise CheckpointFileError(f"{safetensors_file}: cannot read it ({error.strerror or error})") from None
     # pread: each tensor read into its array; a memory map would keep the whole file resident beside them
     tensors = unreadable(safe_open, safetensors_file, "np", "cpu", backend="pread")
     return Tensors(list(tensors.keys()), lambda name: unreadable(tensors.get_tensor, name))

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
-from conftest import assert_one_line_error, random_hf_model, read_only, rel_error, run_main, snapshot
+from conftest import assert_one_line_error, random_hf_model, read_only, rel_error, run_main, snapshot, unprivileged
 from safetensors.numpy import save_file
 
 from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, hf_files, to_hf
@@ -241,6 +241,19 @@ def test_a_checkpoint_is_counted_before_its_tensors_are_read(hf_dir, tmp_path):
     (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:-100])
     with pytest.raises(CheckpointFileError, match="unreadable safetensors file"):  # the header reads, a tensor not
         dict(hf_files.read_tensors(tmp_path))
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "model.safetensors").mkdir()  # safetensors said "No such device (os error 19)"
+    with pytest.raises(CheckpointFileError, match=r"model.safetensors: cannot read it \(Is a directory\)$"):
+        hf_files.read_tensors(tmp_path)
+
+
+def test_a_safetensors_file_this_user_may_not_read_says_so(hf_dir, tmp_path):
+    """safetensors said "No such file or directory" of a file it was not allowed to read."""
+    shutil.copytree(hf_dir, tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").chmod(0)
+    result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.convert", "--from-hf", str(tmp_path / "hf"),
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert_one_line_error(result, f"{tmp_path / 'hf' / 'model.safetensors'}: cannot read it (Permission denied)")
 
 
 @pytest.mark.parametrize("case, message", [
