@@ -78,10 +78,13 @@ class TrainCheckpoints:
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
         self.pending, self.failed = None, True
         self.manager.reload()
+        reason = checkpoint_failures.failure_reason(error)
+        if step in self.manager.all_steps():  # in place: what failed came after, removing the steps past `keep`
+            return CheckpointError(f"checkpoint step {step} was saved in {self.directory}, but removing an older one "
+                                   f"failed ({reason}); once it can be removed, rerun: the run resumes from step {step}")
         good = [s for s in self.manager.all_steps() if s != step]
         last = f"the last good checkpoint is step {max(good)}" if good else "no checkpoint was saved before it"
-        return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed "
-                               f"({checkpoint_failures.failure_reason(error)}); {last}")
+        return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed ({reason}); {last}")
 
     def restore_train_state(self, abstract_params, abstract_opt_state, data_iterator):
         """(step, params, opt_state) from the newest whole step, the iterator moved there; or None if none saved."""

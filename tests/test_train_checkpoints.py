@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import (assert_one_line_error, config_flags_of, read_only, run_main, snapshot, step_of,
-                      tiny_run_config)
+                      tiny_run_config, unprivileged)
 
 from gpt2_jax import checkpoint_failures
 from gpt2_jax.checkpoint import CheckpointError, load_params
@@ -65,9 +65,9 @@ def copy_of(workdir, tmp_path):
     return Path(shutil.copytree(workdir, tmp_path / "run"))
 
 
-def run_train(config, workdir, code=None, timeout=None):
+def run_train(config, workdir, code=None, timeout=None, prefix=()):
     command = ["-c", code] if code else ["-m", "gpt2_jax.train"]
-    return subprocess.run([sys.executable, *command, f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}",
+    return subprocess.run([*prefix, sys.executable, *command, f"--config={ROOT / 'configs' / 'shakespeare_byte.py'}",
                            f"--workdir={workdir}", *config_flags_of(config)], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout)
 
@@ -245,6 +245,24 @@ def test_a_step_whose_directory_cannot_be_made_stops_the_run_at_once(trained, sh
         pytest.fail("the run waited for a step whose directory could not be made")
     assert_one_line_error(result, f"saving checkpoint step 30 in {workdir / 'checkpoints'} failed (Permission "
                                   "denied); the last good checkpoint is step 20")
+
+
+def test_a_step_saved_whose_older_one_cannot_be_removed_is_not_called_failed(trained, shakespeare_bytes, tmp_path):
+    """was: "saving checkpoint step 30 failed ...; the last good checkpoint is step 20" of a step 30 in place"""
+    workdir = copy_of(trained, tmp_path)
+    for folder in [workdir / "checkpoints" / "10", *(workdir / "checkpoints" / "10").rglob("*")]:
+        folder.chmod(0o555) if folder.is_dir() else None  # step 10's files cannot be removed
+    config = tiny_run_config(shakespeare_bytes, max_steps=40, eval_every=0, keep_checkpoints=2)
+    try:
+        result = run_train(config, workdir, prefix=unprivileged())
+    finally:
+        for folder in (workdir / "checkpoints").rglob("*"):
+            folder.chmod(0o755) if folder.is_dir() else None
+    assert_one_line_error(result, f"checkpoint step 30 was saved in {workdir / 'checkpoints'}, but removing an older "
+                                  "one failed (Permission denied); once it can be removed, rerun: the run resumes "
+                                  "from step 30")
+    resumed = run_train(config, workdir)
+    assert resumed.returncode == 0 and "resuming from step 30" in resumed.stdout, resumed.stderr
 
 
 def test_a_read_only_checkpoints_folder_is_refused_before_the_first_step(trained, shakespeare_bytes, tmp_path):
