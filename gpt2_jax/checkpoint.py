@@ -10,6 +10,7 @@ loaded: orbax would give back a flipped bit as a wrong weight. (Directories writ
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -80,11 +81,17 @@ def _fitting(path: Path, config: GPT2Config, params):
 
 
 def _read_params(params_dir: Path):
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # orbax's WARNING of damaged metadata: a line before the one printed here
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(params_dir, _single_device(checkpointer.metadata(params_dir)))
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        raise CheckpointError(f"{params_dir}: unreadable ({type(error).__name__})") from None
+        raise CheckpointError(f"{params_dir}: unreadable ({checkpoint_failures.failure_reason(error)}); write it "
+                              "again (python -m gpt2_jax.convert ... --overwrite)") from None
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _checked(path: Path, params):

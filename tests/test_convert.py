@@ -381,6 +381,20 @@ def test_a_params_directory_with_a_flipped_bit_is_refused(hf_dir, tmp_path):
     np.testing.assert_array_equal(load_params(tmp_path / "flax")[1]["wte"]["embedding"], embedding)
 
 
+def test_a_damaged_params_directory_is_one_line_that_says_what_failed(hf_dir, tmp_path):
+    """was: "unreadable (Exception)", and an absl WARNING line before it for damaged metadata"""
+    assert convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "flax")).returncode == 0
+    shutil.copytree(tmp_path / "flax", tmp_path / "metadata")
+    (tmp_path / "metadata" / "params" / "_METADATA").write_text('{"tree_metadata')
+    largest = max((tmp_path / "flax" / "params" / "ocdbt.process_0" / "d").iterdir(), key=lambda f: f.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:100])
+    for damaged, reason in (("flax", "ValueError: OUT_OF_RANGE: Error reading"),
+                            ("metadata", "JSONDecodeError: Unterminated string")):
+        result = convert("--to-hf", str(tmp_path / damaged), "--out", str(tmp_path / "hf"))
+        assert_one_line_error(result, f"{damaged}/params: unreadable ({reason}")
+        assert "write it again (python -m gpt2_jax.convert ... --overwrite)" in result.stderr
+
+
 def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_model_dir, tmp_path):
     assert run_cli("--from-hf", str(bpe_model_dir), "--out", str(tmp_path / "flax")).returncode == 0
     result = run_cli("--to-hf", str(tmp_path / "flax"), "--out", str(tmp_path / "hf"))
