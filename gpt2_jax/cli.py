@@ -21,7 +21,8 @@ class OneLineErrors(argparse.ArgumentParser):
     `sample: error: argument --top-k: ...; python -m gpt2_jax.sample --help lists the options`."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog.split('.')[-1]}: error: {message}; {self.prog} --help lists the options\n")
+        name = self.prog.split()[-1].split("/")[-1].removesuffix(".py").split(".")[-1]  # sample, plot
+        self.exit(2, f"{name}: error: {message}; {self.prog} --help lists the options\n")
 
 
 def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:

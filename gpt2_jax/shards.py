@@ -135,6 +135,8 @@ def open_split(data_dir: str | Path, split: str) -> tuple[dict, list[tuple[np.nd
             tokens = np.load(path, mmap_mode="r")
         except FileNotFoundError:
             raise DataError(f"{path}: shard listed in {META} is missing") from None
+        except (PermissionError, IsADirectoryError) as error:  # the machine's answer, not damage
+            raise DataError(f"{path}: cannot read the shard ({error.strerror})") from None
         except (ValueError, OSError, EOFError) as error:  # EOFError: an empty file
             raise DataError(f"{path}: corrupt shard ({error})") from None
         if tokens.dtype != TOKEN_DTYPE or tokens.shape != (sizes[segment.file],):

@@ -6,13 +6,12 @@ Runs of different tokenizers (a byte model beside a GPT-2 BPE one) are drawn in 
 only: their per-token losses are on different scales.
 """
 
-import argparse
 import os
 from pathlib import Path
 
 from matplotlib.backend_bases import FigureCanvasBase
 
-from gpt2_jax.cli import HelpFormatter
+from gpt2_jax.cli import HelpFormatter, OneLineErrors
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.metrics import read_metrics
@@ -28,7 +27,7 @@ def tokenizer_name(workdir: str) -> str:
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = OneLineErrors(prog="python scripts/plot.py", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("workdirs", nargs="+", help="training workdirs (each with metrics.jsonl)")
     parser.add_argument("--out", default="loss.png", help="the image to write (.png, .pdf, .svg, ...)")
     args = parser.parse_args(argv)

@@ -259,6 +259,7 @@ def copy_data(src, dst):
     ("delete", "shard listed in meta.json is missing"),
     ("garbage", "outside the vocabulary"),
     ("no_meta", "no meta.json"),
+    ("a_directory", "shard_000000.npy: cannot read the shard (Is a directory)"),  # was "corrupt shard"
 ])
 def test_damaged_data_is_a_clear_error(shakespeare_dir, tmp_path, damage, message):
     data_dir = copy_data(shakespeare_dir, tmp_path / "data")
@@ -275,7 +276,10 @@ def test_damaged_data_is_a_clear_error(shakespeare_dir, tmp_path, damage, messag
         np.save(shard, tokens)
     elif damage == "no_meta":
         (data_dir / "meta.json").unlink()
-    with pytest.raises(shards.DataError, match=message):
+    elif damage == "a_directory":
+        shard.unlink()
+        shard.mkdir()
+    with pytest.raises(shards.DataError, match=re.escape(message)):
         source = WindowSource(data_dir, "train", 64)
         source[0]
 

@@ -495,6 +495,8 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
                           f"{tmp_path / 'none'}: no such directory")
     assert_one_line_error(subprocess.run([*plot, str(tmp_path)], capture_output=True, text=True),
                           f"{tmp_path}: no metrics.jsonl (not a training workdir?)")
+    assert_one_line_error(subprocess.run([*plot, byte, "--bogus"], capture_output=True, text=True),  # was argparse's 2
+                          "plot: error: unrecognized arguments: --bogus; python scripts/plot.py --help lists the options")
 
 
 BACKEND_AFTER_A_PLOT = """
