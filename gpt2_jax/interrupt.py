@@ -21,7 +21,8 @@ class StopSignals:
 
     A signal that is ignored stays ignored (a script's `cmd &` ignores Ctrl-C, `nohup` the hangup).
     `only_over_python_default`: take a signal only where Python's own handler is in place (a CLI, a
-    notebook), so that work inside a program with its own handler (sampling in a train run) keeps it.
+    notebook; for SIGTERM and SIGHUP, a CLI's `stop_as_ctrl_c`), so that work inside a program with its own
+    handler (sampling in a train run) keeps it.
     `repeats_ignored`: a second signal is ignored, not handed on (a process of several, which must stop
     with the others: alone, it would leave them waiting).
     """
@@ -36,7 +37,7 @@ class StopSignals:
             for signum in self.signums:
                 handler = signal.getsignal(signum)
                 if handler is not signal.SIG_IGN and (not self.only_over_python_default
-                                                      or handler is signal.default_int_handler):
+                                                      or handler in (signal.default_int_handler, stop_as_ctrl_c)):
                     self.previous[signum] = handler
                     signal.signal(signum, self.request)
         return self

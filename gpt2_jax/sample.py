@@ -104,7 +104,7 @@ def main(argv=None):
                 rng=jax.random.key(args.seed), on_token=stream,
                 on_progress=stream.stop_if_output_failed if stream else count,
             )
-    except GenerationInterrupted as interrupted:  # Ctrl-C: print what was made, then exit 130 (errors.py)
+    except GenerationInterrupted as interrupted:  # Ctrl-C (SIGTERM): print what was made, exit 130 (143; errors.py)
         print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
         raise
     print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress)

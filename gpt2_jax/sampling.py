@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from gpt2_jax.interrupt import StopSignals
+from gpt2_jax.interrupt import STOP_SIGNALS, StopSignals
 from gpt2_jax.kv_cache import init_cache
 from gpt2_jax.model import GPT2
 from gpt2_jax.next_token import SamplingError, checked_settings, is_scalar, sample_next
@@ -27,11 +27,12 @@ MAX_NEW_TOKENS = 1_000_000  # the token buffer is [B, prompt + new] int32: 4 MB 
 
 
 class GenerationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `generate`: `tokens_BxL` holds the prompt and what was made before it."""
+    """Ctrl-C (or, in a CLI, SIGTERM or SIGHUP: `signum`) during `generate`: `tokens_BxL` holds the prompt and
+    what was made before it."""
 
-    def __init__(self, tokens_BxL: np.ndarray):
+    def __init__(self, tokens_BxL: np.ndarray, signum: signal.Signals = signal.SIGINT):
         super().__init__()
-        self.tokens_BxL = tokens_BxL
+        self.tokens_BxL, self.signum = tokens_BxL, signum
 
 
 def generate(
@@ -79,7 +80,7 @@ def generate(
     state = _start(model, params, prompt_BxT, jax.random.key(0) if rng is None else rng, max_new_tokens)
     decode = functools.partial(_decode, model, params, T=T, sampling=(temperature, top_k, top_p), on_token=on_token)
     chunk, made = 16, 0
-    with StopSignals(signal.SIGINT, only_over_python_default=True) as interrupted:
+    with StopSignals(signal.SIGINT, *STOP_SIGNALS, only_over_python_default=True) as interrupted:
         while made < max_new_tokens and not interrupted.signal:
             began = time.perf_counter()
             state = decode(*state, stop=min(made + chunk, max_new_tokens))
@@ -92,7 +93,7 @@ def generate(
             seconds = time.perf_counter() - began
             chunk = chunk * 2 if seconds < 0.1 else max(chunk // 2, 1) if seconds > 0.4 else chunk
     if interrupted.signal:
-        raise GenerationInterrupted(np.asarray(state[1])[:, : T + made])
+        raise GenerationInterrupted(np.asarray(state[1])[:, : T + made], signal.Signals[interrupted.signal])
     return state[1]  # rows that ended early hold end-of-text to the end (_decode)
 
 

@@ -368,7 +368,7 @@ def test_ctrl_c_stops_generate_between_chunks_with_what_was_made(tiny):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def interrupt_sampling(model_dir, started, *args):
+def interrupt_sampling(model_dir, started, *args, signum=signal.SIGINT):
     """Start a long sampling run, press Ctrl-C once stderr + stdout satisfy `started`; (result, seconds to exit)."""
     process = subprocess.Popen([sys.executable, "-m", "gpt2_jax.sample", "--model", str(model_dir), "--prompt",
                                 "Hello", "--max-new-tokens", "1000000", "--seed", "3", *args],
@@ -381,7 +381,7 @@ def interrupt_sampling(model_dir, started, *args):
             for pipe in ready:
                 seen[pipe] += os.read(pipe.fileno(), 4096)
         pressed = time.perf_counter()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=30)
         seconds = time.perf_counter() - pressed
     finally:
@@ -402,3 +402,15 @@ def test_ctrl_c_stops_the_cli_within_a_second_printing_what_was_made(bpe_model_d
     samples = re.split(r"^---- sample [12]/2 ----\n", batch.stdout.decode(), flags=re.MULTILINE)
     assert samples[0] == "" and len(samples) == 3
     assert all(sample.startswith("Hello") and len(sample) > len("Hello\n") for sample in samples[1:])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_stops_the_cli_as_ctrl_c_does(bpe_model_dir, signum):
+    """was: the streamed line left open (the message ran onto it) and a batch's samples lost"""
+    streamed, _ = interrupt_sampling(bpe_model_dir, lambda out, err: len(out) > 40, signum=signum)
+    assert streamed.returncode == 128 + signum, streamed.stderr
+    assert streamed.stderr.decode().endswith(f"stopped by {signum.name}\n"), streamed.stderr
+    assert streamed.stdout.decode().startswith("Hello") and streamed.stdout.decode().endswith("\n")
+    batch, _ = interrupt_sampling(bpe_model_dir, lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None,
+                                  "--num-samples", "2", signum=signum)
+    assert batch.returncode == 128 + signum and batch.stdout.decode().count("---- sample ") == 2, batch.stderr
