@@ -18,6 +18,7 @@ from gpt2_jax.errors import UserError
 from gpt2_jax.model_dirs import CHECKPOINTS
 
 LOCK = "train.lock"
+RUN_FILES = {LOCK, CHECKPOINTS, "train_config.json", "metrics.jsonl"}  # any one: a run's workdir (its first: the lock)
 
 
 class WorkdirError(UserError):
@@ -41,6 +42,11 @@ class WorkdirLock:
             self.found = {path.name for path in self.workdir.iterdir()} if self.workdir.exists() else None
         except OSError as error:
             raise WorkdirError(f"{self.workdir}: cannot list it ({error.strerror or error})") from None
+        others = sorted(name for name in self.found or () if not name.startswith("."))
+        if others and not self.found & RUN_FILES:  # a data directory, a model, a project: never a run's files in it
+            listed = ", ".join(others[:3]) + ", ..." * (len(others) > 3)
+            raise WorkdirError(f"{self.workdir} holds other files ({listed}) and no training run; give a new or empty "
+                               "--workdir")
         for _ in range(5):  # again if the lock file was removed (a refused start's release) as it was opened
             if (file := self._locked_file()) is not None:
                 break

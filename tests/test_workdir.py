@@ -33,23 +33,23 @@ def test_the_lock_names_its_holder_and_is_released(tmp_path):
 
 def test_a_start_that_wrote_nothing_takes_away_only_what_it_made(tmp_path):
     """A refused start into a directory of the user's leaves it as it was: no train.lock, no checkpoints/."""
-    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / ".notes").write_text("mine")  # hidden: else no workdir
     for made in ([], ["checkpoints"]):
         lock = WorkdirLock(tmp_path)
         lock.acquire()
         for name in made:
             (tmp_path / name).mkdir()
         lock.release()
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".notes"]
     lock = WorkdirLock(tmp_path)  # a start that wrote something leaves the lock file, and all else, in place
     lock.acquire()
     (tmp_path / "config.json").write_text("{}")
     lock.release()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt", "train.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes", "config.json", "train.lock"]
     lock = WorkdirLock(tmp_path)  # and the next start, finding them, takes none of them away
     lock.acquire()
     lock.release()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "notes.txt", "train.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes", "config.json", "train.lock"]
 
 
 def test_a_lock_file_removed_while_another_trainer_opens_it_is_not_held(tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_a_second_trainer_on_the_same_workdir_exits_and_changes_nothing(shakespe
 def test_a_read_only_workdir_is_one_line(shakespeare_bytes, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    (workdir / "notes.txt").write_text("mine")
+    (workdir / ".notes").write_text("mine")  # a hidden file does not make it another program's directory
     before = snapshot(workdir)
     writable_again = read_only(workdir)
     try:
@@ -145,6 +145,16 @@ def test_a_read_only_workdir_is_one_line(shakespeare_bytes, tmp_path):
         writable_again()
     assert_one_line_error(result, f"{workdir}: cannot write there")
     assert snapshot(workdir) == before
+
+
+def test_a_directory_of_other_files_is_no_workdir(shakespeare_bytes, tmp_path):
+    """was: the run's checkpoints and metrics written among them (into the prepared data, say)"""
+    before = snapshot(shakespeare_bytes)
+    result = subprocess.run(train_cli(tiny_run_config(shakespeare_bytes), shakespeare_bytes), capture_output=True,
+                            text=True, cwd=ROOT)
+    assert_one_line_error(result, f"{shakespeare_bytes} holds other files (meta.json, shard_000000.npy) and no training "
+                                  "run; give a new or empty --workdir")
+    assert snapshot(shakespeare_bytes) == before and not (shakespeare_bytes / "train.lock").exists()
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "\"settings\"", "null"])
