@@ -66,7 +66,7 @@ def main(argv=None):
     parser.add_argument("--prompt", default="Hello, I'm a language model,", help="the text to continue")
     parser.add_argument("--num-samples", type=int, default=1, help="continuations of the prompt, sampled together")
     parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens to add to each (fewer at <|endoftext|>)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 is greedy")
+    parser.add_argument("--temperature", type=float, default=None, help="divides the logits; 0 is greedy (default: 1)")
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
     parser.add_argument("--top-p", type=float, default=None,
                         help="sample from the most likely tokens whose probability adds up to p (default: all)")
@@ -76,6 +76,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         raise UserError(f"--num-samples {args.num_samples}: must be at least 1")
+    if args.greedy and not (args.temperature is args.top_k is args.top_p is None):
+        raise UserError("--greedy takes the most likely token: --temperature, --top-k and --top-p would be ignored; "
+                        "give one or the other")
     if not 0 <= args.seed < 2**32:
         raise UserError(f"--seed {args.seed}: must be in [0, 2**32)")
     try:
@@ -100,7 +103,8 @@ def main(argv=None):
             progress = None if stream else tqdm(total=args.max_new_tokens, desc="sample", unit="token", leave=False)
             tokens_BxL = generate(
                 GPT2(loaded.config, dtype=jnp.dtype(args.dtype)), loaded.params, prompt_BxT, args.max_new_tokens,
-                temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k, top_p=args.top_p,
+                temperature=0.0 if args.greedy else 1.0 if args.temperature is None else args.temperature,
+                top_k=args.top_k, top_p=args.top_p,
                 rng=jax.random.key(args.seed), on_token=stream,
                 on_progress=stream.stop_if_output_failed if stream else count,
             )

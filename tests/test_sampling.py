@@ -314,6 +314,9 @@ def test_cli_samples_five_ways_reproducibly(bpe_model_dir):
     (["--temperature", "inf"], "temperature=inf must be 0 (greedy) or positive"),
     (["--top-k", "0"], "top_k=0 must be at least 1 (unset: every token)"),
     (["--seed", str(10**20)], "--seed 100000000000000000000: must be in [0, 2**32)"),
+    (["--greedy", "--temperature", "0.5"], "--greedy takes the most likely token: --temperature, --top-k and --top-p "
+                                           "would be ignored"),  # was: ignored without a word
+    (["--greedy", "--top-k", "5"], "--greedy takes the most likely token"),
 ])
 def test_cli_errors_are_one_line(bpe_model_dir, args, message):
     assert_one_line_error(run_main(sample.main, "--model", str(bpe_model_dir), *args), message)
