@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -89,11 +90,12 @@ def write_gpt2_files(out_dir: str | Path) -> None:
 
     out_dir = Path(out_dir)
     try:
-        for name, url in GPT2_FILES.items():
-            (out_dir / name).write_bytes(read_file_cached(url))
+        files = {name: read_file_cached(url) for name, url in GPT2_FILES.items()}
     except OSError:  # requests' network errors are OSErrors
         raise TokenizerError("GPT-2 BPE files unavailable offline: set TIKTOKEN_CACHE_DIR to a tiktoken cache "
                              "(e.g. ../shared/data/tiktoken) or pass --tokenizer-dir") from None
+    for name, data in files.items():
+        (out_dir / name).write_bytes(data)
     config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
               "unk_token": "<|endoftext|>", "add_prefix_space": False}
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -106,11 +108,15 @@ def _gpt2_encoding(hf_dir):
 
     local = [Path(hf_dir) / "merges.txt", Path(hf_dir) / "vocab.json"] if hf_dir else []
     if local and all(f.exists() for f in local):  # the same two files as tiktoken's, HF names
-        try:
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""  # tiktoken would copy the two files into its cache, keyed by their path:
+        try:  # into ../shared/data/tiktoken, or stale copies read back after the files change
             ranks = data_gym_to_mergeable_bpe_ranks(str(local[0]), str(local[1]))
         except Exception as error:  # tiktoken assumes well-formed files: any of several types
             why = f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"
             raise TokenizerError(f"{hf_dir}: vocab.json + merges.txt are not GPT-2's BPE files ({why})") from None
+        finally:
+            os.environ.pop("TIKTOKEN_CACHE_DIR") if cache is None else os.environ.update(TIKTOKEN_CACHE_DIR=cache)
         return tiktoken.Encoding(
             name="gpt2",
             pat_str=openai_public.r50k_pat_str,

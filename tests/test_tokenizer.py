@@ -30,6 +30,25 @@ def test_hf_vocab_files_give_the_same_tokens(tmp_path):
     assert local.eot_token == 50256
 
 
+def test_hf_vocab_files_are_read_as_they_are_now_and_copied_nowhere(tmp_path, monkeypatch):
+    """tiktoken copied them into its cache (../shared/data/tiktoken, or /tmp/data-gym-cache), keyed by their path:
+    a cache polluted by every model directory read, and the old files read back after they changed."""
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(os.environ.get("TIKTOKEN_CACHE_DIR") or pytest.skip("no tiktoken cache here"), cache)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    before = sorted(p.name for p in cache.iterdir())
+    (tmp_path / "model").mkdir()
+    write_gpt2_files(tmp_path / "model")
+    assert get_tokenizer("gpt2", hf_dir=tmp_path / "model").encode("Hello, world") == [15496, 11, 995]
+    assert sorted(p.name for p in cache.iterdir()) == before and os.environ["TIKTOKEN_CACHE_DIR"] == str(cache)
+    (tmp_path / "model" / "vocab.json").write_text("{")
+    with pytest.raises(TokenizerError, match="vocab.json \\+ merges.txt are not GPT-2's BPE files"):
+        get_tokenizer("gpt2", hf_dir=tmp_path / "model").encode(TEXT)
+
+
 @pytest.mark.parametrize("name, text", [("vocab.json", "{"), ("vocab.json", "[1, 2]"), ("vocab.json", '{"a": 0}'),
                                         ("merges.txt", "\udcff garbage")])
 def test_damaged_hf_vocab_files_are_one_line(tmp_path, name, text):
