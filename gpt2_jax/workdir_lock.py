@@ -31,6 +31,7 @@ class WorkdirLock:
     def __init__(self, workdir: str | Path):
         self.workdir, self.file = Path(workdir), None
         self.found: set[str] | None = None  # the names in the workdir before acquire (None: it did not exist)
+        self.made = [path for path in [self.workdir, *self.workdir.parents] if not path.exists()]  # what acquire makes
 
     def acquire(self) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
@@ -85,7 +86,7 @@ class WorkdirLock:
 
     def release(self) -> None:
         """Unlock. A start that wrote nothing (a refused one) takes away what it made: the lock file, an empty
-        checkpoints/, and the workdir itself if it made that."""
+        checkpoints/, and the workdir itself (and the folders above it) if it made that."""
         if not self.file:
             return
         try:
@@ -97,7 +98,8 @@ class WorkdirLock:
                     elif path.exists():
                         path.unlink()
                 if self.found is None:
-                    self.workdir.rmdir()
+                    for made in self.made:  # the workdir, then the folders above it that the start made
+                        made.rmdir()
         except OSError:  # the workdir went away, or someone wrote into it meanwhile: leave what is there
             pass
         finally:

@@ -375,7 +375,7 @@ def test_a_failed_start_leaves_the_workdir_free_for_the_corrected_command(shakes
     new_workdir = tmp_path / "new" / "run"  # one the refused start made: not left behind, lock file and all
     assert_one_line_error(run_cli("--config=configs/shakespeare_byte.py", f"--workdir={new_workdir}", *too_long),
                           "no window of block_size + 1 = 200001 tokens")
-    assert not new_workdir.exists()
+    assert not new_workdir.exists() and list(tmp_path.iterdir()) == []  # nor the folder it made for it
     assert train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0), tmp_path)  # not refused
 
 
