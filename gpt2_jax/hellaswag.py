@@ -74,12 +74,11 @@ def _parse(line: str, where: str) -> Example:
     try:
         record = json.loads(line)
         endings, label = record["endings"], record["label"]
-        if not (isinstance(record["ctx"], str) and len(endings) == 4
-                and all(isinstance(e, str) and e.strip() for e in endings)  # empty ones tie: the first would win
+        if not (isinstance(record["ctx"], str) and len(endings) == 4 and all(isinstance(e, str) for e in endings)
                 and type(label) is int and 0 <= label < 4):  # not True/False, which are ints too
             raise ValueError
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise HellaSwagError(f"{where}: not a HellaSwag example (need ctx, 4 non-empty endings and a label 0-3)") from None
+        raise HellaSwagError(f"{where}: not a HellaSwag example (need ctx, 4 endings and a label 0-3)") from None
     return Example(record["ctx"], tuple(endings), int(label))
 
 
