@@ -80,6 +80,9 @@ def _fitting(path: Path, config: GPT2Config, params):
     return params
 
 
+WRITE_AGAIN = "write it again (python -m gpt2_jax.convert --from-hf ... --overwrite)"
+
+
 def _read_params(params_dir: Path):
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
@@ -88,8 +91,9 @@ def _read_params(params_dir: Path):
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(params_dir, _single_device(checkpointer.metadata(params_dir)))
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        raise CheckpointError(f"{params_dir}: unreadable ({checkpoint_failures.failure_reason(error)}); write it "
-                              "again (python -m gpt2_jax.convert ... --overwrite)") from None
+        advice = WRITE_AGAIN if checkpoint_failures.is_damage(error) else "rerun once it can be read"  # the machine's
+        raise CheckpointError(f"{params_dir}: unreadable ({checkpoint_failures.failure_reason(error)}); {advice}") \
+            from None
     finally:
         absl_logger.setLevel(level)
 
@@ -106,8 +110,7 @@ def _checked(path: Path, params):
         raise CheckpointError(f"{path / CHECKSUMS}: unreadable ({error})") from None
     damaged = integrity.first_corrupt_leaf(params, saved)
     if damaged:
-        raise CheckpointError(f"{path / PARAMS}: corrupt ({damaged} differs from its checksum); write it again "
-                              "(python -m gpt2_jax.convert --from-hf ... --overwrite)")
+        raise CheckpointError(f"{path / PARAMS}: corrupt ({damaged} differs from its checksum); {WRITE_AGAIN}")
     return params
 
 

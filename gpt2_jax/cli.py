@@ -4,6 +4,7 @@ that names the command as it is run, keeps its module docstring as written and s
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -21,8 +22,12 @@ class OneLineErrors(argparse.ArgumentParser):
     `sample: error: argument --top-k: ...; python -m gpt2_jax.sample --help lists the options`."""
 
     def error(self, message: str):
-        name = self.prog.split()[-1].split("/")[-1].removesuffix(".py").split(".")[-1]  # sample, plot
-        self.exit(2, f"{name}: error: {message}; {self.prog} --help lists the options\n")
+        self.exit(2, f"{command_name(self.prog)}: error: {message}; {self.prog} --help lists the options\n")
+
+
+def command_name(prog: str) -> str:
+    """`sample` of `python -m gpt2_jax.sample`, `plot` of `python scripts/plot.py`."""
+    return Path(prog.split()[-1]).name.removesuffix(".py").split(".")[-1]
 
 
 def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:

@@ -101,20 +101,15 @@ class GPT2Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> GPT2Config:
-        try:
-            values = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except OSError as error:  # unreadable, a directory
-            raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}: not valid JSON ({error})") from None
+        return cls.from_values(read_json(path), path)
+
+    @classmethod
+    def from_values(cls, values, path: str | Path) -> GPT2Config:
+        """`from_dict` of the values read from the config.json at `path`, which its errors name."""
         try:
             return cls.from_dict(values)
         except ConfigError as error:
-            raise ConfigError(f"{path}: {error}{defaults_taken(values)}") from None
+            raise ConfigError(f"{path}: {error}{defaults_taken(values, str(error))}") from None
 
     def to_dict(self) -> dict:
         """A transformers-compatible config dict (GPT2LMHeadModel, tied head)."""
@@ -129,11 +124,25 @@ class GPT2Config:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def defaults_taken(values) -> str:
+def read_json(path: str | Path):
+    """The JSON in the file at `path`; a ConfigError if there is none to read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as error:  # unreadable, a directory
+        raise ConfigError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+
+
+def defaults_taken(values, error: str = "") -> str:
     """' (config.json gives no n_embd: GPT-2 124M's taken)' for the shape's fields a config dict leaves out (as
-    transformers, from_dict takes GPT-2 124M's), else ''."""
+    transformers, from_dict takes GPT-2 124M's), where the `error` (if given) names one of them; else ''."""
     missing = [key for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
-               if isinstance(values, dict) and key not in values]
+               if isinstance(values, dict) and key not in values and (not error or key in error)]
     return f" (config.json gives no {', '.join(missing)}: GPT-2 124M's taken)" if missing else ""
 
 

@@ -30,6 +30,10 @@ class ConversionError(UserError):
     """A checkpoint that does not map onto GPT2's params."""
 
 
+class ShapeError(ConversionError):
+    """A checkpoint whose params have other shapes than its config gives, or fewer of them."""
+
+
 def hf_key_to_path(key: str) -> tuple[str, ...]:
     """`transformer.h.0.ln_1.weight` -> ("h_0", "ln_1", "scale")."""
     parts = key.removeprefix("transformer.").split(".")
@@ -70,7 +74,7 @@ def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.n
         if path not in expected:
             raise ConversionError(f"unexpected key {key!r} in checkpoint (not a GPT-2 parameter)")
         if tuple(value.shape) != expected[path].shape:
-            raise ConversionError(f"{key}: shape {tuple(value.shape)} does not match config ({expected[path].shape})")
+            raise ShapeError(f"{key}: shape {tuple(value.shape)} does not match config ({expected[path].shape})")
         if not jnp.issubdtype(value.dtype, jnp.floating):  # bfloat16 too (ml_dtypes: not np.floating)
             raise ConversionError(f"{key}: holds {value.dtype} values, not floating-point weights")
         if not np.isfinite(value).all():
@@ -78,7 +82,7 @@ def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.n
         flat[path] = jnp.asarray(value, dtype=jnp.float32)
     missing = sorted(path_to_hf_key(p) for p in expected.keys() - flat.keys())
     if missing:
-        raise ConversionError(f"checkpoint is missing {len(missing)} parameter(s), e.g. {missing[0]}")
+        raise ShapeError(f"checkpoint is missing {len(missing)} parameter(s), e.g. {missing[0]}")
     return traverse_util.unflatten_dict(flat)
 
 

@@ -57,8 +57,11 @@ def count_documents(inputs: list[str]) -> int | None:
                 except Exception:  # not readable here: iter_documents says why
                     return None
             elif file.suffix == ".jsonl":
-                with open(file, "rb") as lines:
-                    count += sum(1 for line in lines if line.strip())
+                try:
+                    with open(file, "rb") as lines:
+                        count += sum(1 for line in lines if line.strip())
+                except OSError:  # not readable here: iter_documents says why
+                    return None
             else:
                 count += 1
     return count

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from gpt2_jax import convert, hf_files, sharding
-from gpt2_jax.config import GPT2Config, defaults_taken
+from gpt2_jax.config import GPT2Config, defaults_taken, read_json
 from gpt2_jax.hf_files import WEIGHT_FILES, CheckpointFileError
 from gpt2_jax.model import GPT2
 from gpt2_jax.model_dirs import is_flax_dir
@@ -97,12 +96,13 @@ def load_replicated(reference: str):
 def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict]:
     """Load an HF GPT-2 (hub name or local directory) as (GPT2Config, params)."""
     model_dir = resolve_hf(name_or_path)
-    config = GPT2Config.from_json(model_dir / "config.json")
+    values = read_json(model_dir / "config.json")
+    config = GPT2Config.from_values(values, model_dir / "config.json")
     try:
         return config, convert.params_from_state_dict(config, hf_files.read_tensors(model_dir), progress)
-    except convert.ConversionError as error:
-        raise convert.ConversionError(f"{model_dir}: {error}"
-                                      f"{defaults_taken(json.loads((model_dir / 'config.json').read_text()))}") from None
+    except convert.ConversionError as error:  # the weights' shapes against a config.json that left some out?
+        note = defaults_taken(values) if isinstance(error, convert.ShapeError) else ""
+        raise convert.ConversionError(f"{model_dir}: {error}{note}") from None
 
 
 def to_hf(config: GPT2Config, params: dict, out_dir: str | Path, tokenizer_dir: str | Path | None = None,

@@ -7,6 +7,7 @@ sample streams as it is generated; several are printed when done, each under a
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import jax
@@ -76,7 +77,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.num_samples < 1:
         raise UserError(f"--num-samples {args.num_samples}: must be at least 1")
-    if args.greedy and not (args.temperature is args.top_k is args.top_p is None):
+    if args.greedy and any(setting is not None for setting in (args.temperature, args.top_k, args.top_p)):
         raise UserError("--greedy takes the most likely token: --temperature, --top-k and --top-p would be ignored; "
                         "give one or the other")
     if not 0 <= args.seed < 2**32:
@@ -109,7 +110,8 @@ def main(argv=None):
                 on_progress=stream.stop_if_output_failed if stream else count,
             )
     except GenerationInterrupted as interrupted:  # Ctrl-C (SIGTERM): print what was made, exit 130 (143; errors.py)
-        print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
+        with contextlib.suppress(OSError, StdoutError):  # a terminal gone (SIGHUP): the signal's exit code all the same
+            print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
         raise
     print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress)
 

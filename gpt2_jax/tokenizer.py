@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -108,15 +109,15 @@ def _gpt2_encoding(hf_dir):
 
     local = [Path(hf_dir) / "merges.txt", Path(hf_dir) / "vocab.json"] if hf_dir else []
     if local and all(f.exists() for f in local):  # the same two files as tiktoken's, HF names
-        cache = os.environ.get("TIKTOKEN_CACHE_DIR")
-        os.environ["TIKTOKEN_CACHE_DIR"] = ""  # tiktoken would copy the two files into its cache, keyed by their path:
-        try:  # into ../shared/data/tiktoken, or stale copies read back after the files change
-            ranks = data_gym_to_mergeable_bpe_ranks(str(local[0]), str(local[1]))
+        # "" turns tiktoken's cache off, which would copy the two files in, keyed by their path (into
+        # ../shared/data/tiktoken, say) and read those copies back after the files changed. For the whole process
+        # while it lasts: no other thread reads a tokenizer meanwhile.
+        try:
+            with mock.patch.dict(os.environ, TIKTOKEN_CACHE_DIR=""):
+                ranks = data_gym_to_mergeable_bpe_ranks(str(local[0]), str(local[1]))
         except Exception as error:  # tiktoken assumes well-formed files: any of several types
             why = f"{type(error).__name__}: {' '.join(str(error).split())[:100]}"
             raise TokenizerError(f"{hf_dir}: vocab.json + merges.txt are not GPT-2's BPE files ({why})") from None
-        finally:
-            os.environ.pop("TIKTOKEN_CACHE_DIR") if cache is None else os.environ.update(TIKTOKEN_CACHE_DIR=cache)
         return tiktoken.Encoding(
             name="gpt2",
             pat_str=openai_public.r50k_pat_str,

@@ -34,8 +34,8 @@ class TrainCheckpoints:
         self.read_only = read_only  # a reader never deletes, creates or sets aside anything
         self.directory = Path(workdir).absolute() / CHECKPOINTS
         self.pending, self.failed = None, False  # the step being written in the background; a save failed
-        # The step's directories are made before save() returns: made in the background (orbax's default), a
-        # failure to make them (a read-only checkpoints/) left the save waiting forever, deaf to Ctrl-C.
+        # The step's directories are made before save() returns: made in the background (recent orbax's default),
+        # a failure to make them (a read-only checkpoints/) left the save waiting forever, deaf to Ctrl-C.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else keep, create=not read_only, enable_async_checkpointing=True,
             async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False))
@@ -79,9 +79,9 @@ class TrainCheckpoints:
         self.pending, self.failed = None, True
         self.manager.reload()
         reason = checkpoint_failures.failure_reason(error)
-        if step in self.manager.all_steps():  # in place: what failed came after, removing the steps past `keep`
-            return CheckpointError(f"checkpoint step {step} was saved in {self.directory}, but removing an older one "
-                                   f"failed ({reason}); once it can be removed, rerun: the run resumes from step {step}")
+        if step in self.manager.all_steps():  # in place: what failed came after (removing the steps past `keep`)
+            return CheckpointError(f"checkpoint step {step} is saved in {self.directory}, but what follows a save "
+                                   f"failed ({reason}: removing older steps?); rerun: the run resumes from step {step}")
         good = [s for s in self.manager.all_steps() if s != step]
         last = f"the last good checkpoint is step {max(good)}" if good else "no checkpoint was saved before it"
         return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed ({reason}); {last}")

@@ -6,6 +6,7 @@ Used by `python -m gpt2_jax.train` and by the scripts that read a config as trai
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import ml_collections
@@ -113,17 +114,21 @@ def _platform_choices(argv: list[str]) -> tuple[list[str], set[str]]:
     back to the platform."""
     undecided = {key for key, default, _ in train_config.FIELDS if default is None}
     kept, last = [], {}
-    for arg in argv:
-        key, equals, value = arg.removeprefix("--config.").partition("=")
-        if not (arg.startswith("--config.") and key in undecided):
+    for arg in argv:  # absl's forms: --config.KEY, --config.KEY=VALUE, --noconfig.KEY, each with one dash or two
+        flag = re.fullmatch(r"--?(no)?config\.(\w+)(=(.*))?", arg)
+        if not (flag and flag[2] in undecided):
             kept.append(arg)
             continue
-        if equals and value.lower() not in ("none", "true", "false", "1", "0"):
-            raise UserError(f"{arg}: {key} is True, False or None (the platform decides; the default)")
-        last[key] = value.lower() if equals else "true"  # absl takes a flag's last value
-        if value.lower() != "none":
+        value = "false" if flag[1] else (flag[4] if flag[3] else "true").lower()
+        if value not in ("none", *BOOL_WORDS):
+            raise UserError(f"{arg}: {flag[2]} is True, False or None (the platform decides; the default)")
+        last[flag[2]] = value  # absl takes a flag's last value
+        if value != "none":
             kept.append(arg)
     return kept, {key for key, value in last.items() if value == "none"}
+
+
+BOOL_WORDS = ("true", "t", "1", "false", "f", "0")  # absl's, any case
 
 
 def _config_path(argv: list[str]) -> str:

@@ -19,6 +19,8 @@ from gpt2_jax.model_dirs import CHECKPOINTS
 
 LOCK = "train.lock"
 RUN_FILES = {LOCK, CHECKPOINTS, "train_config.json", "metrics.jsonl"}  # any one: a run's workdir (its first: the lock)
+# and what else a run and its report write there (a workdir holding only these is one to check, not to refuse)
+RUN_WRITES = RUN_FILES | {"config.json", "tensorboard", "loss.png", "report.md", "report.png", "lost+found"}
 
 
 class WorkdirError(UserError):
@@ -31,7 +33,7 @@ class WorkdirLock:
     def __init__(self, workdir: str | Path):
         self.workdir, self.file = Path(workdir), None
         self.found: set[str] | None = None  # the names in the workdir before acquire (None: it did not exist)
-        self.made = [path for path in [self.workdir, *self.workdir.parents] if not path.exists()]  # what acquire makes
+        self.made: list[Path] = []  # the folders acquire made: the workdir, and those above it
 
     def acquire(self) -> None:
         if self.workdir.exists() and not self.workdir.is_dir():
@@ -43,7 +45,7 @@ class WorkdirLock:
             self.found = {path.name for path in self.workdir.iterdir()} if self.workdir.exists() else None
         except OSError as error:
             raise WorkdirError(f"{self.workdir}: cannot list it ({error.strerror or error})") from None
-        others = sorted(name for name in self.found or () if not name.startswith("."))
+        others = sorted(name for name in (self.found or set()) - RUN_WRITES if not name.startswith("."))
         if others and not self.found & RUN_FILES:  # a data directory, a model, a project: never a run's files in it
             listed = ", ".join(others[:3]) + ", ..." * (len(others) > 3)
             raise WorkdirError(f"{self.workdir} holds other files ({listed}) and no training run; give a new or empty "
@@ -62,6 +64,8 @@ class WorkdirLock:
     def _locked_file(self):
         """DIR/train.lock opened and locked, or None if it is no longer the file at that path."""
         try:
+            absolute = Path(os.path.abspath(self.workdir))  # without "..", whose folder rmdir would not take
+            self.made = self.made or [path for path in [absolute, *absolute.parents] if not path.exists()]
             self.workdir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.workdir, os.W_OK):
                 raise PermissionError(13, "read-only")

@@ -60,3 +60,15 @@ def test_a_config_json_error_names_the_file(tmp_path):
     (tmp_path / "config.json").write_text('{"layer_norm_epsilon": "abc"}')
     with pytest.raises(ConfigError, match=f"{tmp_path / 'config.json'}: layer_norm_epsilon='abc'"):
         GPT2Config.from_json(tmp_path / "config.json")
+
+
+def test_a_config_json_that_leaves_the_shape_out_is_named_where_that_matters(tmp_path):
+    """GPT-2 124M's sizes fill what config.json leaves out (as in transformers): an error they cause says so."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"n_head": 5}))
+    with pytest.raises(ConfigError, match=r"n_embd=768 is not divisible by n_head=5 \(config.json gives no n_embd: "
+                                          r"GPT-2 124M's taken\)$"):
+        GPT2Config.from_json(path)
+    path.write_text(json.dumps({"model_type": "bert"}))  # an error of another key: no note
+    with pytest.raises(ConfigError, match="model_type='bert' is not gpt2$"):
+        GPT2Config.from_json(path)

@@ -209,12 +209,16 @@ def test_the_kernel_settings_are_left_to_the_platform_unless_the_command_line_se
                                     "    c = default_config()\n    c.fused_norm, c.split_qkv = False, True\n"
                                     "    return c\n")
     argv = ["train", f"--config={config_file_choosing}", "--workdir=run"]
-    assert (parse_flags(argv)[0].fused_norm, parse_flags(argv)[0].split_qkv) == (False, True)
-    config = parse_flags(argv + ["--config.fused_norm=None", "--config.split_qkv=none"])[0]
+    config = parse_flags(argv)[0]
+    assert (config.fused_norm, config.split_qkv) == (False, True)
+    config = parse_flags(argv + ["--config.fused_norm=None", "-config.split_qkv=none"])[0]  # absl's one dash too
     assert (config.fused_norm, config.split_qkv) == (None, None)
     config = parse_flags(argv + ["--config.fused_norm=True", "--config.fused_norm=None", "--config.split_qkv=None",
                                  "--config.split_qkv"])[0]
     assert (config.fused_norm, config.split_qkv) == (None, True)
+    config = parse_flags(argv + ["--config.fused_norm=None", "--config.fused_norm=t", "--config.split_qkv=None",
+                                 "--noconfig.split_qkv"])[0]  # absl's other spellings of True and False
+    assert (config.fused_norm, config.split_qkv) == (True, False)
     for value in ("maybe", ""):
         with pytest.raises(UserError, match=f"^--config.fused_norm={value}: fused_norm is True, False or None"):
             parse_flags(["train", config_file, "--workdir=run", f"--config.fused_norm={value}"])

@@ -247,13 +247,17 @@ def test_a_checkpoint_is_counted_before_its_tensors_are_read(hf_dir, tmp_path):
         hf_files.read_tensors(tmp_path)
 
 
-def test_a_safetensors_file_this_user_may_not_read_says_so(hf_dir, tmp_path):
-    """safetensors said "No such file or directory" of a file it was not allowed to read."""
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_a_weights_file_this_user_may_not_read_says_so(hf_model, hf_dir, tmp_path, weights):
+    """safetensors said "No such file or directory" of a file it was not allowed to read; torch a PermissionError."""
     shutil.copytree(hf_dir, tmp_path / "hf")
-    (tmp_path / "hf" / "model.safetensors").chmod(0)
-    result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.convert", "--from-hf", str(tmp_path / "hf"),
-                             "--out", str(tmp_path / "out")], capture_output=True, text=True)
-    assert_one_line_error(result, f"{tmp_path / 'hf' / 'model.safetensors'}: cannot read it (Permission denied)")
+    if weights == "pytorch_model.bin":
+        (tmp_path / "hf" / "model.safetensors").unlink()
+        torch.save(hf_model.state_dict(), tmp_path / "hf" / weights)
+    (tmp_path / "hf" / weights).chmod(0)
+    result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.convert", "--from-hf",
+                             str(tmp_path / "hf"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert_one_line_error(result, f"{tmp_path / 'hf' / weights}: cannot read it (Permission denied)")
 
 
 @pytest.mark.parametrize("case, message", [
@@ -392,7 +396,14 @@ def test_a_damaged_params_directory_is_one_line_that_says_what_failed(hf_dir, tm
                             ("metadata", "JSONDecodeError: Unterminated string")):
         result = convert("--to-hf", str(tmp_path / damaged), "--out", str(tmp_path / "hf"))
         assert_one_line_error(result, f"{damaged}/params: unreadable ({reason}")
-        assert "write it again (python -m gpt2_jax.convert ... --overwrite)" in result.stderr
+        assert "; write it again (python -m gpt2_jax.convert --from-hf ... --overwrite)" in result.stderr
+    assert convert("--from-hf", str(hf_dir), "--out", str(tmp_path / "mine")).returncode == 0
+    for file in (tmp_path / "mine" / "params").rglob("*"):
+        file.chmod(0) if file.is_file() else None
+    result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.convert", "--to-hf",
+                             str(tmp_path / "mine"), "--out", str(tmp_path / "hf")], capture_output=True, text=True)
+    # the machine refused: nothing is damaged
+    assert_one_line_error(result, "mine/params: unreadable (Permission denied); rerun once it can be read")
 
 
 def test_a_gpt2_vocabulary_export_carries_a_tokenizer_transformers_opens(bpe_model_dir, tmp_path):

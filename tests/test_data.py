@@ -495,12 +495,14 @@ def test_an_unreadable_input_is_one_line(tmp_path):
     """was: a PermissionError traceback from the tokenizing workers"""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("readable")
-    (tmp_path / "in" / "b.txt").write_text("not for us")
-    (tmp_path / "in" / "b.txt").chmod(0)
-    result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "in"),
-                             "--out", str(tmp_path / "out"), "--tokenizer", "byte"], capture_output=True, text=True)
-    assert_one_line_error(result, f"{tmp_path / 'in' / 'b.txt'}: cannot read it (Permission denied)")
-    assert not (tmp_path / "out").exists()
+    for name in ("b.txt", "c.jsonl"):  # a .jsonl's lines are counted first, for the progress bar
+        (tmp_path / "in" / name).write_text('{"text": "not for us"}\n')
+        (tmp_path / "in" / name).chmod(0)
+        result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.prepare", "--input",
+                                 str(tmp_path / "in" / name), "--out", str(tmp_path / "out"), "--tokenizer", "byte"],
+                                capture_output=True, text=True)
+        assert_one_line_error(result, f"{tmp_path / 'in' / name}: cannot read it (Permission denied)")
+        assert not (tmp_path / "out").exists()
 
 
 def test_a_preparation_cut_before_its_first_meta_json_runs_again(tmp_path):

@@ -20,7 +20,8 @@ import pytest
 import tiktoken
 import torch
 import transformers
-from conftest import SHAKESPEARE, assert_one_line_error, random_hf_model, read_only, run_main, tiny_run_config
+from conftest import (SHAKESPEARE, assert_one_line_error, random_hf_model, read_only, run_main, tiny_run_config,
+                      unprivileged)
 
 from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding, step, validation
 from gpt2_jax.data import TextWindows
@@ -296,6 +297,18 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
         assert_one_line_error(run_main(evaluate.main, *args), message)
 
 
+def test_files_this_user_may_not_read_are_named_as_such(byte_model_dir, shakespeare_bytes, tmp_path):
+    """a shard was "corrupt", a config.json a PermissionError traceback"""
+    data, model = shutil.copytree(shakespeare_bytes, tmp_path / "data"), shutil.copytree(byte_model_dir, tmp_path / "m")
+    for name, folder in (("shard_000000.npy", data), ("config.json", model)):
+        (folder / name).chmod(0)
+        result = subprocess.run([*unprivileged(), sys.executable, "-m", "gpt2_jax.evaluate", "--model", str(model),
+                                 "--tasks", "val_loss", "--data-dir", str(data)], capture_output=True, text=True)
+        assert_one_line_error(result, f"{folder / name}: cannot read {'the shard' * (folder == data) or 'it'} "
+                                      "(Permission denied)")
+        (folder / name).chmod(0o644)
+
+
 def test_bad_data_is_one_line_not_a_traceback_or_wrong_numbers(byte_model_dir, shakespeare_bytes, tmp_path):
     """A val split prepared empty, a meta.json naming a shard it does not list, ids outside the vocabulary."""
     from gpt2_jax.prepare import prepare
@@ -495,8 +508,8 @@ def test_plot_draws_runs_of_different_tokenizers_in_bits_per_byte(tmp_path):
                           f"{tmp_path / 'none'}: no such directory")
     assert_one_line_error(subprocess.run([*plot, str(tmp_path)], capture_output=True, text=True),
                           f"{tmp_path}: no metrics.jsonl (not a training workdir?)")
-    assert_one_line_error(subprocess.run([*plot, byte, "--bogus"], capture_output=True, text=True),  # was argparse's 2
-                          "plot: error: unrecognized arguments: --bogus; python scripts/plot.py --help lists the options")
+    assert_one_line_error(subprocess.run([*plot, byte, "--bogus"], capture_output=True, text=True),  # was 2 lines
+                          "plot: error: unrecognized arguments: --bogus; python scripts/plot.py --help lists the")
 
 
 BACKEND_AFTER_A_PLOT = """

@@ -414,6 +414,6 @@ def test_a_stop_signal_stops_the_cli_as_ctrl_c_does(bpe_model_dir, signum):
     assert streamed.returncode == 128 + signum, streamed.stderr
     assert streamed.stderr.decode().endswith(f"stopped by {signum.name}\n"), streamed.stderr
     assert streamed.stdout.decode().startswith("Hello") and streamed.stdout.decode().endswith("\n")
-    batch, _ = interrupt_sampling(bpe_model_dir, lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None,
-                                  "--num-samples", "2", signum=signum)
+    some_made = lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None  # noqa: E731
+    batch, _ = interrupt_sampling(bpe_model_dir, some_made, "--num-samples", "2", signum=signum)
     assert batch.returncode == 128 + signum and batch.stdout.decode().count("---- sample ") == 2, batch.stderr

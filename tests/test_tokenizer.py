@@ -47,6 +47,11 @@ def test_hf_vocab_files_are_read_as_they_are_now_and_copied_nowhere(tmp_path, mo
     (tmp_path / "model" / "vocab.json").write_text("{")
     with pytest.raises(TokenizerError, match="vocab.json \\+ merges.txt are not GPT-2's BPE files"):
         get_tokenizer("gpt2", hf_dir=tmp_path / "model").encode(TEXT)
+    assert os.environ["TIKTOKEN_CACHE_DIR"] == str(cache)  # given back after a failure too
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR")  # and left unset where it was
+    with pytest.raises(TokenizerError):
+        get_tokenizer("gpt2", hf_dir=tmp_path / "model").encode(TEXT)
+    assert "TIKTOKEN_CACHE_DIR" not in os.environ
 
 
 @pytest.mark.parametrize("name, text", [("vocab.json", "{"), ("vocab.json", "[1, 2]"), ("vocab.json", '{"a": 0}'),

@@ -258,8 +258,8 @@ def test_a_step_saved_whose_older_one_cannot_be_removed_is_not_called_failed(tra
     finally:
         for folder in (workdir / "checkpoints").rglob("*"):
             folder.chmod(0o755) if folder.is_dir() else None
-    assert_one_line_error(result, f"checkpoint step 30 was saved in {workdir / 'checkpoints'}, but removing an older "
-                                  "one failed (Permission denied); once it can be removed, rerun: the run resumes "
+    assert_one_line_error(result, f"checkpoint step 30 is saved in {workdir / 'checkpoints'}, but what follows a "
+                                  "save failed (Permission denied: removing older steps?); rerun: the run resumes "
                                   "from step 30")
     resumed = run_train(config, workdir)
     assert resumed.returncode == 0 and "resuming from step 30" in resumed.stdout, resumed.stderr

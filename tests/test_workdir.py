@@ -152,8 +152,8 @@ def test_a_directory_of_other_files_is_no_workdir(shakespeare_bytes, tmp_path):
     before = snapshot(shakespeare_bytes)
     result = subprocess.run(train_cli(tiny_run_config(shakespeare_bytes), shakespeare_bytes), capture_output=True,
                             text=True, cwd=ROOT)
-    assert_one_line_error(result, f"{shakespeare_bytes} holds other files (meta.json, shard_000000.npy) and no training "
-                                  "run; give a new or empty --workdir")
+    assert_one_line_error(result, f"{shakespeare_bytes} holds other files (meta.json, shard_000000.npy) and no "
+                                  "training run; give a new or empty --workdir")
     assert snapshot(shakespeare_bytes) == before and not (shakespeare_bytes / "train.lock").exists()
 
 
