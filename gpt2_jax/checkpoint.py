@@ -20,7 +20,8 @@ from gpt2_jax import checkpoint_failures, integrity, outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.convert import first_misfit
 from gpt2_jax.model_dirs import CHECKPOINTS, PARAMS, is_flax_dir, is_params_dir
-from gpt2_jax.train_checkpoints import CheckpointError, TrainCheckpoints
+from gpt2_jax.checkpoint_failures import CheckpointError
+from gpt2_jax.train_checkpoints import TrainCheckpoints
 
 CHECKSUMS = "checksums.json"
 PARAMS_DIR = "params directory (config.json + params/)"

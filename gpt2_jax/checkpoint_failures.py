@@ -20,7 +20,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gpt2_jax.errors import error_chain
+from gpt2_jax.errors import UserError, error_chain
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, that none of the saved steps can restore, or that cannot be saved."""
 
 
 class Unreadable(Exception):

@@ -9,7 +9,6 @@ a run could not read, all act on. Saves run in the background; a failed one stop
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from gpt2_jax import checkpoint_failures, integrity
-from gpt2_jax.errors import UserError
+from gpt2_jax.checkpoint_failures import CheckpointError
 from gpt2_jax.model_dirs import CHECKPOINTS
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, that none of the saved steps can restore, or that cannot be saved."""
 
 
 class TrainCheckpoints:
@@ -42,9 +37,6 @@ class TrainCheckpoints:
         handlers = checkpoint_failures.failures_kept({  # each process's reads, agreed on
             "params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
             "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()})
-        if not read_only and self.directory.is_dir() and not os.access(self.directory, os.W_OK | os.X_OK):
-            raise CheckpointError(f"{self.directory} is read-only here: no checkpoint could be saved (or old ones "
-                                  "removed); make it writable")  # before the run spends time on steps it cannot keep
         checkpoint_failures.quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -78,12 +70,11 @@ class TrainCheckpoints:
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
         self.pending, self.failed = None, True
         self.manager.reload()
-        reason = checkpoint_failures.failure_reason(error)
-        if step in self.manager.all_steps():  # in place: what failed came after (removing the steps past `keep`)
+        reason, saved = checkpoint_failures.failure_reason(error), self.manager.all_steps()
+        if step in saved:  # in place: what failed came after (removing the steps past `keep`)
             return CheckpointError(f"checkpoint step {step} is saved in {self.directory}, but what follows a save "
                                    f"failed ({reason}: removing older steps?); rerun: the run resumes from step {step}")
-        good = [s for s in self.manager.all_steps() if s != step]
-        last = f"the last good checkpoint is step {max(good)}" if good else "no checkpoint was saved before it"
+        last = f"the last good checkpoint is step {max(saved)}" if saved else "no checkpoint was saved before it"
         return CheckpointError(f"saving checkpoint step {step} in {self.directory} failed ({reason}); {last}")
 
     def restore_train_state(self, abstract_params, abstract_opt_state, data_iterator):

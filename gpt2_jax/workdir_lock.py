@@ -42,6 +42,9 @@ class WorkdirLock:
         if (self.workdir / CHECKPOINTS).exists() and not (self.workdir / CHECKPOINTS).is_dir():
             raise WorkdirError(f"{self.workdir / CHECKPOINTS} is a file, where the run keeps its checkpoints; "
                                "move it away, or use another --workdir")
+        if (self.workdir / CHECKPOINTS).is_dir() and not os.access(self.workdir / CHECKPOINTS, os.W_OK | os.X_OK):
+            raise WorkdirError(f"{self.workdir / CHECKPOINTS} is read-only here: no checkpoint could be saved (or "
+                               "old ones removed); make it writable")  # said before any step is spent
         try:
             self.found = {path.name for path in self.workdir.iterdir()} if self.workdir.exists() else None
         except OSError as error:
