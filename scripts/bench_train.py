@@ -10,11 +10,14 @@ peak is the datasheet bf16 rate where flops.PEAK_FLOPS knows the device, else th
 measured here in the compute dtype. --cli-steps N also runs `python -m gpt2_jax.train` for N
 steps on random tokens (configs/gpt2_124m.py, batch = the largest --batch-sizes, and the variant's
 --split-qkv, --fused-norm, --residual-dtype) and reports what its metrics.jsonl logged, so the
-number users see is checked against this one.
+number users see is checked against this one. --profile prints the device time by kernel of ours, or
+with --peers-only (no JAX step: one profiler per process), the peers' from PyTorch's profiler.
 
     python scripts/bench_train.py --cpu-devices 1
     python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16 --batch-sizes 16 64 \\
         --peers torch-compile transformers --cli-steps 15        # a GPU: the whole comparison
+    python scripts/bench_train.py --shapes gpt2-124m-1024 --dtype bfloat16 --batch-sizes 64 \
+        --peers torch-compile --peers-only --profile               # where the peer's step goes
 """
 
 import argparse
@@ -54,8 +57,13 @@ def parse_args():
     parser.add_argument("--plain-loss", action="store_true", help="ours with the whole-logits loss (an ablation)")
     model_variants.add_flags(parser)
     parser.add_argument("--cli-steps", type=at_least(0), default=0, help="also run the train CLI this many steps")
-    parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel")
+    parser.add_argument("--profile", action="store_true", help="print the device time of ours by kernel (with "
+                        "--peers-only: the peers', from PyTorch's profiler)")
+    parser.add_argument("--peers-only", action="store_true", help="time only the --peers, not ours: JAX's profiler "
+                        "and PyTorch's both take the GPU's CUPTI, so each --profile runs in its own process")
     args = parser.parse_args()
+    if args.peers_only and not args.peers:
+        parser.error("--peers-only needs --peers")
     model_variants.check_flags(parser, args)
     return args
 
@@ -162,10 +170,15 @@ def ours(shape, batch, dtype, n_steps, model_options, profile=False):
     return seconds, memory.get("peak_bytes_in_use")
 
 
-# Which library or compiler wrote a GPU kernel, from its name (the first match; "other" if none: memcpy, memset)
-KERNEL_KINDS = (("fused add+LayerNorm (Pallas)", r"add_layer_norm"), ("attention (cuDNN)", r"sdpa|fmha|flash|cudnn"),
-                ("matmul (cuBLAS, XLA's Triton)", r"gemm|xmma|nvjet|cutlass|cublas"),
-                ("XLA fusions", r"fusion|^loop_|^input_|^wrapped_|reduce|transpose|concatenate|slice|copy"))
+# Which library or compiler wrote a GPU kernel, from its name (the first match; "other" if none: memcpy, memset,
+# PyTorch's eager kernels)
+KERNEL_KINDS = (("fused add+LayerNorm (Pallas)", r"add_layer_norm"),
+                ("attention (cuDNN, flash)", r"sdpa|fmha|flash|cudnn"),
+                ("matmul (cuBLAS, CUTLASS, Triton's)", r"gemm|xmma|nvjet|cutlass|cublas"),
+                ("optimizer (PyTorch's fused AdamW, foreach norms)", r"multi_tensor|adam|foreach"),
+                ("Triton fusions (inductor's)", r"^triton_"),
+                ("XLA fusions; copies, reductions", r"fusion|^loop_|^input_|^wrapped_|reduce|transpose|concatenate|"
+                                                    r"slice|copy"))
 
 
 def print_profile(step, n_steps=3):
@@ -187,19 +200,47 @@ def print_profile(step, n_steps=3):
             totals = {}
             for event in line.events:
                 totals[event.name] = totals.get(event.name, 0.0) + event.duration_ns
-            busy = sum(totals.values()) / 1e9
-            if not totals or busy < 0.05 * wall:
-                continue
-            print(f"# profile {plane.name} / {line.name}: {busy / n_steps * 1e3:.1f} ms busy per step of "
-                  f"{wall / n_steps * 1e3:.1f} ms wall; top kernels (ms per step, share):")
-            for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:25]:
-                print(f"#   {ns / 1e6 / n_steps:8.2f}  {ns / 1e9 / busy:6.1%}  {name[:110]}")
-            by_kind = {}
-            for name, ns in totals.items():
-                kind = next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.I)), "other")
-                by_kind[kind] = by_kind.get(kind, 0.0) + ns / 1e6 / n_steps
-            print("# profile by kind (ms per step, from the kernels' names): " +
-                  ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1])))
+            if totals and sum(totals.values()) / 1e9 >= 0.05 * wall:
+                print_kernel_times(f"{plane.name} / {line.name}", totals, wall, n_steps)
+
+
+def print_torch_profile(who, step, wait, device, n_steps=3):
+    """A PyTorch peer's time by kernel over a few steps (PyTorch's profiler): on a GPU, each kernel's device time;
+    on a CPU, each operator's own time (its children's excluded)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])) as trace:
+        start = time.perf_counter()
+        for _ in range(n_steps):
+            loss = step()
+        wait(loss)
+        wall = time.perf_counter() - start
+    totals = {}
+    if device == "cuda":
+        for event in trace.events():
+            if event.device_type == DeviceType.CUDA:
+                totals[event.name] = totals.get(event.name, 0.0) + event.time_range.elapsed_us() * 1e3
+    else:
+        totals = {row.key: row.self_cpu_time_total * 1e3 for row in trace.key_averages()}
+    print_kernel_times(f"{who} / {device}", totals, wall, n_steps, by_kind=device == "cuda")
+
+
+def print_kernel_times(who, totals_ns, wall, n_steps, by_kind=True):
+    """Prints the busy time per step, the top kernels and (by_kind) the time by KERNEL_KINDS; totals_ns: {kernel: ns}."""
+    busy = sum(totals_ns.values()) / 1e9
+    print(f"# profile {who}: {busy / n_steps * 1e3:.1f} ms busy per step of {wall / n_steps * 1e3:.1f} ms wall; "
+          f"top kernels (ms per step, share):")
+    for name, ns in sorted(totals_ns.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"#   {ns / 1e6 / n_steps:8.2f}  {ns / 1e9 / busy:6.1%}  {name[:110]}")
+    if by_kind:
+        kinds = {}
+        for name, ns in totals_ns.items():
+            kind = next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, name, re.I)), "other")
+            kinds[kind] = kinds.get(kind, 0.0) + ns / 1e6 / n_steps
+        print("# profile by kind (ms per step, from the kernels' names): " +
+              ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    sys.stdout.flush()
 
 
 def transformers_step(shape, batch, dtype, device):
@@ -327,7 +368,7 @@ def main():
           f"({'datasheet' if known_peak else 'measured 2048^3 matmul, jax'}); XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
     peers = args.peers
     model_options = model_variants.model_options(args, args.dtype)  # first: it may retile the kernel checked next
-    if model_options["fused_norm"]:
+    if model_options["fused_norm"] and not args.peers_only:
         print(f"# fused add + LayerNorm against XLA's ops here, fp32 [5, 999, 768]: largest relative error "
               f"{fused_norm_error():.1e} (values and gradients)", flush=True)
     rows = []
@@ -340,14 +381,16 @@ def main():
         peer_seconds = {}  # the peers first: PyTorch gives its cached GPU memory back, JAX keeps what it grew to
         for batch in batches:
             for peer in peers:
-                peer_step = {"transformers": transformers_step, "torch-compile": nanogpt_step}[peer]
-                peer_seconds[batch, peer] = seconds_per_step(peer_step(shape, batch, args.dtype, device),
-                                                              lambda loss: loss.item(), args.steps)
+                peer_step = {"transformers": transformers_step, "torch-compile": nanogpt_step}[peer](
+                    shape, batch, args.dtype, device)
+                peer_seconds[batch, peer] = seconds_per_step(peer_step, lambda loss: loss.item(), args.steps)
                 print(f"# {peer} {name} B={batch}: {batch * block / peer_seconds[batch, peer]:,.0f} tok/s", flush=True)
+                if args.profile and args.peers_only:
+                    print_torch_profile(f"{peer} {name} B={batch}", peer_step, lambda loss: loss.item(), device)
                 del peer_step
                 if device == "cuda":
                     torch.cuda.empty_cache()
-        for batch in batches:
+        for batch in [] if args.peers_only else batches:
             tokens = batch * block
             seconds, memory = ours(shape, batch, args.dtype, args.steps, model_options, args.profile)
             variant = model_variants.describe(model_options) + (", plain loss" if args.plain_loss else "") + (
@@ -364,7 +407,8 @@ def main():
     header = ["shape", "tokens/step", "gpt2_jax tok/s", "MFU", "peak GiB"]
     for peer in peers:
         header += [f"{peer} tok/s", "MFU", "ratio"]
-    print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
+    if rows:
+        print("\n| " + " | ".join(header) + " |\n|" + " --- |" * len(header))
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if args.cli_steps:

@@ -71,7 +71,8 @@ def parse_args():
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: bfloat16)")
     parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps per variant")
     parser.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
-    parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile")
+    parser.add_argument("--profile", action="store_true", help="also print the first default run's kernel profile "
+                        "(and with --peer, the peer's, from a process of its own)")
     parser.add_argument("--peer", choices=("torch-compile", "transformers"),
                         help="also time this PyTorch peer in the first default run (its row in the table)")
     parser.add_argument("--cli-steps", type=at_least(0), default=0,
@@ -103,6 +104,20 @@ def run_variant(name, args, profile, timeout, peer=None, cli_steps=0):
     return None, result.stdout + result.stderr
 
 
+def profile_peer(args, timeout):
+    """The peer's kernels, from PyTorch's profiler in a process without JAX's (both profilers take CUPTI): its
+    output's profile lines, or why there are none."""
+    command = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--shapes", args.shape, "--dtype", args.dtype,
+               "--batch-sizes", str(args.batch_size), "--steps", "5", "--peers", args.peer, "--peers-only", "--profile"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"# {args.peer}'s profile: timed out after {timeout:.0f} s"
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("# profile", "#  "))]
+    last_line = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+    return "\n".join(lines) if lines else f"# {args.peer}'s profile failed: {last_line[0][:300]}"
+
+
 def main():
     args = parse_args()
     variants = CPU_VARIANTS if args.cpu else VARIANTS
@@ -110,12 +125,15 @@ def main():
         f"none of --only is a{' CPU' if args.cpu else ' GPU'} variant{'' if args.cpu else ' (--cpu for the CPU ones)'}")
     order = ["default", *[n for n in names if n != "default"], "default"]
     start, results, failures, peer_tokens, cli = time.perf_counter(), [], [], None, None
+
+    def timeout():  # for the next process: all end by --budget-s + 150 s
+        return min(300, max(60, args.budget_s + 150 - (time.perf_counter() - start)))
+
     for i, name in enumerate(order):
         if i and time.perf_counter() - start > args.budget_s:
             print(f"# budget spent: not run: {', '.join(order[i:])}", flush=True)
             break
-        timeout = min(300, max(60, args.budget_s + 150 - (time.perf_counter() - start)))  # ends by budget + 150 s
-        measured, output = run_variant(name, args, args.profile and i == 0, timeout, args.peer if i == 0 else None,
+        measured, output = run_variant(name, args, args.profile and i == 0, timeout(), args.peer if i == 0 else None,
                                        args.cli_steps if i == 0 else 0)
         if i == 0 and args.peer:
             peer_row = re.search(rf"^# {args.peer} \S+ B=\d+: ([\d,]+) tok/s", output, re.MULTILINE)
@@ -133,6 +151,8 @@ def main():
               f" ({time.perf_counter() - start:.0f} s)", flush=True)
         results.append((name, measured))
         failures.append(None if measured else f"{name}: {last_line}")
+        if i == 0 and args.profile and args.peer:
+            print(profile_peer(args, timeout()), flush=True)
     if not any(measured for _, measured in results):
         sys.exit(f"every run failed; the first: {failures[0] if failures else 'none ran'}")
     defaults = [m[0] for n, m in results if n == "default" and m]
