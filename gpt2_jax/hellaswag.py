@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from gpt2_jax import sharding, step
+from gpt2_jax import outdir, sharding, step
 from gpt2_jax.errors import UserError
 from gpt2_jax.model import GPT2
 from gpt2_jax.tokenizer import Tokenizer
@@ -41,13 +41,12 @@ def load_examples(path: str, limit: int = 0) -> list[Example]:
     """Examples of a hellaswag_*.jsonl file; `official` downloads the validation set once."""
     if path == "official":
         if not OFFICIAL_CACHE.exists():
-            try:
+            try:  # a temporary file of this process's own, renamed when whole: two runs may download at once
                 OFFICIAL_CACHE.parent.mkdir(parents=True, exist_ok=True)
-                urllib.request.urlretrieve(OFFICIAL_URL, OFFICIAL_CACHE.with_suffix(".tmp"))
-            except OSError as error:
-                raise HellaSwagError(f"cannot download {OFFICIAL_URL} ({error}); "
+                outdir.write_file(OFFICIAL_CACHE, lambda temporary: urllib.request.urlretrieve(OFFICIAL_URL, temporary))
+            except (OSError, outdir.OutputError) as error:
+                raise HellaSwagError(f"cannot download {OFFICIAL_URL} into {OFFICIAL_CACHE.parent} ({error}); "
                                      "pass a local hellaswag_val.jsonl") from None
-            OFFICIAL_CACHE.with_suffix(".tmp").rename(OFFICIAL_CACHE)
         path = str(OFFICIAL_CACHE)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()

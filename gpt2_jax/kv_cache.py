@@ -27,8 +27,16 @@ def cache_length(cache: KVCache) -> int:
     return cache[0]["k"].shape[1]
 
 
-def check_fits(cache: KVCache, start, T: int) -> None:
-    """ValueError if positions start..start+T-1 do not fit `cache` (when start is known, not traced)."""
-    max_len = cache_length(cache)
-    if not isinstance(start, jax.core.Tracer) and not 0 <= int(start) <= max_len - T:
-        raise ValueError(f"positions {int(start)}..{int(start) + T - 1} do not fit the cache's {max_len}")
+def positions_held(cache: KVCache, n_positions: int) -> int:
+    """How many positions decoding into `cache` may use: its length, at most the model's n_positions (past those no
+    position embedding exists, and the NaN keys written there would spoil every row that reads the cache)."""
+    return min(cache_length(cache), n_positions)
+
+
+def check_fits(cache: KVCache, start, T: int, n_positions: int) -> None:
+    """ValueError if positions start..start+T-1 do not fit `cache` and the model's n_positions (when start is
+    known, not traced)."""
+    limit = positions_held(cache, n_positions)
+    if not isinstance(start, jax.core.Tracer) and not 0 <= int(start) <= limit - T:
+        where = f"the cache's {limit}" if limit == cache_length(cache) else f"the model's {n_positions} positions"
+        raise ValueError(f"positions {int(start)}..{int(start) + T - 1} do not fit {where}")

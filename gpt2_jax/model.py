@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from gpt2_jax.attention import attend
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.gelu import gelu_tanh
-from gpt2_jax.kv_cache import KVCache, cache_length, check_fits
+from gpt2_jax.kv_cache import KVCache, check_fits, positions_held
 from gpt2_jax.layer_norm import AddLayerNorm
 
 
@@ -165,7 +165,7 @@ class GPT2(nn.Module):
 
         Returns (logits [B, T, vocab_size] float32, or [B, 1, vocab_size] of the last position
         with `last_only` (what a prompt's pass needs), and the updated cache). Positions past the
-        cache raise a ValueError, or give NaN logits where `start` is traced (inside jit).
+        cache or past n_positions raise a ValueError, or give NaN logits where `start` is traced (inside jit).
         """
         x_BxTxD, cache = self._forward(input_ids_BxT, cache, start)
         return self.head(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
@@ -176,8 +176,8 @@ class GPT2(nn.Module):
         T = input_ids_BxT.shape[1]
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
         if cache is not None:  # the cache writes at start clamped into [0, max_len - T]: else wrong logits
-            check_fits(cache, start, T)
-            fits = (start >= 0) & (start + T <= cache_length(cache))  # a traced start: NaN logits, not wrong ones
+            check_fits(cache, start, T, self.config.n_positions)
+            fits = (start >= 0) & (start + T <= positions_held(cache, self.config.n_positions))  # traced: NaN, not wrong
             positions_T = jnp.where(fits, positions_T, self.config.n_positions)
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
         delta_BxTxD, new_cache = None, None if cache is None else []

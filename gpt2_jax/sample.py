@@ -7,6 +7,7 @@ sample streams as it is generated; several are printed when done, each under a
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import sys
 
@@ -27,27 +28,27 @@ from gpt2_jax.standard_output import StdoutError
 
 
 class StreamPrinter:
-    """An `on_token` callback for one sample: prints the text as it grows, in whole UTF-8 characters."""
+    """An `on_token` callback for one sample: prints the text as it grows, in whole UTF-8 characters (an incremental
+    decoder holds a character's first bytes until the rest come; each token is decoded once, not the text again)."""
 
     def __init__(self, tokenizer, prompt_ids):
-        self.tokenizer, self.ids, self.printed, self.failure = tokenizer, list(prompt_ids), 0, None
+        self.tokenizer, self.failure = tokenizer, None
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # as tokenizer.decode replaces
+        self.unwritten = self.utf8.decode(tokenizer.decode_bytes(list(prompt_ids)))  # with the first token
 
     def __call__(self, tokens_B):
         if int(tokens_B[0]) != self.tokenizer.eot_token:
-            self.ids.append(int(tokens_B[0]))
-        text = self.tokenizer.decode(self.ids)
-        if not text.endswith("\ufffd"):  # a multi-byte character is still incomplete
-            self.write(text)
+            self.write(self.utf8.decode(self.tokenizer.decode_bytes([int(tokens_B[0])])))
 
     def write(self, text):
-        if self.failure:
+        text, self.unwritten = self.unwritten + text, ""
+        if self.failure or not text:
             return
         try:
-            sys.stdout.write(text[self.printed:])
+            sys.stdout.write(text)
             sys.stdout.flush()
         except (BrokenPipeError, StdoutError) as failure:  # `| head`, a full disk: raised once generation
             self.failure = failure  # reaches the host (stop_if_output_failed)
-        self.printed = len(text)
 
     def stop_if_output_failed(self, made: int):
         """An `on_progress` callback: a callback inside the compiled loop cannot stop it, this one can."""
@@ -55,7 +56,7 @@ class StreamPrinter:
             raise self.failure
 
     def finish(self):
-        self.write(self.tokenizer.decode(self.ids) + "\n")
+        self.write(self.utf8.decode(b"", final=True) + "\n")  # an unfinished character's bytes as U+FFFD
         if self.failure:
             raise self.failure
 

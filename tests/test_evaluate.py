@@ -539,3 +539,25 @@ def test_every_panel_labels_both_axes():
     labels = [(axis.get_title(), axis.get_xlabel(), axis.get_ylabel()) for axis in drawn.axes]
     assert labels == [("loss", "step", "nats per token"), ("val bits per byte", "step", "bits per byte"),
                       ("HellaSwag", "step", "acc_norm")]
+
+
+def test_the_official_hellaswag_file_is_downloaded_whole_or_not_at_all(tmp_path, monkeypatch, hellaswag_file):
+    """Downloaded into a temporary file of the process's own, renamed when whole (it was one fixed
+    `hellaswag_val.tmp`: two runs downloading at once could rename the other's half-written file into place)."""
+    cache = tmp_path / "cache" / "hellaswag_val.jsonl"
+    monkeypatch.setattr(hellaswag, "OFFICIAL_CACHE", cache)
+    seen = []
+
+    def broken_download(url, to):
+        seen.append(Path(to))
+        Path(to).write_text(Path(hellaswag_file).read_text()[:100])
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", broken_download)
+    with pytest.raises(hellaswag.HellaSwagError, match=r"cannot download .*connection reset.*; pass a local"):
+        hellaswag.load_examples("official")
+    assert os.listdir(cache.parent) == []  # no half file kept, under either name
+    assert seen[0].parent == cache.parent and str(os.getpid()) in seen[0].name
+    monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", lambda url, to: shutil.copy(hellaswag_file, to))
+    assert hellaswag.load_examples("official") == hellaswag.load_examples(str(hellaswag_file))
+    assert os.listdir(cache.parent) == [cache.name]

@@ -58,6 +58,15 @@ def test_positions_past_the_cache_raise_or_give_nan_never_wrong_logits(tiny):
     assert all(np.isnan(compiled(ids, start)).all() for start in (7, 12, -1))
     assert rel_error(compiled(ids, 6), decode(ids, 6)) < 1e-6 and np.isfinite(compiled(ids, 6)).all()
     np.testing.assert_allclose(compiled(ids, 0), model.apply({"params": params}, ids), rtol=1e-5, atol=1e-5)
+    # A cache longer than the model's 40 positions: past them there is no position embedding (it gave NaN logits
+    # for every row, the positions that fit too, without a word)
+    longer = lambda ids, start: model.apply({"params": params}, ids, init_cache(config, 2, 50), start,
+                                            method=GPT2.decode)[0]
+    with pytest.raises(ValueError, match=r"positions 38\.\.41 do not fit the model's 40 positions"):
+        longer(ids, 38)
+    assert np.isnan(jax.jit(longer)(ids, 38)).all()
+    exact_length = model.apply({"params": params}, ids, init_cache(config, 2, 40), 36, method=GPT2.decode)[0]
+    assert np.isfinite(exact_length).all() and rel_error(jax.jit(longer)(ids, 36), exact_length) < 1e-6
 
 
 def test_the_prompts_pass_keeps_only_the_last_positions_logits(tiny):
@@ -417,3 +426,24 @@ def test_a_stop_signal_stops_the_cli_as_ctrl_c_does(bpe_model_dir, signum):
     some_made = lambda out, err: re.search(rb"\| *[1-9][0-9]*/1000000", err) is not None  # noqa: E731
     batch, _ = interrupt_sampling(bpe_model_dir, some_made, "--num-samples", "2", signum=signum)
     assert batch.returncode == 128 + signum and batch.stdout.decode().count("---- sample ") == 2, batch.stderr
+
+
+def test_the_streamed_sample_prints_whole_characters_and_ends_as_the_whole_decode(monkeypatch):
+    """Each token is decoded once (it was the whole text again at every token: quadratic in the sample's length),
+    a character split over tokens waits for its last byte, and the printed text is tokenizer.decode's."""
+    from gpt2_jax.sample import StreamPrinter
+
+    tokenizer, written = get_tokenizer("byte"), []
+    monkeypatch.setattr(sys, "stdout", type("Recorder", (), {"write": lambda self, text: written.append(text),
+                                                            "flush": lambda self: None})())
+    prompt, new = list("héllo ".encode()), [*"→✓".encode(), 0xFF, tokenizer.eot_token, *"é".encode(), 0xE2, 0x86]
+    printer = StreamPrinter(tokenizer, prompt)
+    printed_after = []
+    for token in new:
+        printer(np.array([token]))
+        printed_after.append("".join(written))
+    printer.finish()
+    assert printed_after[:3] == ["héllo ", "héllo ", "héllo →"]  # the arrow's three bytes, then the arrow
+    assert printed_after[6] == "héllo →✓\ufffd"  # an invalid byte: replaced at once
+    assert "".join(written) == tokenizer.decode(prompt + [t for t in new if t != tokenizer.eot_token]) + "\n"
+    assert "".join(written).endswith("é\ufffd\n")  # the unfinished character, as decode replaces it
