@@ -6,7 +6,7 @@
 import importlib
 import sys
 
-# Resolved on first use: importing the package imports none of its modules (but errors.py under `python -m`),
+# Resolved on first use: importing the package imports none of its modules (but interrupt.py under `python -m`),
 # so `python -m gpt2_jax.convert` runs convert.py before anything else imports it (runpy warns otherwise).
 _PUBLIC = {
     "GPT2Config": "gpt2_jax.config",

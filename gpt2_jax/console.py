@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
+from gpt2_jax.model_dirs import CHECKPOINTS, METRICS
+
 COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
            "param_norm": ("param norm", ".1f"), "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"),
            "val_loss": ("val loss", ".4f"), "val_bpb": ("val bpb", ".4f"),
@@ -46,5 +48,5 @@ def summary(rows: list[dict], first: int, last: int, max_steps: int, seconds: fl
     ended = "done" if last == max_steps and not stopped else "stopped"
     ran = f"steps {first}-{last} of {max_steps}" if first <= last else f"step {last}'s evaluation"
     return (f"{ended}: {ran} in {duration(seconds)}{evaluated}\n"
-            f"checkpoints in {workdir / 'checkpoints'}, metrics in {workdir / 'metrics.jsonl'}"
+            f"checkpoints in {workdir / CHECKPOINTS}, metrics in {workdir / METRICS}"
             + (f", curves in {plot}" if plot else ""))

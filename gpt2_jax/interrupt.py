@@ -67,11 +67,12 @@ class StopSignals:
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop signal ended a run early, cleanly (saved, or nothing begun): the CLI exits 128 + signum."""
+    """A stop signal ended a run early, cleanly (saved, or nothing begun): the CLI exits 128 + signum. `rows`: a
+    training run's metric rows so far."""
 
-    def __init__(self, signum: signal.Signals, rows: list[dict]):
+    def __init__(self, signum: signal.Signals, rows: list[dict] | None = None):
         super().__init__(signum.name)
-        self.signum, self.rows = signum, rows
+        self.signum, self.rows = signum, rows or []
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, `timeout`, Slurm; a terminal or ssh session closed

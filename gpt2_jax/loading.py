@@ -20,7 +20,7 @@ from gpt2_jax import convert, hf_files, sharding
 from gpt2_jax.config import GPT2Config, defaults_taken, read_json
 from gpt2_jax.hf_files import WEIGHT_FILES, CheckpointFileError
 from gpt2_jax.model import GPT2
-from gpt2_jax.model_dirs import is_flax_dir
+from gpt2_jax.model_dirs import is_flax_dir, is_workdir_without_checkpoint
 from gpt2_jax.tokenizer import Tokenizer, tokenizer_for_vocab
 
 
@@ -45,8 +45,7 @@ def resolve_reference(reference: str) -> Path:
 def resolve_hf(name_or_path: str) -> Path:
     """A local HF directory as is; otherwise a hub name, downloaded with huggingface_hub."""
     path = Path(name_or_path)
-    if path.is_dir() and any((path / name).exists() for name in ("train.lock", "train_config.json")) and not any(
-            (path / "checkpoints").glob("[0-9]*")):
+    if is_workdir_without_checkpoint(path):
         raise CheckpointFileError(f"{name_or_path}: a training workdir with no checkpoint in it (none saved yet: a run "
                                   "saves its first at step checkpoint_every; or checkpoints/ was removed)")
     if path.is_dir() and (path / "config.json").is_file():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS, CHECKPOINTS = "params", "checkpoints"
+# what else a training workdir holds: workdir_lock.py's lock, workdir.py's settings, metrics.py's rows
+TRAIN_LOCK, TRAIN_CONFIG, METRICS = "train.lock", "train_config.json", "metrics.jsonl"
 
 
 def is_flax_dir(path: Path) -> bool:
@@ -21,3 +23,9 @@ def is_flax_dir(path: Path) -> bool:
 
 def is_params_dir(path: Path) -> bool:
     return is_flax_dir(path) and not (path / CHECKPOINTS).exists()
+
+
+def is_workdir_without_checkpoint(path: Path) -> bool:
+    """A training workdir with no checkpoint saved in it (none yet, or checkpoints/ removed): no model to load."""
+    return path.is_dir() and any((path / name).exists() for name in (TRAIN_LOCK, TRAIN_CONFIG)) and not any(
+        (path / CHECKPOINTS).glob("[0-9]*"))

@@ -16,7 +16,7 @@ import optax
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-    """The rate of optax's update `count` (counted from 0), which is train step count + 1: the first step
+    """Warmup then cosine decay, by train step (from 1); optax's update `count` is the step - 1. So the first step
     already moves (learning_rate / warmup_steps, as in build-nanogpt; a schedule read at the count would
     spend step 1 at rate 0) and step warmup_steps reaches the peak."""
     by_step = optax.warmup_cosine_decay_schedule(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from gpt2_jax import leftovers
 from gpt2_jax.errors import UserError
-from gpt2_jax.leftovers import remove as _remove
 
 
 class OutputError(UserError):
@@ -63,7 +62,7 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
     temporary, previous = (out_dir.with_name(f".{out_dir.name}.{what}-{tag}") for what in ("tmp", "old"))
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _remove(temporary)
+        leftovers.remove(temporary)
         temporary.mkdir()
         lock = leftovers.hold(temporary)
     except OSError as error:
@@ -79,13 +78,13 @@ def write_dir(out_dir: str | Path, write: Callable[[Path], None], same_kind: Cal
             if previous.exists():
                 previous.rename(out_dir)  # put the old one back
             raise
-        _remove(previous)
+        leftovers.remove(previous)
     except OSError as error:
         if error.errno == errno.EBUSY:  # a mount point os.path.ismount does not see: a bind mount
             raise _mount_point(out_dir) from None
         raise OutputError(f"cannot write {out_dir}: {error.strerror or error}") from None
     finally:
-        _remove(temporary)
+        leftovers.remove(temporary)
         os.close(lock)
 
 
@@ -122,7 +121,7 @@ def write_file(path: Path, write: Callable[[Path], object]) -> None:
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
-        _remove(temporary)
+        leftovers.remove(temporary)
         if lock is not None:
             os.close(lock)
 

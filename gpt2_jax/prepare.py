@@ -19,11 +19,11 @@ from gpt2_jax.cli import argument_parser
 from gpt2_jax.corpus import absolute_inputs, check_inputs
 from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.shard_writer import tokenize_into_shards
+from gpt2_jax.shards import DataError
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer
 
 SMALL_SPLIT = 1024  # train splits of at most this many tokens hold no window of GPT-2's context: warn
 
-DataError = shards.DataError
 
 def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val_fraction: float = 0.1,
             shard_tokens: int = 100_000_000, workers: int = 1, text_field: str = "text") -> dict:
@@ -33,7 +33,8 @@ def prepare(inputs: list[str], out_dir: str | Path, tokenizer: str = "gpt2", val
     for name, value in (("shard_tokens", shard_tokens), ("workers", workers)):
         if value < 1:
             raise DataError(f"{name}={value} must be at least 1")
-    eot, vocab_size = get_tokenizer(tokenizer).eot_token, get_tokenizer(tokenizer).vocab_size
+    chosen = get_tokenizer(tokenizer)
+    eot, vocab_size = chosen.eot_token, chosen.vocab_size
     if not str(out_dir).strip():
         raise DataError("--out is empty: give the directory to write")
     out_dir, inputs = Path(out_dir), absolute_inputs(inputs)  # the same inputs, from whichever directory

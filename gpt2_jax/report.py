@@ -21,10 +21,11 @@ from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics
+from gpt2_jax.model_dirs import TRAIN_CONFIG
 from gpt2_jax.outdir import refuse_unwritable, write_file
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
-from gpt2_jax.workdir import DATA, TRAIN_CONFIG, data_fingerprint, read_settings
+from gpt2_jax.workdir import DATA, data_fingerprint, read_settings
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))

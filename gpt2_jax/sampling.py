@@ -1,9 +1,9 @@
 """Autoregressive sampling: KV-cached, the decode loop compiled as one XLA program.
 
 The program runs a chunk of new tokens per call (sized to take ~0.1-0.4 s), so that Ctrl-C stops a long
-generation within a second, keeping what was made, at the compiled loop's speed. Past the model's context
-(prompt + new tokens > n_positions) each step instead reruns the model on the last n_positions tokens, as
-nanoGPT does: learned absolute positions cannot slide a KV cache.
+generation within a second, keeping what was made, at the compiled loop's speed. When prompt + new tokens
+exceed the model's context (n_positions), no cache is used, from the first step: each step reruns the model on
+the last n_positions tokens, as nanoGPT does (learned absolute positions cannot slide a KV cache).
 """
 
 from __future__ import annotations
@@ -89,8 +89,7 @@ def generate(
                 on_progress(made)
             if finished:
                 break
-            # Chunks of ~0.1-0.4 s: the compiled loop's speed, and Ctrl-C answered well within a second.
-            seconds = time.perf_counter() - began
+            seconds = time.perf_counter() - began  # chunks of ~0.1-0.4 s (module docstring)
             chunk = chunk * 2 if seconds < 0.1 else max(chunk // 2, 1) if seconds > 0.4 else chunk
     if interrupted.signal:
         raise GenerationInterrupted(np.asarray(state[1])[:, : T + made], signal.Signals[interrupted.signal])

@@ -65,7 +65,7 @@ def _stop(signum, frame):
     forked with it, until _start_worker has it ignore the signal."""
     if os.getpid() == _preparer:
         signal.signal(signum, signal.SIG_IGN)  # once: a second one would break the workers' ending (terminate)
-        raise Stopped(signal.Signals(signum), [])
+        raise Stopped(signal.Signals(signum))
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ def init_train_state(model: GPT2, optimizer: optax.GradientTransformation, rng: 
     return TrainState(params, optimizer.init(params))
 
 
-def token_losses(model: GPT2, params, windows_BxL: jax.Array, positions_BxP: jax.Array | None = None) -> jax.Array:
+def window_losses(model: GPT2, params, windows_BxL: jax.Array, positions_BxP: jax.Array | None = None) -> jax.Array:
     """Next-token cross-entropy [B, L-1] (fp32) of each window's tokens 1..L-1 given the ones before; with
     positions_BxP, [B, P] of the targets at those positions only (the head runs at them alone)."""
     x_BxTxD = model.apply({"params": params}, windows_BxL[:, :-1], method=GPT2.hidden)
@@ -41,7 +41,7 @@ def token_losses(model: GPT2, params, windows_BxL: jax.Array, positions_BxP: jax
 
 
 def mean_loss(model: GPT2, params, windows_BxL: jax.Array) -> jax.Array:
-    """The mean of `token_losses`, with a gradient that never holds the whole logits (loss.py)."""
+    """The mean of `window_losses`, with a gradient that never holds the whole logits (loss.py)."""
     x_BxTxD = model.apply({"params": params}, windows_BxL[:, :-1], method=GPT2.hidden)
     return loss.mean_cross_entropy(x_BxTxD, params["wte"]["embedding"], windows_BxL[:, 1:], model.config.vocab_size)
 
@@ -71,7 +71,7 @@ def eval_step(model: GPT2, params, token_bytes_V: jax.Array, windows_BxL: jax.Ar
     targets_BxT = windows_BxL[:, 1:]
     scored_BxT = targets_BxT >= 0
     bytes_BxT = jnp.where(scored_BxT, token_bytes_V[jnp.maximum(targets_BxT, 0)], 0)
-    losses_BxT = token_losses(model, params, jnp.maximum(windows_BxL, 0))
+    losses_BxT = window_losses(model, params, jnp.maximum(windows_BxL, 0))
     return (jnp.sum(jnp.where(scored_BxT, losses_BxT, 0)), jnp.sum(scored_BxT, dtype=jnp.int32),
             jnp.sum(jnp.where(bytes_BxT > 0, losses_BxT, 0)), jnp.sum(bytes_BxT, dtype=jnp.int32))
 
@@ -82,6 +82,6 @@ def ending_losses(model: GPT2, params, tokens_NxL: jax.Array, mask_NxL: jax.Arra
     target_mask_NxT = mask_NxL[:, 1:]
     count_N = jnp.sum(target_mask_NxT, axis=-1)
     positions_NxE = jnp.argmax(target_mask_NxT, axis=-1)[:, None] + jnp.arange(ending_targets)
-    losses_NxE = token_losses(model, params, tokens_NxL, jnp.minimum(positions_NxE, target_mask_NxT.shape[1] - 1))
+    losses_NxE = window_losses(model, params, tokens_NxL, jnp.minimum(positions_NxE, target_mask_NxT.shape[1] - 1))
     summed_N = jnp.sum(jnp.where(jnp.arange(ending_targets) < count_N[:, None], losses_NxE, 0), axis=-1)
     return summed_N, summed_N / jnp.maximum(count_N, 1)

@@ -29,6 +29,7 @@ from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
+from gpt2_jax.model_dirs import CHECKPOINTS
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.plot import plot_run_or_warn
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start, process_0s
@@ -213,7 +214,7 @@ class Run:
         self.checkpoints.save(step, self.state.params, self.state.opt_state, self.data, force=True)
         self.last_good = step
         width = len(str(self.config.max_steps))  # aligned with the step lines (console.py)
-        print(f"step {step:{width}d}/{self.config.max_steps} | checkpoint {self.workdir / 'checkpoints' / str(step)}")
+        print(f"step {step:{width}d}/{self.config.max_steps} | checkpoint {self.workdir / CHECKPOINTS / str(step)}")
 
     def evaluate(self, step: int) -> None:
         try:  # stop between batches (a preemption's grace is short); several processes agree batch by batch

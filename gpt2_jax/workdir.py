@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 
 from gpt2_jax.config import GPT2Config
-from gpt2_jax.model_dirs import CHECKPOINTS
+from gpt2_jax.model_dirs import CHECKPOINTS, TRAIN_CONFIG
 from gpt2_jax.optim import learning_rates
 from gpt2_jax.train_config import FIELDS, fits_setting
 from gpt2_jax.workdir_lock import WorkdirError
 
-MODEL_CONFIG, TRAIN_CONFIG = "config.json", "train_config.json"
+MODEL_CONFIG = "config.json"
 # Settings that change the shapes of the saved state without changing the model's config.json.
 SHAPE_SETTINGS = ("vocab_pad_multiple",)
 # With the data itself, what fixes which windows each step reads (a restored iterator counts steps).

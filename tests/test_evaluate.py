@@ -92,7 +92,7 @@ def test_hellaswag_runs_the_head_at_the_endings_only(bpe_model_dir):
     lengths, endings = rng.randint(20, 50, 8), rng.randint(1, 17, 8)  # rows padded to 49; endings of 1-16
     mask = ((np.arange(49) < lengths[:, None]) & (np.arange(49) >= (lengths - endings)[:, None])).astype(np.int32)
     summed, mean = step.ending_losses(model, loaded.params, tokens, mask, 16)
-    losses = np.where(mask[:, 1:], step.token_losses(model, loaded.params, tokens), 0).sum(-1)
+    losses = np.where(mask[:, 1:], step.window_losses(model, loaded.params, tokens), 0).sum(-1)
     np.testing.assert_allclose(summed, losses, rtol=1e-5)
     np.testing.assert_allclose(mean, losses / endings, rtol=1e-5)
     compiled = jax.jit(step.ending_losses, static_argnums=(0, 4)).lower(model, loaded.params, tokens, mask, 16).compile()

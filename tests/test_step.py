@@ -9,7 +9,7 @@ import optax
 
 from gpt2_jax import GPT2, GPT2Config
 from gpt2_jax.optim import make_optimizer
-from gpt2_jax.step import eval_step, init_train_state, token_losses, train_step
+from gpt2_jax.step import eval_step, init_train_state, train_step, window_losses
 from gpt2_jax.train_config import default_config
 
 CONFIG = GPT2Config(vocab_size=61, n_positions=16, n_embd=32, n_layer=2, n_head=4)
@@ -53,7 +53,7 @@ def test_accumulating_micro_batches_equals_one_big_batch():
 def test_eval_step_sums_the_losses_and_bytes_of_its_targets():
     model, _, state = setup()
     batch = np.array(windows((3, 9), seed=2))
-    losses = np.asarray(token_losses(model, state.params, jnp.asarray(batch)))
+    losses = np.asarray(window_losses(model, state.params, jnp.asarray(batch)))
     batch[1, 4:] = -1  # padding: row 1 keeps its first 3 targets
     token_bytes = np.arange(CONFIG.vocab_size) % 3  # ids with 0 bytes: like <|endoftext|>, no text
     nats, count, text_nats, n_bytes = eval_step(model, state.params, jnp.asarray(token_bytes), jnp.asarray(batch))
