@@ -24,7 +24,7 @@ from gpt2_jax.checkpoint_failures import CheckpointError
 from gpt2_jax.train_checkpoints import TrainCheckpoints
 
 CHECKSUMS = "checksums.json"
-PARAMS_DIR = "params directory (config.json + params/)"
+PARAMS_DIR_KIND = "params directory (config.json + params/)"
 
 
 def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool = False) -> None:
@@ -40,7 +40,7 @@ def save_params(out_dir: str | Path, config: GPT2Config, params, overwrite: bool
             raise OSError(checkpoint_failures.failure_reason(error)) from None
         (directory / CHECKSUMS).write_text(json.dumps(integrity.checksums(params), indent=0))
 
-    outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR, overwrite)
+    outdir.write_dir(out_dir, write, is_params_dir, PARAMS_DIR_KIND, overwrite)
 
 
 def _in_flight_gb(params) -> int:

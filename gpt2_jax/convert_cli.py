@@ -43,9 +43,9 @@ def main(argv=None):
         raise UserError("--tokenizer-dir is for --to-hf (an HF directory's tokenizer files); drop it with --from-hf")
     outdir.refuse_overlap(args.out, args.from_hf or args.to_hf)  # before any work
     if args.from_hf:
-        outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR, args.overwrite)
+        outdir.refuse_other_kind(args.out, checkpoint.is_params_dir, checkpoint.PARAMS_DIR_KIND, args.overwrite)
     else:
-        outdir.refuse_other_kind(args.out, hf_files.is_hf_export, hf_files.HF_DIR, args.overwrite)
+        outdir.refuse_other_kind(args.out, hf_files.is_hf_export, hf_files.HF_DIR_KIND, args.overwrite)
         if args.tokenizer_dir:
             hf_files.check_tokenizer_dir(Path(args.tokenizer_dir), load_config(args.to_hf).vocab_size)
     loaded = load_model(args.from_hf or args.to_hf, progress=True)

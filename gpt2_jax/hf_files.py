@@ -22,7 +22,7 @@ from gpt2_jax.torch_bin import load_bin
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
 GENERATION_CONFIG = "generation_config.json"
-HF_DIR = "Hugging Face model directory"
+HF_DIR_KIND = "Hugging Face model directory"
 
 
 class CheckpointFileError(UserError):
@@ -130,4 +130,4 @@ def write_hf_dir(out_dir: Path, config_dict: dict, state_dict: dict[str, np.ndar
             if (tokenizer_dir / name).is_file():
                 shutil.copy(tokenizer_dir / name, directory / name)
 
-    outdir.write_dir(out_dir, write, is_hf_export, HF_DIR, overwrite)
+    outdir.write_dir(out_dir, write, is_hf_export, HF_DIR_KIND, overwrite)

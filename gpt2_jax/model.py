@@ -177,7 +177,8 @@ class GPT2(nn.Module):
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
         if cache is not None:  # the cache writes at start clamped into [0, max_len - T]: else wrong logits
             check_fits(cache, start, T, self.config.n_positions)
-            fits = (start >= 0) & (start + T <= positions_held(cache, self.config.n_positions))  # traced: NaN, not wrong
+            held = positions_held(cache, self.config.n_positions)
+            fits = (start >= 0) & (start + T <= held)  # a traced start: NaN logits, not wrong ones
             positions_T = jnp.where(fits, positions_T, self.config.n_positions)
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
         delta_BxTxD, new_cache = None, None if cache is None else []

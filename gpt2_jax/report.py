@@ -25,7 +25,7 @@ from gpt2_jax.model_dirs import TRAIN_CONFIG
 from gpt2_jax.outdir import refuse_unwritable, write_file
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
-from gpt2_jax.workdir import DATA, data_fingerprint, read_settings
+from gpt2_jax.workdir import DATA_FINGERPRINT, data_fingerprint, read_settings
 
 METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
@@ -43,7 +43,7 @@ def baseline_settings(workdir: Path) -> dict:
         raise UserError(f"the run's data_dir {data_dir} (train_config.json) is relative to where it trained, and not "
                         f"found from {Path.cwd()}: run the report from there")
     fingerprint = data_fingerprint(read_meta(data_dir))
-    if settings.get(DATA, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
+    if settings.get(DATA_FINGERPRINT, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
         raise UserError(f"{data_dir} no longer holds the data that the run in {workdir} evaluated on (other shards "
                         "or splits): its windows are gone, so no baseline can be scored on them")
     return settings

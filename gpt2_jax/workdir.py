@@ -21,7 +21,7 @@ MODEL_CONFIG = "config.json"
 SHAPE_SETTINGS = ("vocab_pad_multiple",)
 # With the data itself, what fixes which windows each step reads (a restored iterator counts steps).
 ORDER_SETTINGS = ("seed", "tokens_per_step")
-DATA = "data_fingerprint"  # train_config.json's record of the data's identity (data_fingerprint)
+DATA_FINGERPRINT = "data_fingerprint"  # train_config.json's record of the data's identity (data_fingerprint)
 PROCESSES = "processes"  # and of how many processes trained it: each keeps its own place in the data
 
 
@@ -47,7 +47,7 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
             raise WorkdirError(f"--config.{key}={config[key]} differs from the run in {workdir} ({key}={saved[key]}) "
                                f"and {why}; rerun with --config.{key}={saved[key]}, or use a new --workdir")
     fingerprint = data_fingerprint(meta)
-    if resuming and saved.get(DATA, fingerprint) != fingerprint:  # a run from before fingerprints: none to compare
+    if resuming and saved.get(DATA_FINGERPRINT, fingerprint) != fingerprint:  # older runs: none to compare
         raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
                            "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
     if resuming and saved.get(PROCESSES, processes) != processes:  # a run from before the record: none to compare
@@ -102,5 +102,5 @@ def write_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
     """config.json (the model, HF schema) and train_config.json (this run's settings, its data's identity and
     how many processes read it)."""
     model_config.to_json(workdir / MODEL_CONFIG)
-    settings = {**config.to_dict(), DATA: data_fingerprint(meta), PROCESSES: processes}
+    settings = {**config.to_dict(), DATA_FINGERPRINT: data_fingerprint(meta), PROCESSES: processes}
     (workdir / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
