@@ -1,11 +1,14 @@
-"""What a training run prints: its first line, a row per logged step (with elapsed time and ETA), its closing lines."""
+"""What a training run prints: its first line, a row per logged step (with elapsed time and ETA), its closing lines
+(and the curves they point to)."""
 
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
 
+from gpt2_jax import metrics
 from gpt2_jax.model_dirs import CHECKPOINTS, METRICS
+from gpt2_jax.plot import plot_run_or_warn
 
 COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
            "param_norm": ("param norm", ".1f"), "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"),
@@ -32,6 +35,17 @@ def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float 
         cells.append(f"{label} {value:{spec}}")
     cells.append(duration(elapsed) + ("" if eta is None else f", ETA {duration(eta)}"))
     return f"step {step:{len(str(max_steps))}d}/{max_steps} | " + " | ".join(cells)
+
+
+def close(workdir: Path, first: int, last: int, max_steps: int, seconds: float, stopped: bool, ran: bool) -> None:
+    """Draws DIR/loss.png from its metrics.jsonl and prints the closing lines (`summary`) if this call `ran` a step
+    or an evaluation; else (it found the run finished) only draws a loss.png that is missing (killed before it)."""
+    if not ran and (workdir / "loss.png").exists():
+        return  # an idle rerun leaves the workdir as it was
+    rows = metrics.read_metrics(workdir)
+    plot = plot_run_or_warn(rows, workdir / "loss.png")
+    if ran:
+        print(summary(rows, first, last, max_steps, seconds, workdir, plot, stopped))
 
 
 def duration(seconds: float) -> str:

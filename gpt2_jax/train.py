@@ -31,7 +31,6 @@ from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
 from gpt2_jax.model_dirs import CHECKPOINTS
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
-from gpt2_jax.plot import plot_run_or_warn
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start, process_0s
 from gpt2_jax.step import TrainState, init_train_state, train_step
 from gpt2_jax.tokenizer import get_tokenizer
@@ -171,14 +170,17 @@ class Run:
                     if not save:  # it came after this step's save was decided (during the evaluation): save now
                         self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending))
                         self.save(step)
+                    self.checkpoints.wait()  # on disk, whole, before it is said to be (the finally would wait too)
                     print(f"{self.stop.signal}: saved step {step} in {self.workdir}; rerun the same command to resume")
                     self.stopped_by = self.stop.signal
                     break
         finally:  # pending checkpoint writes finish, even on an error
             self.checkpoints.close()
             self.writer.close()
-        if self.process == 0 and (step > self.start or self.evaluate_first and not self.stopped_by):
-            self.summarize(step)
+        ran = step > self.start or self.evaluate_first and not self.stopped_by
+        if self.process == 0 and (ran or self.start >= c.max_steps):
+            console.close(self.workdir, self.start + 1, step, c.max_steps, time.perf_counter() - self.began,
+                          stopped=self.stopped_by is not None, ran=ran)
         return self.logged
 
     def next_windows(self):
@@ -228,13 +230,6 @@ class Run:
         for sample in samples if self.process == 0 else ():
             print(f"> {sample}")
         self.clock.start(step, self.state)  # evaluation is not training throughput
-
-    def summarize(self, step: int) -> None:
-        """The closing lines; draws DIR/loss.png."""
-        rows = metrics.read_metrics(self.workdir)
-        plot = plot_run_or_warn(rows, self.workdir / "loss.png")
-        print(console.summary(rows, self.start + 1, step, self.config.max_steps, time.perf_counter() - self.began,
-                              self.workdir, plot, stopped=self.stopped_by is not None))
 
 
 @exit_on_user_error

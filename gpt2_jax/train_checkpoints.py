@@ -29,11 +29,11 @@ class TrainCheckpoints:
         self.read_only = read_only  # a reader never deletes, creates or sets aside anything
         self.directory = Path(workdir).absolute() / CHECKPOINTS
         self.pending, self.failed = None, False  # the step being written in the background; a save failed
-        # The step's directories are made before save() returns: made in the background (recent orbax's default),
-        # a failure to make them (a read-only checkpoints/) left the save waiting forever, deaf to Ctrl-C.
+        # A step's directories are made before save() returns (made in the background, a failure to make them left
+        # the save waiting forever, deaf to Ctrl-C); runs killed mid-save leave unfinished steps, removed at a start.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else keep, create=not read_only, enable_async_checkpointing=True,
-            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False))
+            max_to_keep=None if read_only else keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            async_options=ocp.options.AsyncOptions(create_directories_asynchronously=False))  # saves async by default
         handlers = checkpoint_failures.failures_kept({  # each process's reads, agreed on
             "params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
             "data": grain.checkpoint.CheckpointHandler(), "checksum": ocp.JsonCheckpointHandler()})

@@ -411,9 +411,16 @@ def test_a_stop_signal_during_an_evaluation_saves_the_step_it_evaluated(shakespe
         return evaluate(self, step)
 
     monkeypatch.setattr(train_module.Run, "evaluate", sigterm_while_evaluating)
+    events, save, wait = [], train_module.TrainCheckpoints.save, train_module.TrainCheckpoints.wait
+    monkeypatch.setattr(train_module.TrainCheckpoints, "save", lambda self, step, *a, **k: (
+        save(self, step, *a, **k), events.append(f"save {step} begun")))
+    monkeypatch.setattr(train_module.TrainCheckpoints, "wait", lambda self: (wait(self), events.append("waited")))
+    monkeypatch.setattr(train_module, "print", lambda text, **k: (print(text, **k), events.append(text)), raising=False)
     config = tiny_run_config(shakespeare_bytes, max_steps=20, eval_every=5, checkpoint_every=1000)
     with pytest.raises(train_module.Stopped) as stopped:
         train(config, tmp_path)
+    said = next(i for i, event in enumerate(events) if event.startswith("SIGTERM: saved step 5"))
+    assert "waited" in events[events.index("save 5 begun"):said]  # the save whole before the console says so
     assert stopped.value.signum == signal.SIGTERM and [row["step"] for row in stopped.value.rows][-1] == 5
     assert not any("val_loss" in row for row in stopped.value.rows)  # stopped before its first batch, not after all
     output = capsys.readouterr().out
@@ -497,19 +504,26 @@ def test_a_second_ctrl_c_whose_keyboard_interrupt_was_lost_is_raised_after_the_s
 
 
 def test_a_stop_signal_after_the_last_step_changes_nothing(shakespeare_bytes, tmp_path, monkeypatch, capsys):
-    """The run is finished: no Stopped (the CLI exits 0, a scheduler does not rerun it), no "rerun" advice."""
+    """The run is finished: no Stopped (the CLI exits 0, a scheduler does not rerun it), no "rerun" advice. And
+    a rerun of a finished run (one killed after its last save, before drawing its curves) draws them."""
     import gpt2_jax.train as train_module
 
-    summarize = train_module.Run.summarize
+    close = train_module.console.close
 
-    def sigterm_while_summarizing(self, step):  # after the last step and its save, before train() returns
+    def sigterm_while_closing(*args, **kwargs):  # after the last step and its save, before train() returns
         os.kill(os.getpid(), signal.SIGTERM)
-        return summarize(self, step)
+        return close(*args, **kwargs)
 
-    monkeypatch.setattr(train_module.Run, "summarize", sigterm_while_summarizing)
-    rows = train(tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=0), tmp_path)
+    monkeypatch.setattr(train_module.console, "close", sigterm_while_closing)
+    config = tiny_run_config(shakespeare_bytes, max_steps=6, eval_every=0)
+    rows = train(config, tmp_path)
     assert rows[-1]["step"] == 6 and "rerun the same command" not in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(train_module.console, "close", close)
+    (tmp_path / "loss.png").unlink()  # as if killed before drawing: the rerun has nothing to train, and draws
+    assert train(config, tmp_path) == [] and (tmp_path / "loss.png").stat().st_size > 0
+    output = capsys.readouterr().out
+    assert "already at max_steps=6, nothing to do" in output and "done:" not in output
 
 
 def test_a_workdir_of_another_model_is_refused(shakespeare_bytes, tmp_path):

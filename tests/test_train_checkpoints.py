@@ -389,3 +389,16 @@ def test_a_workdir_with_no_checkpoint_says_so(trained, tmp_path):
     for workdir in (started, removed):
         assert_one_line_error(run_main(sample.main, "--model", str(workdir)),
                               f"{workdir}: a training workdir with no checkpoint in it (none saved yet")
+
+
+def test_a_step_left_unfinished_by_a_killed_save_is_removed_by_the_next_trainer(trained, shakespeare_bytes, tmp_path):
+    """A stop saves an off-cadence step; killed during that save, the step's temporary folder (up to the whole
+    state's size) was never written again, so never removed. Readers leave it; the next trainer removes it."""
+    from gpt2_jax.loading import load_model
+
+    workdir = copy_of(trained, tmp_path)
+    unfinished = workdir / "checkpoints" / "17.orbax-checkpoint-tmp"
+    shutil.copytree(workdir / "checkpoints" / "10", unfinished)
+    assert load_model(str(workdir)).params and unfinished.is_dir()  # a reader moves nothing
+    train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
+    assert sorted(path.name for path in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
