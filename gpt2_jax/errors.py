@@ -18,7 +18,8 @@ from pathlib import Path
 from collections.abc import Callable
 
 from gpt2_jax import standard_output
-from gpt2_jax.interrupt import STOP_SIGNALS, StopSignals, leave_while_starting, stop_as_ctrl_c
+from gpt2_jax.interrupt import (STOP_SIGNALS, StopSignals, leave_quietly_when_stopped, leave_while_starting,
+                                stop_as_ctrl_c)
 
 
 class UserError(ValueError):
@@ -45,7 +46,7 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             if sys.stdout is not None:  # None: started with stdout closed (`cmd >&-`)
                 sys.stdout.flush()  # what is still buffered fails here, in one line, not in Python's exit
             if not (args or kwargs):  # the command is done, its process leaving: a stop signal now changes nothing
-                _leave_quietly_when_stopped()
+                leave_quietly_when_stopped()
             return result
         except (UserError, standard_output.StdoutError) as error:
             message = " ".join(str(error).split())  # one line, whatever the library put in it
@@ -73,20 +74,6 @@ def exit_on_user_error(main: Callable[..., None]) -> Callable[..., None]:
             sys.stdout = stdout
 
     return wrapped
-
-
-def _leave_quietly_when_stopped() -> None:
-    """Ctrl-C, SIGTERM or SIGHUP while a finished command's process exits (~0.3 s of JAX's atexit clean-up; minutes at a
-    multi-process run's shutdown barrier) ends it at once, exit 0, without a word: there one was an "Exception
-    ignored in atexit callback" traceback. Not ignored: an exit that hangs can still be stopped. A signal ignored
-    from the start stays ignored."""
-    for signum in (signal.SIGINT, *STOP_SIGNALS):
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, _leave_quietly)
-
-
-def _leave_quietly(signum, frame):
-    os._exit(0)  # the work is done and its output flushed
 
 
 _MAINS_RUNNING = []  # the wrapped mains running now (a main may call another)

@@ -10,11 +10,13 @@ SIGTERM`, exit 143 (129).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import multiprocessing
 import multiprocessing.pool
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -35,6 +37,8 @@ def _start_worker(tokenizer_name: str, in_pool: bool = True) -> None:
     if in_pool:  # a stop signal to the whole process group (Ctrl-C, `timeout`, a hangup) is the preparer's to answer
         for signum in (signal.SIGINT, *STOP_SIGNALS):
             signal.signal(signum, signal.SIG_IGN)
+        if sys.platform == "linux":  # a worker dies with its parent: the preparer SIGKILLed alone left them alive,
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # printing tracebacks (PR_SET_PDEATHSIG = 1)
     _worker_tokenizer = get_tokenizer(tokenizer_name)
 
 

@@ -52,10 +52,11 @@ def atomic_write(path: Path, write) -> None:
             write(file)
         os.replace(temporary, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise DataError(f"cannot write {path}: {error.strerror or error}; make room, then rerun the same prepare "
                         "command: it resumes after its last complete shard") from None
+    finally:  # a failed write's part, or a stop's (Ctrl-C, SIGTERM): none is left beside the shards
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
 
 
 def write_shard(data_dir: Path, index: int, chunks: list[np.ndarray]) -> dict:

@@ -388,6 +388,26 @@ def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, 
         os.killpg(preparer.pid, 0)
 
 
+def test_the_workers_die_with_a_preparer_killed_alone(tmp_path):
+    """SIGKILL to the preparer alone (`kill -9 PID`, the OOM killer): its workers, finding no reader for their
+    results, printed BrokenPipeError tracebacks before they exited; now they die with it, without a word."""
+    (tmp_path / "corpus").mkdir()
+    text = Path(SHAKESPEARE).read_text()[:100_000]
+    for i in range(600):
+        (tmp_path / "corpus" / f"{i:03d}.txt").write_text(text)
+    preparer = subprocess.Popen([sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "corpus"), "--out",
+                                 str(tmp_path / "out"), "--tokenizer", "gpt2", "--workers", "2"],
+                                stderr=subprocess.PIPE, start_new_session=True)
+    seen = b""
+    while not re.search(rb"\| *[1-9]\d*/600 ", seen):  # the workers are at work
+        chunk = os.read(preparer.stderr.fileno(), 4096)
+        assert chunk, seen.decode()
+        seen += chunk
+    preparer.kill()
+    stderr = (seen + preparer.communicate(timeout=60)[1]).decode()  # until the workers close the pipe: gone
+    assert preparer.returncode == -signal.SIGKILL and "Traceback" not in stderr, stderr
+
+
 # SIGTERM arrives as the pool starts its second worker, the first one running.
 SIGTERM_AS_THE_POOL_STARTS = """
 import os, signal, sys
@@ -572,3 +592,15 @@ def test_a_read_only_out_is_one_line(tmp_path):
         writable_again()
     assert_one_line_error(result, "cannot write there")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_shard_write_stopped_midway_leaves_no_part_behind(tmp_path):
+    """A stop (Ctrl-C, SIGTERM: a KeyboardInterrupt) during a shard's write left its part as `shard_*.npy.tmp`
+    (only a failed write's was removed): the output holds whole shards or nothing of one."""
+    def stopped_midway(file):
+        file.write(b"\x93NUMPY part of a shard")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        shards.atomic_write(tmp_path / "shard_000001.npy", stopped_midway)
+    assert list(tmp_path.iterdir()) == []
