@@ -37,8 +37,11 @@ def _start_worker(tokenizer_name: str, in_pool: bool = True) -> None:
     if in_pool:  # a stop signal to the whole process group (Ctrl-C, `timeout`, a hangup) is the preparer's to answer
         for signum in (signal.SIGINT, *STOP_SIGNALS):
             signal.signal(signum, signal.SIG_IGN)
-        if sys.platform == "linux":  # a worker dies with its parent: the preparer SIGKILLed alone left them alive,
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # printing tracebacks (PR_SET_PDEATHSIG = 1)
+        # The preparer SIGKILLed alone left them alive, printing BrokenPipeError tracebacks: a worker now dies with
+        # it (Linux's PR_SET_PDEATHSIG = 1), or, writing a result as it dies, of the pipe's SIGPIPE, without a word.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        if sys.platform == "linux":
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     _worker_tokenizer = get_tokenizer(tokenizer_name)
 
 
