@@ -227,7 +227,7 @@ def print_torch_profile(who, step, wait, device, n_steps=3):
 
 
 def print_kernel_times(who, totals_ns, wall, n_steps, by_kind=True):
-    """Prints the busy time per step, the top kernels and (by_kind) the time by KERNEL_KINDS; totals_ns: {kernel: ns}."""
+    """Prints the busy time per step, the top kernels and (by_kind) the time by KERNEL_KINDS (totals_ns: {name: ns})."""
     busy = sum(totals_ns.values()) / 1e9
     print(f"# profile {who}: {busy / n_steps * 1e3:.1f} ms busy per step of {wall / n_steps * 1e3:.1f} ms wall; "
           f"top kernels (ms per step, share):")

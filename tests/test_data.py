@@ -361,6 +361,24 @@ def test_cli_prepares_and_reports_bad_input(tmp_path):
     assert {path.name: path.read_bytes() for path in (tmp_path / "ok").iterdir()} == before
 
 
+def preparer_at_work(tmp_path):
+    """`prepare --workers 2` in its own process group, once its workers have tokenized a document of the 600 (seconds
+    of work, stopped early in it): (the process, its stderr so far)."""
+    (tmp_path / "corpus").mkdir()
+    text = Path(SHAKESPEARE).read_text()[:100_000]
+    for i in range(600):
+        (tmp_path / "corpus" / f"{i:03d}.txt").write_text(text)
+    preparer = subprocess.Popen([sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "corpus"), "--out",
+                                 str(tmp_path / "out"), "--tokenizer", "gpt2", "--workers", "2"],
+                                stderr=subprocess.PIPE, start_new_session=True)
+    seen = b""
+    while not re.search(rb"\| *[1-9]\d*/600 ", seen):
+        chunk = os.read(preparer.stderr.fileno(), 4096)
+        assert chunk, seen.decode()
+        seen += chunk
+    return preparer, seen
+
+
 @pytest.mark.parametrize("kill, signum, said", [(os.kill, signal.SIGTERM, "stopped by SIGTERM"),  # `kill PID`
                                                 (os.killpg, signal.SIGTERM, "stopped by SIGTERM"),  # timeout, Slurm
                                                 (os.killpg, signal.SIGINT, "interrupted"),  # Ctrl-C
@@ -368,18 +386,7 @@ def test_cli_prepares_and_reports_bad_input(tmp_path):
 def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, tmp_path):
     """A stop signal while the workers tokenize, to the preparer alone or to its whole process group: the workers
     are ended with it, print nothing, and the preparer says why in one line, exiting 128 + the signal."""
-    (tmp_path / "corpus").mkdir()
-    text = Path(SHAKESPEARE).read_text()[:100_000]
-    for i in range(600):  # seconds of work for two workers, which are stopped early in it
-        (tmp_path / "corpus" / f"{i:03d}.txt").write_text(text)
-    preparer = subprocess.Popen([sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "corpus"), "--out",
-                                 str(tmp_path / "out"), "--tokenizer", "gpt2", "--workers", "2"],
-                                stderr=subprocess.PIPE, start_new_session=True)  # its own process group
-    seen = b""
-    while not re.search(rb"\| *[1-9]\d*/600 ", seen):  # documents tokenized: the workers are at work
-        chunk = os.read(preparer.stderr.fileno(), 4096)
-        assert chunk, seen.decode()
-        seen += chunk
+    preparer, seen = preparer_at_work(tmp_path)
     kill(preparer.pid, signum)
     stderr = (seen + preparer.communicate(timeout=60)[1]).decode().replace("\r", "\n")
     assert [line for line in stderr.splitlines() if line.strip() and not line.startswith("tokenize")] == [said], stderr
@@ -391,18 +398,7 @@ def test_a_stop_signal_ends_the_workers_quietly_in_one_line(kill, signum, said, 
 def test_the_workers_die_with_a_preparer_killed_alone(tmp_path):
     """SIGKILL to the preparer alone (`kill -9 PID`, the OOM killer): its workers, finding no reader for their
     results, printed BrokenPipeError tracebacks before they exited; now they die with it, without a word."""
-    (tmp_path / "corpus").mkdir()
-    text = Path(SHAKESPEARE).read_text()[:100_000]
-    for i in range(600):
-        (tmp_path / "corpus" / f"{i:03d}.txt").write_text(text)
-    preparer = subprocess.Popen([sys.executable, "-m", "gpt2_jax.prepare", "--input", str(tmp_path / "corpus"), "--out",
-                                 str(tmp_path / "out"), "--tokenizer", "gpt2", "--workers", "2"],
-                                stderr=subprocess.PIPE, start_new_session=True)
-    seen = b""
-    while not re.search(rb"\| *[1-9]\d*/600 ", seen):  # the workers are at work
-        chunk = os.read(preparer.stderr.fileno(), 4096)
-        assert chunk, seen.decode()
-        seen += chunk
+    preparer, seen = preparer_at_work(tmp_path)
     preparer.kill()
     stderr = (seen + preparer.communicate(timeout=60)[1]).decode()  # until the workers close the pipe: gone
     assert preparer.returncode == -signal.SIGKILL and "Traceback" not in stderr, stderr
