@@ -19,12 +19,12 @@ PRESETS = {
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")
 
 # HF config.json values that change the math in ways this model does not implement.
-UNSUPPORTED_HF_SETTINGS = {
-    "add_cross_attention": False,
-    "scale_attn_weights": True,
-    "scale_attn_by_inverse_layer_idx": False,
-    "tie_word_embeddings": True,
-}
+UNSUPPORTED_HF_SETTINGS = {"add_cross_attention": False, "scale_attn_weights": True,
+                           "scale_attn_by_inverse_layer_idx": False, "tie_word_embeddings": True}
+SHAPE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+# transformers' GPT2Config.attribute_map: other names it reads for the shape (a hand-written config.json may use them).
+HF_ALIASES = {"hidden_size": "n_embd", "max_position_embeddings": "n_positions", "num_attention_heads": "n_head",
+              "num_hidden_layers": "n_layer"}
 
 
 class ConfigError(UserError):
@@ -44,16 +44,16 @@ class GPT2Config:
     activation_function: str = "gelu_new"
     layer_norm_epsilon: float = 1e-5  # GPT-2's value; flax's LayerNorm default is 1e-6
     initializer_range: float = 0.02
-    bos_token_id: int = 50256
-    eos_token_id: int = 50256
+    bos_token_id: int | None = 50256  # None (null): no such token, as transformers allows
+    eos_token_id: int | None = 50256  # sampling stops a row at it; None: never
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):  # a size past int32: JAX overflows
+        for name in SHAPE_FIELDS:  # a size past int32: JAX overflows
             if not _is_int(getattr(self, name), 1) or getattr(self, name) >= 2**31:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer below 2**31")
         for name in ("bos_token_id", "eos_token_id"):
-            if not _is_int(getattr(self, name), 0):
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be a token id (an integer >= 0)")
+            if getattr(self, name) is not None and not _is_int(getattr(self, name), 0):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a token id (an integer >= 0) or null")
         if self.n_inner is not None and not (_is_int(self.n_inner, 1) and self.n_inner < 2**31):
             raise ConfigError(f"n_inner={self.n_inner!r} must be a positive integer below 2**31, or null")
         for name in ("layer_norm_epsilon", "initializer_range"):
@@ -96,6 +96,10 @@ class GPT2Config:
         for key, supported in UNSUPPORTED_HF_SETTINGS.items():
             if values.get(key, supported) != supported:
                 raise ConfigError(f"{key}={values[key]!r} is not supported (only {supported!r})")
+        values = dict(values)
+        for alias, name in HF_ALIASES.items():  # transformers takes the alias where both are given: refused here
+            if alias in values and values.setdefault(name, values[alias]) != values[alias]:
+                raise ConfigError(f"{alias}={values[alias]!r} and {name}={values[name]!r} disagree (one setting)")
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in fields})
 
@@ -113,12 +117,8 @@ class GPT2Config:
 
     def to_dict(self) -> dict:
         """A transformers-compatible config dict (GPT2LMHeadModel, tied head)."""
-        return {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            **dataclasses.asdict(self),
-            "tie_word_embeddings": True,
-        }
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **dataclasses.asdict(self),
+                "tie_word_embeddings": True}
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -141,8 +141,8 @@ def read_json(path: str | Path):
 def defaults_taken(values, error: str = "") -> str:
     """' (config.json gives no n_embd: GPT-2 124M's taken)' for the shape's fields a config dict leaves out (as
     transformers, from_dict takes GPT-2 124M's), where the `error` (if given) names one of them; else ''."""
-    missing = [key for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
-               if isinstance(values, dict) and key not in values and (not error or key in error)]
+    given = {HF_ALIASES.get(key, key) for key in values} if isinstance(values, dict) else set(SHAPE_FIELDS)
+    missing = [key for key in SHAPE_FIELDS if key not in given and (not error or key in error)]
     return f" (config.json gives no {', '.join(missing)}: GPT-2 124M's taken)" if missing else ""
 
 

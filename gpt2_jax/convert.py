@@ -21,9 +21,8 @@ from gpt2_jax.config import GPT2Config
 from gpt2_jax.errors import UserError
 from gpt2_jax.model import GPT2
 
-# Causal-mask buffers and the tied head: no parameters of their own.
-IGNORED_HF_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-IGNORED_HF_KEYS = ("lm_head.weight",)
+IGNORED_HF_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers: no parameters
+TIED_HEAD = "lm_head.weight"  # wte's rows again (pytorch_model.bin files hold it; safetensors ones leave it out)
 
 
 class ConversionError(UserError):
@@ -63,12 +62,14 @@ def param_shapes(config: GPT2Config) -> dict:
 
 def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.ndarray]],
                            progress: bool = False) -> dict:
-    """Rename an HF state dict's (name, array) pairs (`state_dict.items()`, or hf_files.read_tensors' as they are
+    """Rename an HF state dict's (name, array) pairs (`state_dict.items()`, or hf_weights.read_tensors' as they are
     read) into GPT2 params, checking every key and shape."""
     expected = traverse_util.flatten_dict(param_shapes(config))
-    flat = {}
+    flat, head = {}, None
     for key, value in tqdm(tensors, desc="convert", unit="tensor", disable=not progress):
-        if key in IGNORED_HF_KEYS or key.endswith(IGNORED_HF_SUFFIXES):
+        if key == TIED_HEAD:
+            head = value
+        if key == TIED_HEAD or key.endswith(IGNORED_HF_SUFFIXES):
             continue
         path = hf_key_to_path(key)
         if path not in expected:
@@ -83,6 +84,10 @@ def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.n
     missing = sorted(path_to_hf_key(p) for p in expected.keys() - flat.keys())
     if missing:
         raise ShapeError(f"checkpoint is missing {len(missing)} parameter(s), e.g. {missing[0]}")
+    if head is not None and not np.array_equal(np.asarray(head, np.float32), flat[("wte", "embedding")]):
+        # transformers then unties them (its warning) and uses this head: an output head of its own is not GPT-2's
+        raise ConversionError(f"{TIED_HEAD} differs from transformer.wte.weight: an untied output head is not "
+                              "supported (GPT-2 ties it to the token embedding)")
     return traverse_util.unflatten_dict(flat)
 
 

@@ -1,4 +1,5 @@
-"""Hugging Face model directories on disk: read their weights, write them (loading.py finds them).
+"""Hugging Face model directories on disk: their file names, and writing them (reading their weights is
+hf_weights.py; loading.py finds them).
 
 Knows file names and formats (`model.safetensors`, `pytorch_model.bin`, tokenizer files),
 nothing about what the tensors mean: that is `convert.py`.
@@ -10,14 +11,12 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from gpt2_jax import outdir
 from gpt2_jax.errors import UserError
-from gpt2_jax.torch_bin import load_bin
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json")
@@ -31,47 +30,6 @@ class CheckpointFileError(UserError):
 
 def first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [""])[0]
-
-
-class Tensors:
-    """A checkpoint's (name, array) pairs, each read as it is reached, and their count (a progress bar's total)."""
-
-    def __init__(self, names: list[str], read: Callable[[str], np.ndarray]):
-        self.names, self.read = names, read
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        return ((name, self.read(name)) for name in self.names)
-
-
-def read_tensors(model_dir: Path) -> Tensors:
-    """model.safetensors' tensors, read one at a time (never the whole file beside what the caller builds from
-    them; a damaged file is refused here or at the tensor it cannot read), or pytorch_model.bin's (torch_bin.py:
-    tensors only, no code run)."""
-    safetensors_file, bin_file = (model_dir / name for name in WEIGHT_FILES)
-    if bin_file.exists() and not safetensors_file.exists():
-        state_dict = load_bin(bin_file)
-        return Tensors(list(state_dict), state_dict.__getitem__)
-    if not safetensors_file.exists():
-        raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)}")
-    from safetensors import SafetensorError, safe_open
-
-    def unreadable(read, *args, **kwargs):
-        try:
-            return read(*args, **kwargs)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointFileError(
-                f"{safetensors_file}: unreadable safetensors file ({first_line(error)})") from None
-
-    try:  # opened here first: safetensors says "No such file or directory" of a file it may not read
-        open(safetensors_file, "rb").close()
-    except OSError as error:
-        raise CheckpointFileError(f"{safetensors_file}: cannot read it ({error.strerror or error})") from None
-    # pread: each tensor read into its array; a memory map would keep the whole file resident beside them
-    tensors = unreadable(safe_open, safetensors_file, "np", "cpu", backend="pread")
-    return Tensors(list(tensors.keys()), lambda name: unreadable(tensors.get_tensor, name))
 
 
 def is_hf_export(path: Path) -> bool:

@@ -1,10 +1,10 @@
 """Models on disk as (config, params): any model reference in, Hugging Face directories both ways.
 
 A reference is a Hugging Face hub name (`gpt2`), a local HF directory (config.json +
-model.safetensors or pytorch_model.bin), a params directory written by
+model.safetensors or pytorch_model.bin, whole or in shards), a params directory written by
 `python -m gpt2_jax.convert --from-hf`, or a training workdir (its latest good checkpoint).
-A reference is resolved here (a hub name's files fetched with huggingface_hub); the files are hf_files.py's and
-checkpoint.py's; the key map is convert.py's.
+A reference is resolved here (a hub name's files fetched with huggingface_hub); the files are hf_files.py's,
+hf_weights.py's and checkpoint.py's; the key map is convert.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gpt2_jax import convert, hf_files, sharding
+from gpt2_jax import convert, hf_files, hf_weights, sharding
 from gpt2_jax.config import GPT2Config, defaults_taken, read_json
 from gpt2_jax.hf_files import WEIGHT_FILES, CheckpointFileError
 from gpt2_jax.model import GPT2
@@ -59,9 +59,10 @@ def resolve_hf(name_or_path: str) -> Path:
         raise CheckpointFileError(f"{name_or_path}: no such directory")
     import huggingface_hub  # only for hub names
 
-    try:
-        patterns = ["*.json", "*.txt", WEIGHT_FILES[0]]  # config, tokenizer files, safetensors weights
-        return Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns))
+    try:  # config, tokenizer files, safetensors weights (whole, or in shards and their index); else .bin weights
+        download = functools.partial(huggingface_hub.snapshot_download, name_or_path)
+        path = Path(download(allow_patterns=["*.json", "*.txt", "model*.safetensors"]))
+        return path if any(path.glob("model*.safetensors")) else Path(download(allow_patterns=["pytorch_model*.bin"]))
     except Exception as error:  # the hub's errors are many (network, auth, not found)
         raise CheckpointFileError(
             f"{name_or_path}: no such local directory, and the Hugging Face Hub did not provide it "
@@ -98,7 +99,7 @@ def from_hf(name_or_path: str, progress: bool = False) -> tuple[GPT2Config, dict
     values = read_json(model_dir / "config.json")
     config = GPT2Config.from_values(values, model_dir / "config.json")
     try:
-        return config, convert.params_from_state_dict(config, hf_files.read_tensors(model_dir), progress)
+        return config, convert.params_from_state_dict(config, hf_weights.read_tensors(model_dir), progress)
     except convert.ConversionError as error:  # the weights' shapes against a config.json that left some out?
         note = defaults_taken(values) if isinstance(error, convert.ShapeError) else ""
         raise convert.ConversionError(f"{model_dir}: {error}{note}") from None

@@ -52,7 +52,7 @@ def generate(
     dtype and attention kernel; `GPT2(config)` for the defaults) with `params`.
 
     temperature 0.0 is greedy; `rng` is a `jax.random.key` (None: key(0), the same draws each call).
-    A row that emits `eos_token_id` is filled with it from then on, and the loop stops once every row
+    A row that emits `eos_token_id` (if not None) is filled with it from then on, and the loop stops once every row
     has. `on_token`, if given, is called on the host with each step's [B] tokens as they are generated
     (for streaming; a host call per token); `on_progress`, with the count of new tokens made so far, after
     each chunk (cheap). The prompt must fit the context; the continuation may run past it (see the module
@@ -127,7 +127,7 @@ def _logits_after(model, params, tokens_BxL, cache, position):
 @functools.partial(jax.jit, static_argnames=("model", "T", "sampling", "on_token"), donate_argnames=("cache",))
 def _decode(model, params, i, tokens_BxL, cache, logits_BxV, done_B, rng, *, stop, T, sampling, on_token):
     """Steps i..stop-1 (fewer if every row ends): one compiled loop over a chunk of new tokens."""
-    eos = model.config.eos_token_id
+    eos = -1 if model.config.eos_token_id is None else model.config.eos_token_id  # None: no row ends (no id is -1)
 
     def step(state):
         i, tokens_BxL, cache, logits_BxV, done_B, rng = state

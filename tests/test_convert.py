@@ -20,7 +20,7 @@ import transformers
 from conftest import assert_one_line_error, random_hf_model, read_only, rel_error, run_main, snapshot, unprivileged
 from safetensors.numpy import save_file
 
-from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, hf_files, to_hf
+from gpt2_jax import GPT2, GPT2Config, convert_cli, from_hf, hf_weights, to_hf
 from gpt2_jax.checkpoint import load_params, save_params
 from gpt2_jax.convert import ConversionError, hf_key_to_path, path_to_hf_key
 from gpt2_jax.hf_files import CheckpointFileError, check_tokenizer_dir
@@ -68,6 +68,85 @@ def test_unprefixed_gpt2model_keys_load(hf_model, hf_dir, tmp_path, ids):
     (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
     config, params = from_hf(str(tmp_path))
     assert rel_error(logits(config, params, ids), hf_logits(hf_dir, ids)) < 1e-5
+
+
+@pytest.mark.parametrize("file_name", ["model.safetensors", "pytorch_model.bin"])
+def test_checkpoints_split_into_files_load_as_the_whole_one(hf_model, hf_dir, tmp_path, ids, file_name):
+    """save_pretrained splits a model past its max_shard_size (gpt2-xl in fp32 under transformers 4's 5 GB) into
+    files and an index of them; older .bin checkpoints the same way: both were refused as having no weights."""
+    if file_name == "model.safetensors":
+        hf_model.save_pretrained(tmp_path, max_shard_size="20KB")
+    else:
+        state_dict = hf_model.state_dict()
+        files = {name: f"pytorch_model-0000{1 + i % 3}-of-00003.bin" for i, name in enumerate(state_dict)}
+        for file in set(files.values()):
+            torch.save({name: state_dict[name] for name in state_dict if files[name] == file}, tmp_path / file)
+        (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": files}))
+        (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
+    assert len(list(tmp_path.glob("*-of-*"))) == 3 and not (tmp_path / file_name).exists()
+    config, params = from_hf(str(tmp_path))
+    assert rel_error(logits(config, params, ids), hf_logits(tmp_path, ids)) < 1e-5
+
+
+def test_a_hub_model_comes_with_its_safetensors_else_its_bin_weights(hf_model, tmp_path, ids, monkeypatch):
+    """Which files a hub name downloads (huggingface_hub stood in for by a local copy that honours the patterns):
+    config, tokenizer files and the safetensors weights, whole or in shards; .bin weights only where there are none."""
+    import fnmatch
+
+    import huggingface_hub
+
+    def snapshot_download(name, allow_patterns):
+        repo, snapshot = tmp_path / "hub" / name, tmp_path / "cache" / name
+        for file in repo.iterdir():
+            if any(fnmatch.fnmatch(file.name, pattern) for pattern in allow_patterns):
+                snapshot.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, snapshot / file.name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    hf_model.save_pretrained(tmp_path / "hub" / "someone" / "sharded", max_shard_size="20KB")
+    hf_model.save_pretrained(tmp_path / "hub" / "someone" / "old")
+    torch.save(hf_model.state_dict(), tmp_path / "hub" / "someone" / "old" / "pytorch_model.bin")
+    (tmp_path / "hub" / "someone" / "old" / "model.safetensors").unlink()
+    for name in ("someone/sharded", "someone/old"):
+        config, params = from_hf(name)
+        assert rel_error(logits(config, params, ids), hf_logits(tmp_path / "hub" / name, ids)) < 1e-5
+    assert {f.name for f in (tmp_path / "cache" / "someone" / "old").iterdir()} == {
+        "config.json", "generation_config.json", "pytorch_model.bin"}
+
+
+def test_a_config_json_may_name_the_shape_as_transformers_aliases_do(hf_dir, tmp_path, ids):
+    """transformers reads num_attention_heads, hidden_size, num_hidden_layers and max_position_embeddings as
+    n_head, n_embd, n_layer and n_positions: num_attention_heads was ignored (12 heads, logits 2.5 off)."""
+    aliases = {"n_head": "num_attention_heads", "n_embd": "hidden_size", "n_layer": "num_hidden_layers",
+               "n_positions": "max_position_embeddings"}
+    config = json.loads((hf_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({aliases.get(key, key): value for key, value in config.items()}))
+    shutil.copy(hf_dir / "model.safetensors", tmp_path)
+    config, params = from_hf(str(tmp_path))
+    assert (config.n_head, config.n_embd, config.n_layer, config.n_positions) == (5, 20, 3, 40)
+    assert rel_error(logits(config, params, ids), hf_logits(tmp_path, ids)) < 1e-5
+
+
+def test_null_bos_and_eos_ids_load_export_and_sample_to_the_end(hf_model, tmp_path, ids):
+    """transformers allows no bos/eos id (a model with a tokenizer of its own): they were refused."""
+    hf_model.config.bos_token_id = hf_model.config.eos_token_id = None
+    try:
+        hf_model.save_pretrained(tmp_path / "hf")
+    finally:
+        hf_model.config.bos_token_id = hf_model.config.eos_token_id = 100
+    config, params = from_hf(str(tmp_path / "hf"))
+    assert config.bos_token_id is None and config.eos_token_id is None
+    to_hf(config, params, tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["eos_token_id"] is None
+    assert rel_error(hf_logits(tmp_path / "export", ids), hf_logits(tmp_path / "hf", ids)) < 1e-6
+    from gpt2_jax.sampling import generate
+
+    ours = generate(GPT2(config), params, ids[:, :3], max_new_tokens=30, temperature=0.0)  # was: None == a token
+    with torch.no_grad():
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval().generate(
+            torch.tensor(ids[:, :3]), do_sample=False, max_new_tokens=30, pad_token_id=None)
+    assert np.array_equal(ours, theirs.numpy())
 
 
 @pytest.mark.parametrize("file_name", ["model.safetensors", "pytorch_model.bin"])
@@ -231,20 +310,20 @@ def test_cli_round_trip(hf_dir, tmp_path, ids):
 
 def test_a_checkpoint_is_counted_before_its_tensors_are_read(hf_dir, tmp_path):
     # convert's progress bar has a total, and a damaged file is refused before the bar, not after an empty one.
-    tensors = hf_files.read_tensors(hf_dir)
+    tensors = hf_weights.read_tensors(hf_dir)
     assert len(tensors) == len(transformers.GPT2LMHeadModel.from_pretrained(hf_dir).state_dict()) - 1  # lm_head: tied
     assert dict(tensors).keys() == set(tensors.names)
     shutil.copy(hf_dir / "config.json", tmp_path)
     (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:100])
     with pytest.raises(CheckpointFileError, match="unreadable safetensors file"):
-        hf_files.read_tensors(tmp_path)
+        hf_weights.read_tensors(tmp_path)
     (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:-100])
     with pytest.raises(CheckpointFileError, match="unreadable safetensors file"):  # the header reads, a tensor not
-        dict(hf_files.read_tensors(tmp_path))
+        dict(hf_weights.read_tensors(tmp_path))
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "model.safetensors").mkdir()  # safetensors said "No such device (os error 19)"
     with pytest.raises(CheckpointFileError, match=r"model.safetensors: cannot read it \(Is a directory\)$"):
-        hf_files.read_tensors(tmp_path)
+        hf_weights.read_tensors(tmp_path)
 
 
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
@@ -272,7 +351,14 @@ def test_a_weights_file_this_user_may_not_read_says_so(hf_model, hf_dir, tmp_pat
     ("unsupported_config", "scale_attn_by_inverse_layer_idx"),
     ("config_wrong_type", "layer_norm_epsilon='abc' must be a positive number"),
     ("config_a_list", "a config must be a JSON object"),
-    ("config_null_eos", "eos_token_id=None must be a token id"),
+    ("config_list_eos", "eos_token_id=[1, 2] must be a token id (an integer >= 0) or null"),
+    ("config_alias_disagrees", "num_attention_heads=4 and n_head=5 disagree"),  # transformers would take 4
+    # transformers unties such a head (a warning) and uses it: was silently dropped, logits 23 off theirs
+    ("untied_head", "lm_head.weight differs from transformer.wte.weight: an untied output head is not supported"),
+    ("index_not_json", "model.safetensors.index.json: not a checkpoint's index"),
+    ("missing_shard", "model-00002-of-00002.safetensors: cannot read it (No such file or directory)"),
+    ("shard_without_its_tensor", "model-00002-of-00002.safetensors: no tensor transformer.wte.weight, which "
+                                 "model.safetensors.index.json places there"),
     # was: a shape mismatch that blamed the weights for what config.json left out
     ("config_no_n_embd", "n_embd=768 is not divisible by n_head=5 (config.json gives no n_embd: GPT-2 124M's taken)"),
     ("config_no_n_layer", "missing 108 parameter(s), e.g. transformer.h.10.attn.c_attn.bias (config.json gives no "
@@ -323,7 +409,8 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
         (tmp_path / "config.json").mkdir()
         save_file(weights, tmp_path / "model.safetensors")
     elif case.startswith("config_"):
-        changes = {"config_wrong_type": {"layer_norm_epsilon": "abc"}, "config_null_eos": {"eos_token_id": None}}
+        changes = {"config_wrong_type": {"layer_norm_epsilon": "abc"}, "config_list_eos": {"eos_token_id": [1, 2]},
+                   "config_alias_disagrees": {"num_attention_heads": 4}}
         config = [1, 2] if case == "config_a_list" else {**json.loads(config_text), **changes[case]}
         (tmp_path / "config.json").write_text(json.dumps(config))
         save_file(weights, tmp_path / "model.safetensors")
@@ -336,6 +423,16 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
             (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(content, protocol=4))
         else:
             torch.save(content, tmp_path / "pytorch_model.bin")
+    elif case == "untied_head":
+        save_file({**weights, "lm_head.weight": weights["transformer.wte.weight"] + 1e-3}, tmp_path / "model.safetensors")
+    elif case in ("index_not_json", "missing_shard", "shard_without_its_tensor"):
+        names = sorted(weights)  # transformer.wte.weight last: in the second file
+        files = {name: f"model-0000{1 + (i >= 5)}-of-00002.safetensors" for i, name in enumerate(names)}
+        (tmp_path / "model.safetensors.index.json").write_text(
+            "{" if case == "index_not_json" else json.dumps({"weight_map": files}))
+        for file in sorted(set(files.values()))[:1 if case == "missing_shard" else 2]:
+            save_file({name: weights[name] for name in names if files[name] == file and not (
+                case == "shard_without_its_tensor" and name == "transformer.wte.weight")}, tmp_path / file)
     elif case.endswith("_values"):
         if case == "nan_values":
             weights["transformer.h.1.mlp.c_fc.weight"][3, 4] = np.nan
