@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -157,6 +158,19 @@ def test_end_of_text_is_a_target_of_val_loss_but_no_text_in_val_bpb(bpe_model_di
     n_bytes = len("".join(documents).encode())
     assert scores["bytes"] == n_bytes
     assert scores["bpb"] == pytest.approx(theirs[text].sum().item() / (math.log(2) * n_bytes), rel=1e-5)
+
+
+def test_counts_past_int32s_range_add_up_on_the_host(byte_model_dir):
+    """The sums ran in int32 on the devices: past 2^31 bytes (FineWeb-Edu's val split read whole) val_bpb was
+    negative. Here every byte counts 2^22 (the tokenizer's stand-in), 1,999 bytes: 8.4e9 in 500 batches."""
+    loaded, model, mesh, params = load_replicated(str(byte_model_dir))
+    heavy = types.SimpleNamespace(token_bytes=lambda: loaded.tokenizer.token_bytes() * 2**22)
+    windows = TextWindows([Path(SHAKESPEARE).read_text()[:1998]], loaded.tokenizer, 4)
+    heavy_scores, scores = (LossEvaluator(model, mesh, 1, tokenizer).evaluate(params, windows)
+                            for tokenizer in (heavy, loaded.tokenizer))
+    assert heavy_scores["bytes"] == scores["bytes"] * 2**22 == 1998 * 2**22
+    assert heavy_scores["bpb"] == pytest.approx(scores["bpb"] / 2**22, rel=1e-6)
+    assert heavy_scores["tokens"] == scores["tokens"] and heavy_scores["loss"] == pytest.approx(scores["loss"], rel=1e-6)
 
 
 def test_equal_models_share_the_compiled_evaluations(bpe_model_dir, hellaswag_file):
