@@ -72,7 +72,8 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
     """An endless, checkpointable iterator of shuffled [batch_per_process, block_size + 1] int32 batches."""
     dataset = (
         grain.MapDataset.source(WindowSource(data_dir, "train", block_size))
-        .shuffle(seed=seed)
+        # grain shuffles epoch e with seed + e: runs of seeds s and s + 1 read the same orders an epoch apart unhashed
+        .shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
         .repeat()  # each epoch reshuffled, deterministically
         [process_index::process_count]
         .batch(batch_per_process, drop_remainder=True)

@@ -185,6 +185,20 @@ def test_train_iterator_is_deterministic_resumable_and_split_across_processes(sh
     assert {tuple(r) for h in halves for r in h} == {tuple(r) for r in batches[0]}  # two halves of one batch
 
 
+def test_each_epoch_reads_every_window_once_in_an_order_no_neighbouring_seed_reads(shakespeare_dir):
+    """grain shuffles epoch e with seed + e: seed 1's first epoch was seed 0's second, its second seed 0's third."""
+    n = len(WindowSource(shakespeare_dir, "train", 1024))
+
+    def epochs(seed, count):
+        windows = train_iterator(shakespeare_dir, 1024, 1, seed)
+        stream = [next(windows)[0].tobytes() for _ in range(count * n)]
+        return [stream[e * n : (e + 1) * n] for e in range(count)]
+
+    (seed_0, seed_0_again), (seed_1,) = epochs(0, 2), epochs(1, 1)
+    assert sorted(seed_0) == sorted(seed_0_again) == sorted(seed_1) and len(set(seed_0)) == n
+    assert len({tuple(seed_0), tuple(seed_0_again), tuple(seed_1)}) == 3
+
+
 def test_eval_batches_cover_every_window_once_with_padding(shakespeare_dir):
     source = WindowSource(shakespeare_dir, "val", 64)
     rows = np.concatenate(list(eval_batches(source, 12)))
