@@ -13,13 +13,14 @@ import os
 import jax
 import jax.numpy as jnp
 
+from gpt2_jax.attention import KERNELS
 from gpt2_jax.config import ConfigError
 
 # XLA flags by platform-independent name: XLA parses every backend's flags on every backend.
 XLA_FLAGS = (
     "--xla_gpu_enable_triton_gemm=false",  # cuBLAS beats Triton's GEMMs for GPT-2's shapes (+19% on an H200)
 )
-ATTENTION_IMPLS = ("", "chunked", "xla", "cudnn", "pallas")  # "": the fastest exact kernel for the platform
+ATTENTION_IMPLS = ("", *KERNELS)  # "": the fastest exact kernel for the platform
 
 
 def set_xla_flags() -> None:

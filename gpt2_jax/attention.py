@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+KERNELS = ("chunked", "xla", "cudnn", "pallas")  # and None: "chunked"
 QUERY_CHUNK = 128  # queries per chunk of `chunked_attention` (64: 0.87x, 256: 0.98x the speed at T=1,024, CPU)
 
 
@@ -22,6 +23,9 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
     `start` None means no cache (T == S): plain causal attention, which every kernel runs;
     decoding from a cache (a mask over the keys) always runs XLA's or cuDNN's.
     """
+    if implementation is not None and implementation not in KERNELS:  # decoding took any other name for "xla"
+        raise ValueError(f"attention implementation {implementation!r}: one of {KERNELS} or None "
+                         "(accelerator.model_kernels picks one for a platform)")
     T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
     if start is None and implementation == "pallas":
         return splash_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK)

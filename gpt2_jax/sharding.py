@@ -36,10 +36,20 @@ class ShardingError(UserError):
 def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
     """A (data, fsdp) mesh over all devices (of every process); data = n_devices / fsdp, fsdp=0: all."""
     devices = jax.devices() if devices is None else devices
+    problem = fsdp_problem(fsdp, len(devices))
+    if problem:
+        raise ShardingError(problem)
     fsdp = fsdp or len(devices)
-    if fsdp < 1 or len(devices) % fsdp:
-        raise ShardingError(f"fsdp={fsdp} does not divide the {len(devices)} devices")
     return Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), MESH_AXES)
+
+
+def fsdp_problem(fsdp: int, n_devices: int) -> str | None:
+    """Why `fsdp` cannot split `n_devices` devices, or None."""
+    if fsdp < 0:
+        return f"fsdp={fsdp} must be >= 0 (0: all devices)"
+    if n_devices % (fsdp or n_devices):
+        return f"fsdp={fsdp} does not divide the {n_devices} device{'s' * (n_devices != 1)}"
+    return None
 
 
 def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -12,6 +12,7 @@ import ml_collections
 from gpt2_jax.accelerator import ATTENTION_IMPLS
 from gpt2_jax.config import ConfigError, GPT2Config
 from gpt2_jax.optim import optimizer_checks
+from gpt2_jax.sharding import fsdp_problem
 
 DTYPES = ("float32", "bfloat16")
 
@@ -117,9 +118,7 @@ def validate(c: ml_collections.ConfigDict, n_devices: int, n_processes: int, pla
          f"tokens_per_step={c.tokens_per_step} is not a multiple of batch_size * block_size = {micro_tokens}"),
         (c.batch_size % n_devices == 0, f"batch_size={c.batch_size} does not split over {n_devices} devices"),
         (c.batch_size % n_processes == 0, f"batch_size={c.batch_size} does not split over {n_processes} processes"),
-        (c.fsdp >= 0, f"fsdp={c.fsdp} must be >= 0 (0: all devices)"),
-        (n_devices % (c.fsdp or n_devices) == 0,
-         f"fsdp={c.fsdp} does not divide the {n_devices} device{'s' * (n_devices != 1)}"),
+        (fsdp_problem(c.fsdp, n_devices) is None, fsdp_problem(c.fsdp, n_devices)),
         (min(c.log_every, c.checkpoint_every, c.keep_checkpoints) >= 1,
          "log_every, checkpoint_every and keep_checkpoints must be >= 1"),
         (c.eval_every >= 0 and c.eval_batches >= 0, "eval_every and eval_batches must be >= 0 (0: never / all)"),

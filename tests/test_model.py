@@ -177,6 +177,21 @@ def test_ids_past_the_context_or_not_a_batch_are_refused_not_nan():
             model.apply({"params": params}, jnp.zeros(shape, jnp.int32))
 
 
+def test_an_unknown_attention_kernel_is_refused_by_the_forward_and_the_decoder_alike():
+    """Decoding took any name but "cudnn" for XLA's attention ("", the train config's "platform's pick", too)."""
+    from gpt2_jax.kv_cache import init_cache
+
+    config = GPT2Config(**TINY_SHAPE)
+    params = GPT2(config).init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+    for name in ("", "XLA", "flash"):
+        model = GPT2(config, attention_impl=name)
+        with pytest.raises(ValueError, match=f"attention implementation {name!r}: one of"):
+            model.apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
+        with pytest.raises(ValueError, match=f"attention implementation {name!r}: one of"):
+            model.apply({"params": params}, jnp.zeros((1, 4), jnp.int32), init_cache(config, 1, 8), 0,
+                        method=GPT2.decode)
+
+
 def test_pallas_splash_attention_matches_xla(hf_dir):
     """The TPU kernel (Pallas splash attention), run by Pallas's interpreter here: logits and gradients."""
     config, params = from_hf(str(hf_dir))

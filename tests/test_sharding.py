@@ -1,6 +1,7 @@
 """Sharding: the step on 8 fake CPU devices equals the single-device step, data parallel and FSDP."""
 
 import functools
+import re
 
 import jax
 import numpy as np
@@ -86,6 +87,11 @@ def test_bad_layouts_are_clear_errors():
         sharding.spec_for("h_0/mlp/c_fc/kernel", (20, 80), mesh)
     with pytest.raises(sharding.ShardingError, match="fsdp=3 does not divide the 8 devices"):
         sharding.make_mesh(3)
+    # the train CLI makes its mesh before the config's checks: this was "fsdp=-1 does not divide the 1 devices"
+    with pytest.raises(sharding.ShardingError, match=re.escape("fsdp=-1 must be >= 0 (0: all devices)")):
+        sharding.make_mesh(-1, jax.devices()[:1])
+    with pytest.raises(sharding.ShardingError, match="fsdp=2 does not divide the 1 device$"):
+        sharding.make_mesh(2, jax.devices()[:1])
 
 
 @pytest.mark.parametrize("pallas_options", [{"attention_impl": "pallas"}, {"fused_norm": True, "remat": True}])
