@@ -37,7 +37,8 @@ def test_config_json_round_trips_through_transformers(tmp_path):
     # Wrong types in a config.json: each one line here, never a traceback from deep in the model.
     (lambda: GPT2Config.from_dict({"layer_norm_epsilon": "abc"}), "layer_norm_epsilon='abc' must be a positive number"),
     (lambda: GPT2Config.from_dict([1, 2]), "a config must be a JSON object of GPT-2 fields, not a list"),
-    (lambda: GPT2Config.from_dict({"eos_token_id": None}), "eos_token_id=None must be a token id"),
+    (lambda: GPT2Config.from_dict({"eos_token_id": "50256"}), "eos_token_id='50256' must be a token id .* or null"),
+    (lambda: GPT2Config.from_dict({"bos_token_id": -1}), r"bos_token_id=-1 must be a token id \(an integer >= 0\) or null"),
     (lambda: GPT2Config.from_dict({"n_layer": True}), "n_layer=True must be a positive integer"),
     (lambda: GPT2Config.from_dict({"n_inner": 3.5}), r"n_inner=3.5 must be a positive integer below 2\*\*31, or null"),
     (lambda: GPT2Config.from_dict({"initializer_range": float("nan")}), "initializer_range=nan must be a positive"),
