@@ -74,6 +74,8 @@ def params_from_state_dict(config: GPT2Config, tensors: Iterable[tuple[str, np.n
         path = hf_key_to_path(key)
         if path not in expected:
             raise ConversionError(f"unexpected key {key!r} in checkpoint (not a GPT-2 parameter)")
+        if path in flat:  # two files of a checkpoint in files, or `wte.weight` beside `transformer.wte.weight`
+            raise ConversionError(f"{key}: found twice in the checkpoint")
         if tuple(value.shape) != expected[path].shape:
             raise ShapeError(f"{key}: shape {tuple(value.shape)} does not match config ({expected[path].shape})")
         if not jnp.issubdtype(value.dtype, jnp.floating):  # bfloat16 too (ml_dtypes: not np.floating)

@@ -19,27 +19,25 @@ SHARD_INDEXES = tuple(f"{name}.index.json" for name in WEIGHT_FILES)  # a checkp
 
 
 class Tensors:
-    """A checkpoint's (name, array) pairs, each read as it is reached, and their count (a progress bar's total)."""
+    """A checkpoint's (name, array) pairs, each read as it is reached, and how many there are (a progress bar's
+    total; for a checkpoint in files, its index's count)."""
 
-    def __init__(self, names: list[str], read: Callable[[str], np.ndarray]):
-        self.names, self.read = names, read
+    def __init__(self, count: int, pairs: Callable[[], Iterator[tuple[str, np.ndarray]]]):
+        self.count, self.pairs = count, pairs
 
     def __len__(self) -> int:
-        return len(self.names)
+        return self.count
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        return ((name, self.read(name)) for name in self.names)
+        return self.pairs()
 
 
 def read_tensors(model_dir: Path) -> Tensors:
-    """The directory's weights: one file (model.safetensors first, as transformers takes it), else the files an
-    index names."""
-    for name in WEIGHT_FILES:
+    """The directory's weights, found as transformers finds them: model.safetensors, its index, pytorch_model.bin,
+    its index."""
+    for name in (WEIGHT_FILES[0], SHARD_INDEXES[0], WEIGHT_FILES[1], SHARD_INDEXES[1]):
         if (model_dir / name).exists():
-            return read_file(model_dir / name)
-    for index in SHARD_INDEXES:
-        if (model_dir / index).exists():
-            return read_shards(model_dir / index)
+            return read_shards(model_dir / name) if name in SHARD_INDEXES else read_file(model_dir / name)
     raise CheckpointFileError(f"{model_dir}: no {' or '.join(WEIGHT_FILES)} (nor an index of such files)")
 
 
@@ -49,7 +47,7 @@ def read_file(path: Path) -> Tensors:
     only, no code run)."""
     if path.suffix == ".bin":
         state_dict = load_bin(path)
-        return Tensors(list(state_dict), state_dict.__getitem__)
+        return Tensors(len(state_dict), lambda: iter(state_dict.items()))
     from safetensors import SafetensorError, safe_open
 
     def unreadable(read, *args, **kwargs):
@@ -64,25 +62,21 @@ def read_file(path: Path) -> Tensors:
         raise CheckpointFileError(f"{path}: cannot read it ({error.strerror or error})") from None
     # pread: each tensor read into its array; a memory map would keep the whole file resident beside them
     tensors = unreadable(safe_open, path, "np", "cpu", backend="pread")
-    return Tensors(list(tensors.keys()), lambda name: unreadable(tensors.get_tensor, name))
+    names = list(tensors.keys())
+    return Tensors(len(names), lambda: ((name, unreadable(tensors.get_tensor, name)) for name in names))
 
 
 def read_shards(index: Path) -> Tensors:
-    """The tensors of the files an index's `weight_map` ({tensor name: file name}) names, a file at a time (a
-    .bin's tensors are all in memory once it is opened: one such file is, not all)."""
+    """Every tensor of each file an index's `weight_map` ({tensor name: file}) names, as transformers loads them
+    (one the map leaves out too), a file at a time (a .bin's tensors are in memory once it is opened)."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        files = {str(name): index.parent / Path(file).name for name, file in weight_map.items()}
+        files = [index.parent / file for file in dict.fromkeys(weight_map.values())]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointFileError(f"{index}: not a checkpoint's index ({first_line(error)})") from None
-    opened: dict[Path, Tensors] = {}
 
-    def read(name: str) -> np.ndarray:
-        if files[name] not in opened:
-            opened.clear()  # the file before is done with: the names are in file order
-            opened[files[name]] = read_file(files[name])
-        if name not in opened[files[name]].names:
-            raise CheckpointFileError(f"{files[name]}: no tensor {name}, which {index.name} places there")
-        return opened[files[name]].read(name)
+    def pairs() -> Iterator[tuple[str, np.ndarray]]:
+        for file in files:
+            yield from read_file(file)
 
-    return Tensors(sorted(files, key=lambda name: (str(files[name]), name)), read)
+    return Tensors(len(weight_map), pairs)

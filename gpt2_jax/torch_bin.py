@@ -30,7 +30,7 @@ def load_bin(bin_file: Path) -> dict[str, np.ndarray]:
         with warnings.catch_warnings():  # a plain pickle (not torch.save's zip) warns of its protocol, in two lines
             warnings.simplefilter("ignore")
             state_dict = torch.load(bin_file, map_location="cpu", weights_only=True)
-    except (PermissionError, IsADirectoryError) as error:  # the machine's answer, as for model.safetensors
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:  # as for model.safetensors
         raise TorchFileError(f"{bin_file}: cannot read it ({error.strerror})") from None
     except Exception as error:  # torch raises RuntimeError/UnpicklingError/EOFError variants
         text = str(error)  # torch 2.4's "Unsupported global: GLOBAL x.y", 2.6's "unsupported GLOBAL x.y whose module"

@@ -76,6 +76,16 @@ def test_checkpoints_split_into_files_load_as_the_whole_one(hf_model, hf_dir, tm
     files and an index of them; older .bin checkpoints the same way: both were refused as having no weights."""
     if file_name == "model.safetensors":
         hf_model.save_pretrained(tmp_path, max_shard_size="20KB")
+        # As transformers: the shards before a pytorch_model.bin beside them (other weights here), every tensor of
+        # a file whether its index lists it or not, files in a folder the index names
+        torch.save(random_hf_model(seed=1).state_dict(), tmp_path / "pytorch_model.bin")
+        index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+        del index["weight_map"]["transformer.ln_f.bias"]
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "model-00003-of-00003.safetensors").rename(tmp_path / "sub" / "model-00003-of-00003.safetensors")
+        index["weight_map"] = {name: file.replace("model-00003", "sub/model-00003")
+                               for name, file in index["weight_map"].items()}
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     else:
         state_dict = hf_model.state_dict()
         files = {name: f"pytorch_model-0000{1 + i % 3}-of-00003.bin" for i, name in enumerate(state_dict)}
@@ -83,7 +93,7 @@ def test_checkpoints_split_into_files_load_as_the_whole_one(hf_model, hf_dir, tm
             torch.save({name: state_dict[name] for name in state_dict if files[name] == file}, tmp_path / file)
         (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": files}))
         (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
-    assert len(list(tmp_path.glob("*-of-*"))) == 3 and not (tmp_path / file_name).exists()
+    assert len(list(tmp_path.glob("**/*-of-*"))) == 3 and not (tmp_path / file_name).exists()
     config, params = from_hf(str(tmp_path))
     assert rel_error(logits(config, params, ids), hf_logits(tmp_path, ids)) < 1e-5
 
@@ -105,6 +115,7 @@ def test_a_hub_model_comes_with_its_safetensors_else_its_bin_weights(hf_model, t
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     hf_model.save_pretrained(tmp_path / "hub" / "someone" / "sharded", max_shard_size="20KB")
+    torch.save(hf_model.state_dict(), tmp_path / "hub" / "someone" / "sharded" / "pytorch_model.bin")  # not fetched
     hf_model.save_pretrained(tmp_path / "hub" / "someone" / "old")
     torch.save(hf_model.state_dict(), tmp_path / "hub" / "someone" / "old" / "pytorch_model.bin")
     (tmp_path / "hub" / "someone" / "old" / "model.safetensors").unlink()
@@ -113,6 +124,7 @@ def test_a_hub_model_comes_with_its_safetensors_else_its_bin_weights(hf_model, t
         assert rel_error(logits(config, params, ids), hf_logits(tmp_path / "hub" / name, ids)) < 1e-5
     assert {f.name for f in (tmp_path / "cache" / "someone" / "old").iterdir()} == {
         "config.json", "generation_config.json", "pytorch_model.bin"}
+    assert not (tmp_path / "cache" / "someone" / "sharded" / "pytorch_model.bin").exists()
 
 
 def test_a_config_json_may_name_the_shape_as_transformers_aliases_do(hf_dir, tmp_path, ids):
@@ -312,7 +324,7 @@ def test_a_checkpoint_is_counted_before_its_tensors_are_read(hf_dir, tmp_path):
     # convert's progress bar has a total, and a damaged file is refused before the bar, not after an empty one.
     tensors = hf_weights.read_tensors(hf_dir)
     assert len(tensors) == len(transformers.GPT2LMHeadModel.from_pretrained(hf_dir).state_dict()) - 1  # lm_head: tied
-    assert dict(tensors).keys() == set(tensors.names)
+    assert len(dict(tensors)) == len(tensors)
     shutil.copy(hf_dir / "config.json", tmp_path)
     (tmp_path / "model.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes()[:100])
     with pytest.raises(CheckpointFileError, match="unreadable safetensors file"):
@@ -339,6 +351,10 @@ def test_a_weights_file_this_user_may_not_read_says_so(hf_model, hf_dir, tmp_pat
     assert_one_line_error(result, f"{tmp_path / 'hf' / weights}: cannot read it (Permission denied)")
 
 
+SHARDED_CASES = ("index_not_json", "missing_shard", "shard_without_its_tensor", "tensor_in_two_files",
+                 "unlisted_untied_head")
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing_dir", "no such directory"),
     ("no_weights", "no model.safetensors or pytorch_model.bin"),
@@ -357,8 +373,9 @@ def test_a_weights_file_this_user_may_not_read_says_so(hf_model, hf_dir, tmp_pat
     ("untied_head", "lm_head.weight differs from transformer.wte.weight: an untied output head is not supported"),
     ("index_not_json", "model.safetensors.index.json: not a checkpoint's index"),
     ("missing_shard", "model-00002-of-00002.safetensors: cannot read it (No such file or directory)"),
-    ("shard_without_its_tensor", "model-00002-of-00002.safetensors: no tensor transformer.wte.weight, which "
-                                 "model.safetensors.index.json places there"),
+    ("shard_without_its_tensor", "checkpoint is missing 1 parameter(s), e.g. transformer.wte.weight"),
+    ("tensor_in_two_files", "transformer.wte.weight: found twice in the checkpoint"),
+    ("unlisted_untied_head", "lm_head.weight differs from transformer.wte.weight"),
     # was: a shape mismatch that blamed the weights for what config.json left out
     ("config_no_n_embd", "n_embd=768 is not divisible by n_head=5 (config.json gives no n_embd: GPT-2 124M's taken)"),
     ("config_no_n_layer", "missing 108 parameter(s), e.g. transformer.h.10.attn.c_attn.bias (config.json gives no "
@@ -424,15 +441,25 @@ def test_bad_checkpoints_are_one_line_errors(hf_model, hf_dir, tmp_path, case, m
         else:
             torch.save(content, tmp_path / "pytorch_model.bin")
     elif case == "untied_head":
-        save_file({**weights, "lm_head.weight": weights["transformer.wte.weight"] + 1e-3}, tmp_path / "model.safetensors")
-    elif case in ("index_not_json", "missing_shard", "shard_without_its_tensor"):
-        names = sorted(weights)  # transformer.wte.weight last: in the second file
+        head = weights["transformer.wte.weight"] + 1e-3
+        save_file({**weights, "lm_head.weight": head}, tmp_path / "model.safetensors")
+    elif case in SHARDED_CASES:
+        names = sorted(name for name in weights if name != "lm_head.weight")  # transformer.wte.weight last
         files = {name: f"model-0000{1 + (i >= 5)}-of-00002.safetensors" for i, name in enumerate(names)}
         (tmp_path / "model.safetensors.index.json").write_text(
             "{" if case == "index_not_json" else json.dumps({"weight_map": files}))
-        for file in sorted(set(files.values()))[:1 if case == "missing_shard" else 2]:
-            save_file({name: weights[name] for name in names if files[name] == file and not (
-                case == "shard_without_its_tensor" and name == "transformer.wte.weight")}, tmp_path / file)
+        first, second = contents = {file: {name: weights[name] for name in names if files[name] == file}
+                                    for file in sorted(set(files.values()))}
+        if case == "missing_shard":
+            del contents[second]
+        elif case == "shard_without_its_tensor":
+            del contents[second]["transformer.wte.weight"]
+        elif case == "tensor_in_two_files":
+            contents[first]["transformer.wte.weight"] = weights["transformer.wte.weight"]
+        elif case == "unlisted_untied_head":  # transformers loads what a file holds, listed or not
+            contents[first]["lm_head.weight"] = weights["transformer.wte.weight"] + 1e-3
+        for file, tensors in contents.items():
+            save_file(tensors, tmp_path / file)
     elif case.endswith("_values"):
         if case == "nan_values":
             weights["transformer.h.1.mlp.c_fc.weight"][3, 4] = np.nan
