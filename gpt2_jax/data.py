@@ -1,9 +1,9 @@
 """The input pipeline: windows of block_size + 1 tokens, from the shards or from the validation text.
 
-Training reads the windows shuffled by grain (a new permutation each epoch, fixed by the
-seed), each process its own slice, in batches; the grain iterator's state is saved with every
-checkpoint (train_checkpoints.py), so a resumed run continues the same order. Evaluation reads every
-window of a split once, in order.
+Training reads the windows shuffled by grain, a new permutation each epoch (grain seeds epoch e with seed + e, so
+the seed is hashed first: else seed s + 1 read seed s's epochs, one later), each process its own slice, in
+batches; the grain iterator's state is saved with every checkpoint (train_checkpoints.py), so a resumed run
+continues the same order. Evaluation reads every window of a split once, in order.
 
 Models of different tokenizers are compared on the validation *text*, the same bytes for
 every model (`read_documents`, `TextWindows`):
@@ -35,6 +35,8 @@ import numpy as np
 from gpt2_jax import shards
 from gpt2_jax.shards import DataError
 from gpt2_jax.tokenizer import Tokenizer, get_tokenizer
+
+ORDER_VERSION = 2  # the order train_iterator reads windows in, recorded by a run (workdir.py): 2, the seed hashed
 
 
 class WindowSource:
@@ -72,8 +74,7 @@ def train_iterator(data_dir: str | Path, block_size: int, batch_per_process: int
     """An endless, checkpointable iterator of shuffled [batch_per_process, block_size + 1] int32 batches."""
     dataset = (
         grain.MapDataset.source(WindowSource(data_dir, "train", block_size))
-        # grain shuffles epoch e with seed + e: runs of seeds s and s + 1 read the same orders an epoch apart unhashed
-        .shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        .shuffle(seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))  # the docstring says why
         .repeat()  # each epoch reshuffled, deterministically
         [process_index::process_count]
         .batch(batch_per_process, drop_remainder=True)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from gpt2_jax.config import GPT2Config
+from gpt2_jax.data import ORDER_VERSION
 from gpt2_jax.model_dirs import CHECKPOINTS, TRAIN_CONFIG
 from gpt2_jax.optim import learning_rates
 from gpt2_jax.train_config import FIELDS, fits_setting
@@ -23,6 +24,7 @@ SHAPE_SETTINGS = ("vocab_pad_multiple",)
 ORDER_SETTINGS = ("seed", "tokens_per_step")
 DATA_FINGERPRINT = "data_fingerprint"  # train_config.json's record of the data's identity (data_fingerprint)
 PROCESSES = "processes"  # and of how many processes trained it: each keeps its own place in the data
+DATA_ORDER = "data_order"  # and of the order data.py reads windows in (its ORDER_VERSION; none recorded: 1)
 
 
 def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int) -> dict[str, tuple]:
@@ -50,6 +52,11 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
     if resuming and saved.get(DATA_FINGERPRINT, fingerprint) != fingerprint:  # older runs: none to compare
         raise WorkdirError(f"{config.data_dir} is not the data the run in {workdir} was reading (other shards or "
                            "splits): resuming would change its data order; give that data_dir, or use a new --workdir")
+    if resuming and saved.get(DATA_ORDER, 1) != ORDER_VERSION:
+        raise WorkdirError(f"the run in {workdir} reads its windows in an order this gpt2_jax no longer makes (data "
+                           f"order {saved.get(DATA_ORDER, 1)}, now {ORDER_VERSION}): resuming would repeat some and "
+                           "skip others; finish it with the gpt2_jax it started with, or start a new --workdir from "
+                           f"its weights with --config.init_from={workdir}")
     if resuming and saved.get(PROCESSES, processes) != processes:  # a run from before the record: none to compare
         raise WorkdirError(f"the run in {workdir} was trained by {saved[PROCESSES]} process(es), each with its own "
                            f"place in the data, and resumes only with {saved[PROCESSES]}, not {processes}; or start a "
@@ -102,5 +109,6 @@ def write_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
     """config.json (the model, HF schema) and train_config.json (this run's settings, its data's identity and
     how many processes read it)."""
     model_config.to_json(workdir / MODEL_CONFIG)
-    settings = {**config.to_dict(), DATA_FINGERPRINT: data_fingerprint(meta), PROCESSES: processes}
+    settings = {**config.to_dict(), DATA_FINGERPRINT: data_fingerprint(meta), PROCESSES: processes,
+                DATA_ORDER: ORDER_VERSION}
     (workdir / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")

@@ -17,6 +17,7 @@ from gpt2_jax.metrics import read_metrics
 from gpt2_jax.workdir_lock import WorkdirError, WorkdirLock
 
 ROOT = Path(__file__).parent.parent
+AS_WRITTEN = {"data_order": 2}  # what a run writes beside its settings (but for the data's fingerprint, processes)
 
 
 def test_the_lock_names_its_holder_and_is_released(tmp_path):
@@ -178,14 +179,14 @@ def test_a_train_config_json_with_values_of_other_types_is_one_line(tmp_path, ed
     from gpt2_jax.workdir import check_settings
 
     config = default_config()
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **edit}))
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, **edit}))
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     with pytest.raises(WorkdirError, match=re.escape(f"train_config.json: unreadable ({message})")):
         check_settings(tmp_path, None, config, {}, 1)
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "learning_rate": 1, "gone_key": 3}))
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "learning_rate": 1, "gone_key": 3}))
     assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (1, 0.0006)}  # an int for a float
     config.learning_rate = 1  # a config file's int for a float: the saved float is still of its type
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "learning_rate": 0.0006}))
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "learning_rate": 0.0006}))
     assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (0.0006, 1)}
 
 
@@ -196,7 +197,7 @@ def test_a_run_whose_config_set_none_for_an_empty_text_resumes(tmp_path):
     from gpt2_jax.workdir import check_settings
 
     config = default_config()
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "hellaswag": None}))
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "hellaswag": None}))
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     assert check_settings(tmp_path, None, config, {}, 1) == {}
 
@@ -209,13 +210,33 @@ def test_a_run_saved_with_a_kernel_setting_of_any_kind_resumes(tmp_path, saved):
     from gpt2_jax.workdir import check_settings, describe_changes
 
     config = default_config()
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "fused_norm": saved}))
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "fused_norm": saved}))
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     changed = check_settings(tmp_path, None, config, {}, 1)
     assert changed == ({} if saved is None else {"fused_norm": (saved, None)})
     if changed:  # what the resume prints
         assert describe_changes(config, changed, 10) == (f"settings changed since this run's last start: fused_norm "
                                                          f"{saved} -> None (the platform's choice)")
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), "split_qkv": "yes"}))
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "split_qkv": "yes"}))
     with pytest.raises(WorkdirError, match=re.escape("unreadable (values a run never writes: split_qkv 'yes')")):
         check_settings(tmp_path, None, config, {}, 1)
+
+
+def test_a_run_that_read_another_data_order_is_refused_not_resumed_on_another(tmp_path):
+    """The shuffle's seed became a hash of the run's (data.py): a run started before, resumed after, would read the
+    rest of its epoch in another permutation, repeating some windows and skipping others (241 of 1,000 repeated in
+    a reviewer's repro). Those runs recorded no data order; a new run's record is data.ORDER_VERSION."""
+    from gpt2_jax.data import ORDER_VERSION
+    from gpt2_jax.train_config import default_config
+    from gpt2_jax.workdir import check_settings
+
+    config = default_config()
+    assert AS_WRITTEN == {"data_order": ORDER_VERSION}
+    (tmp_path / "train_config.json").write_text(json.dumps(config.to_dict()))
+    assert check_settings(tmp_path, None, config, {}, 1) == {}  # nothing saved to resume: nothing to keep
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    with pytest.raises(WorkdirError, match=re.escape(
+            f"reads its windows in an order this gpt2_jax no longer makes (data order 1, now {ORDER_VERSION})")):
+        check_settings(tmp_path, None, config, {}, 1)
+    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN}))
+    assert check_settings(tmp_path, None, config, {}, 1) == {}
