@@ -2,7 +2,7 @@
 
 --model is a hub name, an HF directory, a params directory or a training workdir. One
 sample streams as it is generated; several are printed when done, each under a
-`---- sample i/n ----` line. Generation stops at <|endoftext|>.
+`---- sample i/n ----` line. Generation stops at the model's eos_token_id (GPT-2's: <|endoftext|>; null: never).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ class StreamPrinter:
     """An `on_token` callback for one sample: prints the text as it grows, in whole UTF-8 characters (an incremental
     decoder holds a character's first bytes until the rest come; each token is decoded once, not the text again)."""
 
-    def __init__(self, tokenizer, prompt_ids):
-        self.tokenizer, self.failure = tokenizer, None
+    def __init__(self, tokenizer, prompt_ids, end_id: int | None):
+        self.tokenizer, self.end_id, self.failure = tokenizer, end_id, None
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # as tokenizer.decode replaces
         self.unwritten = self.utf8.decode(tokenizer.decode_bytes(list(prompt_ids)))  # with the first token
 
     def __call__(self, tokens_B):
-        if int(tokens_B[0]) != self.tokenizer.eot_token:
+        if int(tokens_B[0]) != self.end_id:
             self.write(self.utf8.decode(self.tokenizer.decode_bytes([int(tokens_B[0])])))
 
     def write(self, text):
@@ -91,7 +91,8 @@ def main(argv=None):
     loaded = load_model(args.model)
     prompt_ids = loaded.tokenizer.encode(args.prompt)
     check_fits_memory(loaded.config, args.num_samples, len(prompt_ids), args.max_new_tokens, args.dtype)
-    stream = StreamPrinter(loaded.tokenizer, prompt_ids) if args.num_samples == 1 else None
+    end_id = loaded.config.eos_token_id
+    stream = StreamPrinter(loaded.tokenizer, prompt_ids, end_id) if args.num_samples == 1 else None
     progress = None
 
     def count(made):  # several samples print when done: until then, a progress bar
@@ -112,9 +113,9 @@ def main(argv=None):
             )
     except GenerationInterrupted as interrupted:  # Ctrl-C (SIGTERM): print what was made, exit 130 (143; errors.py)
         with contextlib.suppress(OSError, StdoutError):  # a terminal gone (SIGHUP): the signal's exit code all the same
-            print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress)
+            print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress, end_id)
         raise
-    print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress)
+    print_samples(loaded.tokenizer, prompt_ids, tokens_BxL, stream, progress, end_id)
 
 
 def check_fits_memory(config, num_samples: int, prompt_length: int, max_new_tokens: int, dtype: str) -> None:
@@ -130,19 +131,18 @@ def check_fits_memory(config, num_samples: int, prompt_length: int, max_new_toke
                         f"at most {available // per_sample:,} samples of {length} tokens fit")
 
 
-def print_samples(tokenizer, prompt_ids, tokens_BxL, stream: StreamPrinter | None, progress) -> None:
-    """The rest of a streamed sample, or each sample under a `---- sample i/n ----` line, cut at end-of-text."""
+def print_samples(tokenizer, prompt_ids, tokens_BxL, stream: StreamPrinter | None, progress, end_id) -> None:
+    """The rest of a streamed sample, or each sample under a `---- sample i/n ----` line, cut at `end_id`."""
     if progress is not None:
         progress.close()
     if stream:
         stream.finish()
         return
-    eot = tokenizer.eot_token
     rows = np.asarray(tokens_BxL).tolist()
     for number, row in enumerate(rows, 1):
         new = row[len(prompt_ids):]
         print(f"---- sample {number}/{len(rows)} ----")
-        print(tokenizer.decode(prompt_ids + new[: new.index(eot) if eot in new else None]))
+        print(tokenizer.decode(prompt_ids + new[: new.index(end_id) if end_id in new else None]))
 
 
 if __name__ == "__main__":

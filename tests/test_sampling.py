@@ -437,7 +437,7 @@ def test_the_streamed_sample_prints_whole_characters_and_ends_as_the_whole_decod
     monkeypatch.setattr(sys, "stdout", type("Recorder", (), {"write": lambda self, text: written.append(text),
                                                             "flush": lambda self: None})())
     prompt, new = list("héllo ".encode()), [*"→✓".encode(), 0xFF, tokenizer.eot_token, *"é".encode(), 0xE2, 0x86]
-    printer = StreamPrinter(tokenizer, prompt)
+    printer = StreamPrinter(tokenizer, prompt, tokenizer.eot_token)
     printed_after = []
     for token in new:
         printer(np.array([token]))
@@ -447,3 +447,22 @@ def test_the_streamed_sample_prints_whole_characters_and_ends_as_the_whole_decod
     assert printed_after[6] == "héllo →✓\ufffd"  # an invalid byte: replaced at once
     assert "".join(written) == tokenizer.decode(prompt + [t for t in new if t != tokenizer.eot_token]) + "\n"
     assert "".join(written).endswith("é\ufffd\n")  # the unfinished character, as decode replaces it
+
+
+@pytest.mark.parametrize("end_id", [256, None])
+def test_a_sample_prints_the_same_text_streamed_as_printed_whole(end_id, capsys):
+    """Cut at the model's end id (none: a model whose eos_token_id is null runs past <|endoftext|>); streamed, it
+    dropped end-of-text and printed on, printed whole it cut there."""
+    from gpt2_jax.sample import StreamPrinter, print_samples
+
+    tokenizer, prompt = get_tokenizer("byte"), list(b"ab")
+    after = [ord("d"), ord("e")] if end_id is None else [end_id, end_id]  # generate fills an ended row with its id
+    new = [ord("c"), tokenizer.eot_token, *after]
+    printer = StreamPrinter(tokenizer, prompt, end_id)
+    for token in new:
+        printer(np.array([token]))
+    print_samples(tokenizer, prompt, np.array([prompt + new]), printer, None, end_id)
+    streamed = capsys.readouterr().out
+    print_samples(tokenizer, prompt, np.array([prompt + new]), None, None, end_id)
+    assert capsys.readouterr().out == "---- sample 1/1 ----\n" + streamed
+    assert streamed == ("abc\n" if end_id is not None else tokenizer.decode(prompt + new) + "\n")
