@@ -66,7 +66,7 @@ def _layer_norm_backward(epsilon, dtype, saved, dy):
     g = dy * scale
     dx = rstd * (g - jnp.mean(g, -1, keepdims=True) - x_hat * jnp.mean(g * x_hat, -1, keepdims=True))
     rows = tuple(range(x.ndim - 1))
-    return dx.astype(x.dtype), jnp.sum(dy * x_hat, rows), jnp.sum(dy, rows)
+    return dx.astype(x.dtype), *(jnp.sum(d, rows).astype(scale.dtype) for d in (dy * x_hat, dy))  # scale's, bias's
 
 
 layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
