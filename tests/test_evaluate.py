@@ -162,7 +162,7 @@ def test_end_of_text_is_a_target_of_val_loss_but_no_text_in_val_bpb(bpe_model_di
 
 def test_counts_past_int32s_range_add_up_on_the_host(byte_model_dir):
     """The sums ran in int32 on the devices: past 2^31 bytes (FineWeb-Edu's val split read whole) val_bpb was
-    negative. Here every byte counts 2^22 (the tokenizer's stand-in), 1,999 bytes: 8.4e9 in 500 batches."""
+    negative. Here every byte counts 2^22 (the tokenizer's stand-in), 1,998 bytes: 8.4e9 in 500 batches."""
     loaded, model, mesh, params = load_replicated(str(byte_model_dir))
     heavy = types.SimpleNamespace(token_bytes=lambda: loaded.tokenizer.token_bytes() * 2**22)
     windows = TextWindows([Path(SHAKESPEARE).read_text()[:1998]], loaded.tokenizer, 4)

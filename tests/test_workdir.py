@@ -20,6 +20,11 @@ ROOT = Path(__file__).parent.parent
 AS_WRITTEN = {"data_order": 2}  # what a run writes beside its settings (but for the data's fingerprint, processes)
 
 
+def write_run_settings(workdir, config, edits):
+    """train_config.json as a run writes it, but for `edits`."""
+    (workdir / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, **edits}))
+
+
 def test_the_lock_names_its_holder_and_is_released(tmp_path):
     first = WorkdirLock(tmp_path / "run")
     first.acquire()
@@ -179,14 +184,14 @@ def test_a_train_config_json_with_values_of_other_types_is_one_line(tmp_path, ed
     from gpt2_jax.workdir import check_settings
 
     config = default_config()
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, **edit}))
+    write_run_settings(tmp_path, config, edit)
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     with pytest.raises(WorkdirError, match=re.escape(f"train_config.json: unreadable ({message})")):
         check_settings(tmp_path, None, config, {}, 1)
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "learning_rate": 1, "gone_key": 3}))
+    write_run_settings(tmp_path, config, {"learning_rate": 1, "gone_key": 3})
     assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (1, 0.0006)}  # an int for a float
     config.learning_rate = 1  # a config file's int for a float: the saved float is still of its type
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "learning_rate": 0.0006}))
+    write_run_settings(tmp_path, config, {"learning_rate": 0.0006})
     assert check_settings(tmp_path, None, config, {}, 1) == {"learning_rate": (0.0006, 1)}
 
 
@@ -197,7 +202,7 @@ def test_a_run_whose_config_set_none_for_an_empty_text_resumes(tmp_path):
     from gpt2_jax.workdir import check_settings
 
     config = default_config()
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "hellaswag": None}))
+    write_run_settings(tmp_path, config, {"hellaswag": None})
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     assert check_settings(tmp_path, None, config, {}, 1) == {}
 
@@ -210,14 +215,14 @@ def test_a_run_saved_with_a_kernel_setting_of_any_kind_resumes(tmp_path, saved):
     from gpt2_jax.workdir import check_settings, describe_changes
 
     config = default_config()
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "fused_norm": saved}))
+    write_run_settings(tmp_path, config, {"fused_norm": saved})
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     changed = check_settings(tmp_path, None, config, {}, 1)
     assert changed == ({} if saved is None else {"fused_norm": (saved, None)})
     if changed:  # what the resume prints
         assert describe_changes(config, changed, 10) == (f"settings changed since this run's last start: fused_norm "
                                                          f"{saved} -> None (the platform's choice)")
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN, "split_qkv": "yes"}))
+    write_run_settings(tmp_path, config, {"split_qkv": "yes"})
     with pytest.raises(WorkdirError, match=re.escape("unreadable (values a run never writes: split_qkv 'yes')")):
         check_settings(tmp_path, None, config, {}, 1)
 
@@ -238,5 +243,5 @@ def test_a_run_that_read_another_data_order_is_refused_not_resumed_on_another(tm
     with pytest.raises(WorkdirError, match=re.escape(
             f"reads its windows in an order this gpt2_jax no longer makes (data order 1, now {ORDER_VERSION})")):
         check_settings(tmp_path, None, config, {}, 1)
-    (tmp_path / "train_config.json").write_text(json.dumps({**config.to_dict(), **AS_WRITTEN}))
+    write_run_settings(tmp_path, config, {})
     assert check_settings(tmp_path, None, config, {}, 1) == {}
