@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,8 @@ def checked_settings(temperature, top_k: int | None, top_p: float | None, rng):
     if rng is not None and not is_key(rng):
         got = f"an array of {rng.dtype}, shape {rng.shape}" if hasattr(rng, "shape") else repr(rng)
         raise SamplingError(f"rng must be one JAX random key, jax.random.key(seed), not {got}")
-    return temperature, top_k, top_p
+    # top_p 1 keeps every token, so no filter (as transformers): float32's running mass rounds to 1 before the tail
+    return temperature, top_k, None if top_p == 1 else top_p
 
 
 def is_key(rng) -> bool:
@@ -46,12 +49,10 @@ def is_scalar(value, kind) -> bool:
 
 
 def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: float | None):
-    """One token per row: greedy at temperature 0, else temperature, top-k, then top-p.
+    """One token per row: greedy at temperature 0, else temperature, top-k, then top-p (transformers' order).
 
-    The order is transformers'. Top-p keeps the most likely tokens until their mass reaches
-    p (always at least one). Sampling runs over the top-k candidates only, which keeps a
-    step cheap: no full-vocabulary sort or noise unless top-p is asked for without top-k.
-    Returns [B] int32 token ids.
+    Sampling runs over the top-k candidates (`kept_tokens`), which keeps a step cheap: no full-vocabulary sort
+    or noise unless top-p is asked for without top-k. Returns [B] int32 token ids.
     """
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -61,11 +62,53 @@ def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: f
     logits_BxV = jnp.where(below_max_BxV == 0, 0.0, below_max_BxV / temperature)
     if top_k is None and top_p is None:
         return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
-    k = min(top_k or logits_BxV.shape[-1], logits_BxV.shape[-1])
-    logits_BxK, ids_BxK = jax.lax.top_k(logits_BxV, k)  # sorted, most likely first
-    if top_p is not None:
-        probs_BxK = jax.nn.softmax(logits_BxK, axis=-1)
+    kept = kept_tokens(logits_BxV, top_k, top_p)
+    choice_B = jax.random.categorical(key, kept.logits_BxK)
+    token_B = jnp.take_along_axis(kept.ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    # The tail (tokens tied with the k-th that top-k's k ids left out) is drawn as a whole in proportion to its mass,
+    # then one of its tokens uniformly (they are equally likely): without a tail the draws are the candidates'.
+    tail_log_mass_B = kept.tail_logit_B + jnp.log(kept.tail_B)  # -inf without a tail
+    tail_share_B = jnp.exp(tail_log_mass_B - jnp.logaddexp(jax.nn.logsumexp(kept.logits_BxK, -1), tail_log_mass_B))
+    in_tail_B = jax.random.uniform(jax.random.fold_in(key, 1), tail_share_B.shape) < tail_share_B
+    return jax.lax.cond(in_tail_B.any(), lambda: jnp.where(in_tail_B, tail_token(
+        logits_BxV, kept, jax.random.fold_in(key, 2)), token_B), lambda: token_B)
+
+
+class Kept(NamedTuple):
+    """What top-k, then top-p, keep of each row: `logits_BxK` (-inf where top-p dropped one) at `ids_BxK`, most
+    likely first, and the first `tail_B` (in id order) of the other tokens tied with the k-th, each at logit
+    `tail_logit_B`. transformers keeps every token tied with the k-th; bf16 logits tie often."""
+
+    logits_BxK: jax.Array
+    ids_BxK: jax.Array
+    tail_B: jax.Array
+    tail_logit_B: jax.Array
+
+
+def kept_tokens(logits_BxV, top_k: int | None, top_p: float | None) -> Kept:
+    """transformers' top-k and top-p filters as candidates, with ties broken by the lower id first (as lax.top_k)."""
+    logits_BxK, ids_BxK = jax.lax.top_k(logits_BxV, min(top_k or logits_BxV.shape[-1], logits_BxV.shape[-1]))
+    # Read beside the logits, top_k's k-th became a full sort in XLA:CPU (50 ms a step at B=5): a barrier keeps top_k.
+    logits_BxK, ids_BxK, logits_BxV = jax.lax.optimization_barrier((logits_BxK, ids_BxK, logits_BxV))
+    kth_B = logits_BxK[:, -1]
+    tail_B = (logits_BxV == kth_B[:, None]).sum(-1) - (logits_BxK == kth_B[:, None]).sum(-1)  # 0 if K = V
+    if top_p is not None and top_p < 1:  # the most likely tokens until their mass reaches top_p: the tail's last
+        log_mass_B = jnp.logaddexp(jax.nn.logsumexp(logits_BxK, -1), kth_B + jnp.log(tail_B))
+        probs_BxK = jnp.exp(logits_BxK - log_mass_B[:, None])
         mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
         logits_BxK = jnp.where(mass_before_BxK < top_p, logits_BxK, -jnp.inf)
-    choice_B = jax.random.categorical(key, logits_BxK)
-    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        # tail token m (from 0) has mass mass_before_tail + m * tail_prob before it: kept while that is < top_p
+        tail_prob_B = jnp.exp(kth_B - log_mass_B)
+        room_B = (top_p - (mass_before_BxK[:, -1] + probs_BxK[:, -1])) / jnp.where(tail_prob_B > 0, tail_prob_B, 1)
+        tail_B = jnp.where(tail_prob_B > 0, jnp.clip(jnp.ceil(room_B), 0, tail_B), 0).astype(tail_B.dtype)
+    return Kept(logits_BxK, ids_BxK, tail_B, kth_B)
+
+
+def tail_token(logits_BxV, kept: Kept, key):
+    """One of each row's kept tail tokens, uniformly: the tied tokens past those among the candidates, in id order."""
+    tied_BxV = logits_BxV == kept.tail_logit_B[:, None]
+    rank_BxV = jnp.cumsum(tied_BxV, axis=-1, dtype=jnp.int32) - 1
+    # A row with a tail kept all its candidates (top-p keeps a prefix; the tail comes last): its tied ones go first.
+    first_B = (kept.logits_BxK == kept.tail_logit_B[:, None]).sum(-1)
+    pick_B = first_B + jax.random.randint(key, first_B.shape, 0, jnp.maximum(kept.tail_B, 1))
+    return jnp.argmax(tied_BxV & (rank_BxV == pick_B[:, None]), axis=-1).astype(jnp.int32)

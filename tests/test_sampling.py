@@ -20,7 +20,7 @@ from conftest import assert_one_line_error, rel_error, run_main
 
 from gpt2_jax import GPT2, GPT2Config, from_hf, generate, sample, sampling
 from gpt2_jax.kv_cache import cache_bytes, init_cache
-from gpt2_jax.next_token import sample_next
+from gpt2_jax.next_token import kept_tokens, sample_next
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError
 from gpt2_jax.tokenizer import get_tokenizer
 
@@ -158,6 +158,59 @@ def test_top_k_and_top_p_sample_only_from_the_kept_tokens_in_proportion():
         assert set(np.nonzero(counts)[0]) <= set(kept.tolist()), name
         expected = probs_V[kept] / probs_V[kept].sum()
         np.testing.assert_allclose(counts[kept] / counts.sum(), expected, atol=0.015, err_msg=name)
+
+
+def kept_distribution(logits_BxV, top_k, top_p):
+    """The probabilities top-k and top-p leave each token, read from next_token.kept_tokens (float64)."""
+    kept, out_BxV = kept_tokens(jnp.asarray(logits_BxV), top_k, top_p), np.zeros(logits_BxV.shape)
+    for row, (logits_K, ids_K, tail, tail_logit) in enumerate(zip(*map(np.asarray, kept))):
+        tied_ids = np.nonzero(logits_BxV[row] == tail_logit)[0]
+        tail_ids = tied_ids[(logits_K == tail_logit).sum():][:tail]  # the tied tokens past the candidates, by id
+        out_BxV[row, ids_K] = np.exp(logits_K.astype(np.float64) - logits_K.max())
+        out_BxV[row, tail_ids] = np.exp(np.float64(tail_logit) - logits_K.max())
+    return out_BxV / out_BxV.sum(-1, keepdims=True)
+
+
+def transformers_distribution(logits_BxV, top_k, top_p):
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    scores = torch.tensor(logits_BxV)
+    scores = TopKLogitsWarper(top_k)(None, scores) if top_k else scores
+    scores = TopPLogitsWarper(top_p)(None, scores) if top_p else scores
+    return torch.softmax(scores.double(), -1).numpy()
+
+
+@pytest.mark.parametrize("top_k, top_p", [(10, None), (50, None), (200, None), (50, 0.9), (200, 0.5)])
+def test_top_k_keeps_every_token_tied_with_the_kth_as_transformers(top_k, top_p):
+    """bf16 logits tie at the k-th at most steps (73% of rows at k=50 here): lax.top_k kept exactly k, the lower ids."""
+    logits_BxV = np.asarray(jnp.asarray(np.random.RandomState(6).normal(size=(8, 50257)) * 2, jnp.bfloat16), np.float32)
+    ours, theirs = kept_distribution(logits_BxV, top_k, top_p), transformers_distribution(logits_BxV, top_k, top_p)
+    if top_p is None:
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+    else:  # a tie cut by top-p: as many kept, each as likely; which ids is each sort's own order (ours: the lower)
+        np.testing.assert_allclose(np.sort(ours), np.sort(theirs), rtol=1e-5, atol=1e-9)
+        assert ((ours > 0).sum(-1) == (theirs > 0).sum(-1)).all()
+
+
+def test_tokens_tied_with_the_kth_are_drawn_in_proportion():
+    logits_V = np.array([3.0, 0.5, 1.0, 2.0, 1.0, 1.0, -1.0, 1.0, 1.0, 0.0], np.float32)  # five tie at the 3rd
+    expected = {(3, None): transformers_distribution(logits_V[None], 3, None)[0],
+                (3, 0.8): transformers_distribution(logits_V[None], 3, 0.8)[0]}
+    for (top_k, top_p), probs_V in expected.items():
+        draws = sample_next(jnp.tile(jnp.asarray(logits_V), (40000, 1)), jax.random.key(7), 1.0, top_k, top_p)
+        frequencies = np.bincount(np.asarray(draws), minlength=10) / 40000
+        assert set(np.nonzero(frequencies)[0]) == set(np.nonzero(probs_V)[0]) or top_p, (top_k, top_p)
+        np.testing.assert_allclose(np.sort(frequencies), np.sort(probs_V), atol=0.01, err_msg=str((top_k, top_p)))
+
+
+def test_top_p_one_keeps_every_token(tiny):
+    """float32's running mass reached 1 before the tail: top_p=1 dropped tokens (transformers adds no filter)."""
+    peaked_BxV = np.random.RandomState(8).normal(size=(2, 50257)).astype(np.float32) * 15
+    assert (kept_distribution(peaked_BxV, None, 1.0) > 0).all()
+    config, params = tiny  # and the draws are those without top-p
+    prompt, settings = np.random.RandomState(8).randint(0, config.vocab_size, (4, 3)), dict(rng=jax.random.key(9))
+    np.testing.assert_array_equal(generate(GPT2(config), params, prompt, 8, top_p=1.0, **settings),
+                                  generate(GPT2(config), params, prompt, 8, top_p=None, **settings))
 
 
 def test_temperature_scales_the_distribution_and_zero_is_argmax():
