@@ -63,7 +63,8 @@ def optimizer_checks(c) -> list[tuple[bool, str]]:
         (0 < c.learning_rate < math.inf, f"learning_rate={c.learning_rate} must be a positive number"),
         (0 < c.min_lr_ratio <= 1, f"min_lr_ratio={c.min_lr_ratio} must be in (0, 1]"),
         (c.warmup_steps >= 0, f"warmup_steps={c.warmup_steps} must be >= 0 (0: no warmup)"),
-        (c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps}"),
+        (c.warmup_steps < c.max_steps, f"warmup_steps={c.warmup_steps} must be below max_steps={c.max_steps} "
+                                            "(a shorter run: lower --config.warmup_steps too)"),
         (0 <= c.b1 < 1, f"b1={c.b1} must be in [0, 1)"),
         (0 <= c.b2 < 1, f"b2={c.b2} must be in [0, 1)"),
         # eps keeps the update finite where a gradient is always 0 (the padded vocabulary's rows).

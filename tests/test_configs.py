@@ -101,6 +101,7 @@ def test_the_124m_byte_config_matches_the_bpe_recipes_flops_per_byte_and_bytes_p
     ({"vocab_pad_multiple": 0}, "vocab_pad_multiple=0 must be at least 1"),
     ({"vocab_pad_multiple": -7}, "vocab_pad_multiple=-7 must be at least 1"),
     ({"warmup_steps": -3}, "warmup_steps=-3 must be >= 0 (0: no warmup)"),
+    ({"max_steps": 30}, "warmup_steps=715 must be below max_steps=30 (a shorter run: lower --config.warmup_steps too)"),
     ({"max_steps": 10**15}, "max_steps=1000000000000000 must be below 2**31 = 2,147,483,648: steps are counted in "
                             "int32"),  # was: a traceback at the first console line (its ETA), after compiling
     ({"max_steps": 10**20}, "max_steps=100000000000000000000 must be below 2**31"),

@@ -10,9 +10,11 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import types
+import urllib.error
 from pathlib import Path
 
 import jax
@@ -571,6 +573,11 @@ def test_the_official_hellaswag_file_is_downloaded_whole_or_not_at_all(tmp_path,
     monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", broken_download)
     with pytest.raises(hellaswag.HellaSwagError, match=r"cannot download .*connection reset.*; pass a local"):
         hellaswag.load_examples("official")
+    offline = urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", lambda url, to: (_ for _ in ()).throw(offline))
+    with pytest.raises(hellaswag.HellaSwagError) as raised:  # the network's error, not "cannot write" the cache
+        hellaswag.load_examples("official")
+    assert "cannot write" not in str(raised.value) and "Name or service not known" in str(raised.value)
     assert os.listdir(cache.parent) == []  # no half file kept, under either name
     assert seen[0].parent == cache.parent and str(os.getpid()) in seen[0].name
     monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", lambda url, to: shutil.copy(hellaswag_file, to))

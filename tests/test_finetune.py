@@ -90,8 +90,8 @@ def run_cli(config, workdir):
 def test_a_shape_key_that_disagrees_is_one_line(bpe_model_dir, shakespeare_bpe, tmp_path):
     config = finetune_config(shakespeare_bpe, bpe_model_dir, n_layer=3)
     assert_one_line_error(run_cli(config, tmp_path), f"n_layer=3 disagrees with {bpe_model_dir} (n_layer=2); with "
-                          "init_from the model's shape comes from its config.json: set n_layer to 2, or leave it at its "
-                          "default 12 (the model's own is used), in the config file or --config.n_layer")
+                          "init_from the model's shape comes from its config.json: set n_layer to 2 or back to its "
+                          "default 12, which takes the model's own, in the config file or --config.n_layer")
     config = finetune_config(shakespeare_bpe, bpe_model_dir, block_size=128, tokens_per_step=8 * 128)
     assert_one_line_error(run_cli(config, tmp_path), "block_size=128 exceeds the 64 positions")
     assert not (tmp_path / "config.json").exists()
