@@ -23,7 +23,7 @@ from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_config, load_replicated, resolve_reference
-from gpt2_jax.outdir import write_file
+from gpt2_jax.outdir import refuse_overlap, write_file
 from gpt2_jax.tokenizer import tokenizer_for_vocab
 
 TASKS = ("val_loss", "hellaswag")
@@ -89,6 +89,9 @@ def main(argv=None):
     if args.out and (Path(args.out).is_dir() or not out_dir.is_dir() or not os.access(out_dir, os.W_OK)):
         raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only; "
                         "give a file to write (checked before evaluating)")
+    for source in (*args.model, args.data_dir or "", "" if args.hellaswag == "official" else args.hellaswag):
+        if args.out and source:
+            refuse_overlap(args.out, source, "the model or data it reads")
     for reference in args.model:  # each model's config and tokenizer, before the first one is scored
         tokenizer_for_vocab(load_config(reference).vocab_size, hf_dir=resolve_reference(reference))
     results = {}

@@ -38,14 +38,14 @@ def refuse_other_kind(out_dir: str | Path, same_kind: Callable[[Path], bool], ki
     return out_dir
 
 
-def refuse_overlap(out_dir: str | Path, source: str) -> None:
+def refuse_overlap(out_dir: str | Path, source: str, what: str = "the model it converts") -> None:
     """An output that would replace its own source (or a part of it: a workdir's checkpoints/) is refused,
     `--overwrite` or not. `source` may be a hub name (no local path: nothing to overlap)."""
     if not Path(source).exists():
         return
     out_dir, source_dir = Path(out_dir).resolve(), Path(source).resolve()
     if out_dir == source_dir or out_dir in source_dir.parents or (source_dir in out_dir.parents and out_dir.exists()):
-        raise OutputError(f"--out {out_dir} is, holds or is a part of {source_dir}, the model it converts: writing "
+        raise OutputError(f"--out {out_dir} is, holds or is a part of {source_dir}, {what}: writing "
                           "it would replace its own source; choose another --out")
 
 
@@ -109,7 +109,16 @@ def refuse_unwritable(path: Path) -> None:
 
 def write_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(temporary_file)` beside `path`, then rename it to `path`: a reader sees the old file or the
-    new one, whole, never a part. An OSError is an OutputError naming `path`."""
+    new one, whole, never a part. A symbolic link's target is written so (the link kept); a device or a pipe
+    (/dev/stdout) is written to, not replaced. An OSError is an OutputError naming `path`."""
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a directory: the rename below refuses it
+        try:
+            write(path)
+            return
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     leftovers.tidy_file(path)  # what writers killed mid-write left
     temporary = path.with_name(f".{path.stem}.tmp-{leftovers.writer_tag()}{path.suffix}")  # savefig reads the suffix
     lock = None
@@ -117,6 +126,8 @@ def write_file(path: Path, write: Callable[[Path], object]) -> None:
         temporary.touch()
         lock = leftovers.hold(temporary)
         write(temporary)
+        with open(temporary, "rb") as written:  # on disk before it is renamed into place: a power cut keeps one whole
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None

@@ -50,6 +50,9 @@ def figure(runs: dict[str, list[dict]], baselines: dict[str, dict] | None = None
 
     panels = [(title, unit, names) for title, unit, names in PANELS[0 if per_token else 1 :]
               if any(name in row for rows in runs.values() for row in rows for name in names)]
+    if not panels:
+        wanted = [name for _, _, names in PANELS[0 if per_token else 1 :] for name in names]
+        raise UserError(f"nothing to plot: no metrics.jsonl row of {', '.join(runs)} has {', '.join(wanted)}")
     drawn = Figure(figsize=(6.5 * len(panels), 4.5))
     axes = drawn.subplots(1, len(panels), squeeze=False)
     for axis, (title, unit, names) in zip(axes[0], panels):

@@ -42,6 +42,14 @@ def _config_dicts_only(load):
             returned = "None" if config is None else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
             raise _NotAConfigDict(f"cannot load --config: get_config() returned {returned}, not an ml_collections."
                                   f"ConfigDict; make {path} return train_config.default_config() with its changes")
+        # Before the --config.KEY overrides (one of a key it lacks was an AttributeError naming no file): a typo in a
+        # config file was kept and ignored (learnig_rate: the default rate)
+        known = train_config.default_config().keys()
+        unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))
+        if unknown or missing:
+            said = [f"unknown key(s) {', '.join(unknown)}" if unknown else "", f"no {', '.join(missing)}" if missing else ""]
+            raise _NotAConfigDict(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; build "
+                                  "it on train_config.default_config() (python -m gpt2_jax.train --help lists the keys)")
         return config
 
     return loaded
@@ -96,13 +104,6 @@ def parse_flags(argv: list[str], help_text: str = ""):
         sys.argv = program_argv
     if len(rest) > 1 or config is None or not workdir:  # --workdir= would train into the current directory
         raise UserError("usage: python -m gpt2_jax.train --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE]")
-    unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))
-    if unknown or missing:  # a typo in a config file was kept and ignored (learnig_rate: the default rate)
-        path = config_flags.get_config_filename(flags.FLAGS["config"])
-        said = [f"unknown key(s) {', '.join(unknown)}" if unknown else "",
-                f"no {', '.join(missing)}" if missing else ""]
-        raise UserError(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; build it on "
-                        "train_config.default_config() (python -m gpt2_jax.train --help lists the keys)")
     for key in platform_decides:
         config[key] = None
     return config, workdir

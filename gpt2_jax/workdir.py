@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from gpt2_jax import outdir
 from gpt2_jax.config import GPT2Config
 from gpt2_jax.data import ORDER_VERSION
 from gpt2_jax.model_dirs import CHECKPOINTS, TRAIN_CONFIG
@@ -27,10 +28,12 @@ PROCESSES = "processes"  # and of how many processes trained it: each keeps its 
 DATA_ORDER = "data_order"  # and of the order data.py reads windows in (its ORDER_VERSION; none recorded: 1)
 
 
-def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int) -> dict[str, tuple]:
+def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int,
+                   writes_settings: bool = True) -> dict[str, tuple]:
     """Refuse a workdir whose run trained another model, saved its state with other shapes or, with
-    checkpoints to resume, read other data or another order of it; return the other settings that
-    changed since the run's last start, {key: (before, now)}."""
+    checkpoints to resume, read other data or another order of it (or, where this process `writes_settings`
+    (process 0), lost the record of them); return the other settings that changed since the run's last start,
+    {key: (before, now)}."""
     if (workdir / MODEL_CONFIG).exists():
         saved = GPT2Config.from_json(workdir / MODEL_CONFIG).to_dict()
         changed = [f"{key} {saved[key]} -> {value}" for key, value in model_config.to_dict().items()
@@ -38,11 +41,15 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
         if changed:
             raise WorkdirError(f"{workdir} holds a run of another model ({', '.join(changed)} in config.json); "
                                "use a new --workdir")
+    resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
     if not (workdir / TRAIN_CONFIG).exists():
+        if resuming and writes_settings:  # written before the first checkpoint: gone, nothing could be checked
+            raise WorkdirError(f"{workdir} holds checkpoints but no {TRAIN_CONFIG} (the run's settings and data "
+                               "order, written at its first step): put it back to resume, or start a new --workdir "
+                               f"from its weights with --config.init_from={workdir}")
         return {}
     # Each typed as its default, where it has them: a hand-edited '"max_steps": "x"' was a traceback
     saved = read_settings(workdir, {key: type(default) for key, default, _ in FIELDS}, only_where_present=True)
-    resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
     for key in SHAPE_SETTINGS + (ORDER_SETTINGS if resuming else ()):
         if key in saved and saved[key] != config[key]:
             why = "changes the shapes of its checkpoints" if key in SHAPE_SETTINGS else "changes its data order"
@@ -107,8 +114,8 @@ def data_fingerprint(meta: dict) -> str:
 
 def write_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int) -> None:
     """config.json (the model, HF schema) and train_config.json (this run's settings, its data's identity and
-    how many processes read it)."""
-    model_config.to_json(workdir / MODEL_CONFIG)
+    how many processes read it), each written whole (a kill while writing leaves the one before)."""
+    outdir.write_file(workdir / MODEL_CONFIG, model_config.to_json)
     settings = {**config.to_dict(), DATA_FINGERPRINT: data_fingerprint(meta), PROCESSES: processes,
                 DATA_ORDER: ORDER_VERSION}
-    (workdir / TRAIN_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
+    outdir.write_file(workdir / TRAIN_CONFIG, lambda path: path.write_text(json.dumps(settings, indent=2) + "\n"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The quickstart on a fresh machine: install, prepare Tiny Shakespeare as bytes, train the small
-# model (nanoGPT's CPU recipe: 65-120 s of training on 2 cores, by CPU and load; ~2.5-3.5 minutes with the install),
+# The quickstart on a fresh machine: install, prepare Tiny Shakespeare as bytes, train the small model (nanoGPT's
+# CPU recipe: 65-99 s of training on 2 quiet cores, by CPU, more under load; ~2.5-3.5 minutes with the install),
 # sample from it (training draws its curves to runs/shakespeare_byte/loss.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."

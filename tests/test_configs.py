@@ -153,7 +153,8 @@ def test_sample_settings_that_cannot_be_sampled_are_refused_before_the_first_ste
     ("", "cannot load --config: {d} is a directory, not a config file (configs/NAME.py)"),
     ("typo.py", "cannot use --config {d}/typo.py: its config has unknown key(s) learnig_rate; build it on"),
     ("own.py", "cannot use --config {d}/own.py: its config has no "),
-], ids=["returns_an_int", "returns_none", "a_directory", "a_typo", "not_built_on_the_defaults"])
+    ("own.py --config.max_steps=3", "cannot use --config {d}/own.py: its config has no "),  # was an AttributeError
+], ids=["returns_an_int", "returns_none", "a_directory", "a_typo", "not_built_on_the_defaults", "overridden"])
 def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name, message):
     (tmp_path / "five.py").write_text("def get_config():\n    return 5\n")
     (tmp_path / "none.py").write_text("def get_config():\n    pass\n")
@@ -162,7 +163,8 @@ def test_a_config_that_is_not_a_config_file_is_one_line_naming_it(tmp_path, name
                                       "    return c\n")
     (tmp_path / "own.py").write_text("import ml_collections\n\ndef get_config():\n"
                                      "    return ml_collections.ConfigDict({'learning_rate': 0.5})\n")
-    result = run_main(main, "train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}")
+    name, *overrides = name.split() or [""]
+    result = run_main(main, "train", f"--config={tmp_path / name}", f"--workdir={tmp_path / 'run'}", *overrides)
     assert_one_line_error(result, message.format(d=tmp_path))
     assert not (tmp_path / "run").exists()
 

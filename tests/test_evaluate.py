@@ -28,6 +28,7 @@ from conftest import (SHAKESPEARE, assert_one_line_error, random_hf_model, read_
 
 from gpt2_jax import GPT2Config, evaluate, hellaswag, report, sharding, step, validation
 from gpt2_jax.data import TextWindows
+from gpt2_jax.errors import UserError
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model, load_replicated
 from gpt2_jax.model import GPT2
@@ -278,6 +279,8 @@ def test_a_model_with_its_own_gpt2_files_reads_bpe_data_without_tiktokens_files(
 
 
 def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_bytes, hellaswag_file, tmp_path):
+    model, data = (Path(shutil.copytree(source, tmp_path / name)) for source, name in ((byte_model_dir, "model"),
+                                                                                    (shakespeare_bytes, "data")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(hellaswag_file.read_text().splitlines()[0] + "\n" + '{"ctx": "x", "endings": ["a"], "label": 0}\n')
     binary, bool_label = tmp_path / "binary.jsonl", tmp_path / "bool.jsonl"
@@ -309,9 +312,17 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
          "in a directory that is missing or read-only"),
         (["--model", str(tmp_path / "none"), "--tasks", "hellaswag", "--out", str(bad / "x.json")],
          "in a directory that is missing or read-only"),  # under a file: a traceback after the whole evaluation
+        # its own inputs: they were replaced by the results (the model then loaded as 124M, the data "unfinished")
+        (["--model", str(model), "--tasks", "val_loss", "--data-dir", str(data), "--out", str(model / "config.json")],
+         "the model or data it reads: writing it would replace its own source"),
+        (["--model", str(model), "--tasks", "val_loss", "--data-dir", str(data), "--out", str(data / "meta.json")],
+         "the model or data it reads: writing it would replace its own source"),
+        (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bad), "--out", str(bad)],
+         "the model or data it reads"),
     ]
     for args, message in cases:
         assert_one_line_error(run_main(evaluate.main, *args), message)
+    assert (model / "config.json").read_bytes() == (byte_model_dir / "config.json").read_bytes()
 
 
 def test_files_this_user_may_not_read_are_named_as_such(byte_model_dir, shakespeare_bytes, tmp_path):
@@ -497,6 +508,13 @@ def test_a_report_on_no_run_or_a_run_not_yet_evaluated_says_which(tmp_path):
     (workdir / "metrics.jsonl").write_text(json.dumps({"step": 10, "train_loss": 5.0}) + "\n")
     assert_one_line_error(run_main(report.main, "--workdir", str(workdir)),
                           "run: no evaluation yet (no val_loss in metrics.jsonl)")
+
+
+def test_plot_of_rows_with_nothing_to_draw_is_one_line(tmp_path):
+    from gpt2_jax.plot import plot_runs
+
+    with pytest.raises(UserError, match="nothing to plot: no metrics.jsonl row of run has train_loss, val_loss"):
+        plot_runs({"run": [{"step": 1, "lr": 0.1}]}, tmp_path / "curves.png")  # was matplotlib's ValueError
 
 
 @pytest.mark.parametrize("suffix, start", [(".png", b"\x89PNG"), (".svg", b"<?xml"), (".pdf", b"%PDF")])

@@ -3,6 +3,7 @@ and nothing a live writer holds is touched (leftovers.py: its lock, whatever hos
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,7 @@ def test_what_a_sigkilled_writer_left_goes_with_the_next_write(tmp_path, monkeyp
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import time
 from pathlib import Path
+from pathlib import Path
 from gpt2_jax import outdir
 def write(folder):
     (folder / "marker.txt").write_text("half")
@@ -112,3 +114,21 @@ outdir.write_dir(Path({str(tmp_path / 'out')!r}), write, lambda _: True, "dir")
     writer.wait()
     outdir.write_dir(tmp_path / "out", write_marker("again"), is_ours, "marker dir")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_link_is_written_through_and_a_device_is_written_to_not_replaced(tmp_path):
+    """A symbolic link was replaced by a file (its target left as it was), and a device (evaluate --out /dev/null,
+    as root) by a regular file: the system's /dev/null gone."""
+    target, link = tmp_path / "results.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    outdir.write_file(link, lambda path: path.write_text("new"))
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "pipe"  # a device's kind of file that any user can make; read as it is written
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    outdir.write_file(fifo, lambda path: path.write_text("streamed"))
+    assert os.read(reader, 100) == b"streamed" and not fifo.is_file()
+    os.close(reader)
+    outdir.write_file(Path(os.devnull), lambda path: path.write_text("nothing"))
+    assert Path(os.devnull).is_char_device()

@@ -1,6 +1,7 @@
 """The workdir: one trainer at a time (the lock, released however its holder ends), and a workdir that
 cannot be written is one line."""
 
+import dataclasses
 import json
 import os
 import re
@@ -245,3 +246,47 @@ def test_a_run_that_read_another_data_order_is_refused_not_resumed_on_another(tm
         check_settings(tmp_path, None, config, {}, 1)
     write_run_settings(tmp_path, config, {})
     assert check_settings(tmp_path, None, config, {}, 1) == {}
+
+
+def test_a_run_that_lost_its_settings_is_refused_where_they_are_written(tmp_path):
+    """Without train_config.json every resume check was skipped: another seed resumed the run silently (step 31's
+    loss 3.2532 against 3.2394 in the prober's run). Only process 0 writes it; the others' workdirs may lack it."""
+    from gpt2_jax.train_config import default_config
+    from gpt2_jax.workdir import check_settings
+
+    assert check_settings(tmp_path, None, default_config(), {}, 1) == {}  # a new run: nothing to check
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    with pytest.raises(WorkdirError, match=re.escape(f"{tmp_path} holds checkpoints but no train_config.json")):
+        check_settings(tmp_path, None, default_config(), {}, 1)
+    assert check_settings(tmp_path, None, default_config(), {}, 1, writes_settings=False) == {}
+
+
+def test_a_kill_while_the_settings_are_rewritten_leaves_the_ones_before(tmp_path, monkeypatch):
+    """Each start rewrote config.json and train_config.json in place: a kill mid-write left half a file, and the
+    run could not resume until it was mended by hand."""
+    from gpt2_jax import GPT2Config
+    from gpt2_jax.train_config import default_config
+    from gpt2_jax.workdir import write_settings
+
+    config, model_config = default_config(), GPT2Config(n_layer=2, n_head=2, n_embd=8)
+    write_settings(tmp_path, model_config, config, {}, 1)
+    before = {name: (tmp_path / name).read_text() for name in ("config.json", "train_config.json")}
+    real_write_text = Path.write_text
+    for killed_at in (1, 2):  # config.json's write, then train_config.json's
+        calls = []
+
+        def killed_halfway(path, text, *args, **kwargs):
+            calls.append(path)
+            if len(calls) < killed_at:
+                return real_write_text(path, text, *args, **kwargs)
+            real_write_text(path, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt  # as the kill would, between the halves
+
+        monkeypatch.setattr(Path, "write_text", killed_halfway)
+        config.learning_rate = 1e-3
+        with pytest.raises(KeyboardInterrupt):
+            write_settings(tmp_path, dataclasses.replace(model_config, n_layer=3), config, {}, 1)
+        monkeypatch.setattr(Path, "write_text", real_write_text)
+        killed = ("config.json", "train_config.json")[killed_at - 1]
+        assert (tmp_path / killed).read_text() == before[killed]  # the one before, whole; the other whole too
+        assert all(json.loads((tmp_path / name).read_text()) for name in before)
