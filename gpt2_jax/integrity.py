@@ -83,9 +83,13 @@ def state_checksums(states: dict, data_iterator=None) -> dict:
     return {name: checksums(tree) for name, tree in states.items()} | position  # the position by value: it moves on
 
 
-def first_mismatch(restored: dict, names, data_iterator=None) -> str | None:
-    """What of a restored step differs from the checksums saved with it, or None. `restored["checksum"]`: the
-    step's state_checksums. Every process gives the same answer (a multi-process run restores one step)."""
+def first_mismatch(restored: dict, names, data_iterator, checkpoints: Path, step: int) -> str | None:
+    """What of a restored step (of the directory `checkpoints`) differs from the checksums saved with it, or None.
+    `restored["checksum"]`: the step's state_checksums. Every process gives the same answer (a multi-process run
+    restores one step)."""
+    if "checksum" not in restored:  # steps saved before checksums existed have none; steps after one that has do
+        lost = any(p.name.isdigit() and int(p.name) < step and (p / "checksum").is_dir() for p in checkpoints.iterdir())
+        return "its checksums are missing (a step before it has them)" if lost else None
     saved = restored["checksum"]
     for name in names:  # the checksums of the whole (sharded) arrays: the same on every process
         if leaf := first_corrupt_leaf(restored[name], saved[name]):

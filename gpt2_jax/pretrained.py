@@ -34,8 +34,8 @@ def model_config(config, meta: dict, workdir: Path) -> GPT2Config:
             # "drop --config.KEY" misled where the config file (configs/shakespeare_byte.py) set it, not the command
             raise ConfigError(f"{key}={config[key]} disagrees with {source} ({key}={getattr(pretrained, key)}); with "
                               f"init_from the model's shape comes from its config.json: set {key} to "
-                              f"{getattr(pretrained, key)} or back to its default {defaults[key]}, which takes the model's "
-                              f"own, in the config file or --config.{key}")
+                              f"{getattr(pretrained, key)} or back to its default {defaults[key]}, which takes the "
+                              f"model's own, in the config file or --config.{key}")
     if config.block_size > pretrained.n_positions:
         raise ConfigError(f"block_size={config.block_size} exceeds the {pretrained.n_positions} positions of "
                           f"{source}; lower --config.block_size")

@@ -2,9 +2,9 @@
 
 Each step holds params, opt_state, the grain iterator's position, the checksums of both states and a copy of that
 position (integrity.py). A restore takes the newest whole step: one saved with other shapes, or that the machine
-could not read (checkpoint_failures.py), stops the run, its files untouched; a damaged one (undecodable, failing its
-checks) is set aside as `<step>.unreadable` (readers move nothing) and the one before is tried; what any process of
-a run could not read, all act on. Saves run in the background; a failed one stops it, naming the last good step.
+could not read (checkpoint_failures.py), stops the run, its files untouched; a damaged one (undecodable, failing or
+lacking its checks) is set aside as `<step>.unreadable` (readers move nothing) and the one before is tried; what
+any process could not read, all act on. Saves run in the background; a failed one stops it, naming the last good step.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class TrainCheckpoints:
         args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
         if data_iterator is not None:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        if "checksum" in metadata:  # steps saved before checksums existed have none
+        if "checksum" in metadata:  # steps saved before checksums existed have none (integrity.first_mismatch)
             args["checksum"] = ocp.args.JsonRestore()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -134,7 +134,7 @@ class TrainCheckpoints:
         except Exception as raised:  # orbax/tensorstore raise many types for damaged files
             error = raised
         checkpoint_failures.agree(error and checkpoint_failures.unreadable("unreadable", error))
-        if "checksum" in args and (mismatch := integrity.first_mismatch(restored, targets, data_iterator)):
+        if mismatch := integrity.first_mismatch(restored, targets, data_iterator, self.directory, step):
             raise checkpoint_failures.Unreadable(mismatch)
         return restored
 

@@ -42,14 +42,15 @@ def _config_dicts_only(load):
             returned = "None" if config is None else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
             raise _NotAConfigDict(f"cannot load --config: get_config() returned {returned}, not an ml_collections."
                                   f"ConfigDict; make {path} return train_config.default_config() with its changes")
-        # Before the --config.KEY overrides (one of a key it lacks was an AttributeError naming no file): a typo in a
-        # config file was kept and ignored (learnig_rate: the default rate)
+        # Before the overrides (--config.KEY of a key it lacks: an AttributeError); a typo was kept and ignored
         known = train_config.default_config().keys()
         unknown, missing = sorted(set(config.keys()) - set(known)), sorted(set(known) - set(config.keys()))
         if unknown or missing:
-            said = [f"unknown key(s) {', '.join(unknown)}" if unknown else "", f"no {', '.join(missing)}" if missing else ""]
-            raise _NotAConfigDict(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; build "
-                                  "it on train_config.default_config() (python -m gpt2_jax.train --help lists the keys)")
+            said = [f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+                    f"no {', '.join(missing)}" if missing else ""]
+            raise _NotAConfigDict(f"cannot use --config {path}: its config has {' and '.join(filter(None, said))}; "
+                                  "build it on train_config.default_config() (python -m gpt2_jax.train --help lists "
+                                  "the keys)")
         return config
 
     return loaded

@@ -149,6 +149,24 @@ def test_a_flipped_bit_fails_its_checksum_and_the_step_before_is_restored(traine
     assert snapshot(workdir / "checkpoints" / "10") == step_10
 
 
+def test_a_step_that_lost_its_checksums_is_damaged_where_the_one_before_has_them(trained, shakespeare_bytes,
+                                                                                 tmp_path, capsys):
+    """Steps saved before checksums existed have none, and restore unchecked; a step that lost them (its folder
+    gone in a copy) restored a flipped bit unchecked, silently."""
+    workdir = copy_of(trained, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "20" / "checksum")
+    flip_a_bit(workdir / "checkpoints" / "20")
+    train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
+    output = capsys.readouterr()
+    assert "checkpoint step 20 is damaged (its checksums are missing (a step before it has them))" in output.err
+    assert "resuming from step 10" in output.out
+    oldest = copy_of(trained, tmp_path / "oldest")  # the first step without them: as a run saved before checksums
+    shutil.rmtree(oldest / "checkpoints" / "20")
+    shutil.rmtree(oldest / "checkpoints" / "10" / "checksum")
+    train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), oldest)
+    assert "resuming from step 10" in capsys.readouterr().out
+
+
 def test_a_changed_data_position_fails_its_copy_and_the_step_before_is_restored(trained, shakespeare_bytes,
                                                                              tmp_path, capsys):
     """The iterator's position is a small JSON of its own: a flipped digit leaves it valid JSON, and the run
