@@ -23,7 +23,7 @@ from gpt2_jax.device_errors import out_of_memory_as_user_error
 from gpt2_jax.errors import UserError, exit_on_user_error
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_config, load_replicated, resolve_reference
-from gpt2_jax.outdir import refuse_overlap, write_file
+from gpt2_jax.outdir import through, write_file
 from gpt2_jax.tokenizer import tokenizer_for_vocab
 
 TASKS = ("val_loss", "hellaswag")
@@ -59,6 +59,27 @@ def results_table(results: dict, tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
+# The JSON files of a model or data directory that its readers read (an index.json too): never an --out.
+INPUT_JSON = {"config.json", "generation_config.json", "checksums.json", "train_config.json", "meta.json",
+              "tokenizer.json", "tokenizer_config.json", "vocab.json", "model.safetensors.index.json",
+              "pytorch_model.bin.index.json"}
+
+
+def check_out(out: Path, sources: list[str]) -> None:
+    """Before evaluating: --out must be writable, and none of the files the evaluation reads (one was replaced by the
+    results: the model then loaded as GPT-2 124M); a JSON of its own beside them (runs/NAME/eval.json) may be."""
+    folder = out.absolute().parent
+    if out.is_dir() or not folder.is_dir() or not os.access(out if through(out) and out.exists() else folder, os.W_OK):
+        raise UserError(f"--out {out}: a directory, or in a directory that is missing or read-only; give a file to "
+                        "write (checked before evaluating)")
+    target = out.resolve()
+    for source in (Path(source).resolve() for source in sources if source and Path(source).exists()):  # not hub names
+        own = target.parent == source and target.suffix == ".json" and target.name not in INPUT_JSON
+        if target == source or source in target.parents and target.exists() and not own:
+            raise UserError(f"--out {out} is {source} or one of its files, which this evaluation reads: writing it "
+                            "would replace its own input; choose another --out")
+
+
 @exit_on_user_error
 def main(argv=None):
     parser = argument_parser("evaluate", __doc__)
@@ -85,13 +106,8 @@ def main(argv=None):
         raise UserError(f"--batch-size {args.batch_size} must be >= 1")
     if args.limit < 0:
         raise UserError(f"--limit {args.limit} must be >= 0 (0: all)")
-    out_dir = Path(args.out or ".").absolute().parent
-    if args.out and (Path(args.out).is_dir() or not out_dir.is_dir() or not os.access(out_dir, os.W_OK)):
-        raise UserError(f"--out {args.out}: a directory, or in a directory that is missing or read-only; "
-                        "give a file to write (checked before evaluating)")
-    for source in (*args.model, args.data_dir or "", "" if args.hellaswag == "official" else args.hellaswag):
-        if args.out and source:
-            refuse_overlap(args.out, source, "the model or data it reads")
+    if args.out:
+        check_out(Path(args.out), [*args.model, args.data_dir or "", args.hellaswag * (args.hellaswag != "official")])
     for reference in args.model:  # each model's config and tokenizer, before the first one is scored
         tokenizer_for_vocab(load_config(reference).vocab_size, hf_dir=resolve_reference(reference))
     results = {}

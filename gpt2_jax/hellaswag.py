@@ -40,11 +40,17 @@ class Example:
 def load_examples(path: str, limit: int = 0) -> list[Example]:
     """Examples of a hellaswag_*.jsonl file; `official` downloads the validation set once."""
     if path == "official":
+        def download(temporary: Path) -> None:  # no network, no such host: not "cannot write" the cache (write_file's)
+            try:
+                urllib.request.urlretrieve(OFFICIAL_URL, temporary)
+            except urllib.request.URLError as error:
+                raise HellaSwagError(f"cannot download {OFFICIAL_URL} ({error.reason}); pass a local copy") from None
+
         if not OFFICIAL_CACHE.exists():
             try:  # a temporary file of this process's own, renamed when whole: two runs may download at once
                 OFFICIAL_CACHE.parent.mkdir(parents=True, exist_ok=True)
-                outdir.write_file(OFFICIAL_CACHE, _download)
-            except (OSError, outdir.OutputError) as error:  # the cache's folder or file (the network's: _download)
+                outdir.write_file(OFFICIAL_CACHE, download)
+            except (OSError, outdir.OutputError) as error:  # the cache's folder or file (a reset, a full disk)
                 raise HellaSwagError(f"cannot download {OFFICIAL_URL} into {OFFICIAL_CACHE.parent} ({error}); "
                                      "pass a local hellaswag_val.jsonl") from None
         path = str(OFFICIAL_CACHE)
@@ -67,17 +73,6 @@ def load_examples(path: str, limit: int = 0) -> list[Example]:
     if not examples:
         raise HellaSwagError(f"{path}: no examples")
     return examples
-
-
-def _download(temporary: Path) -> None:
-    """The official file into `temporary`; a HellaSwagError naming the network's error (no network, a reset),
-    which write_file would call a failure to write the cache."""
-    try:
-        urllib.request.urlretrieve(OFFICIAL_URL, temporary)
-    except OSError as error:  # urllib's URLError too
-        reason = getattr(error, "reason", None) or error.strerror or error
-        raise HellaSwagError(f"cannot download {OFFICIAL_URL} ({reason}); pass a local hellaswag_val.jsonl "
-                             "(--hellaswag PATH)") from None
 
 
 def _parse(line: str, where: str) -> Example:

@@ -56,6 +56,7 @@ def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: f
     """
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    logits_BxV = logits_BxV.astype(jnp.float32)  # bf16 ones: their masses summed in float32 (XLA:CPU's top_k is faster)
     # From the row's max, kept at 0: a tiny temperature (1e-40, 0 in float32) made every positive logit inf or NaN,
     # and the lowest such id won; now the rest go to -inf, leaving the most likely token.
     below_max_BxV = logits_BxV - logits_BxV.max(axis=-1, keepdims=True)

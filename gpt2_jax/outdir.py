@@ -38,14 +38,14 @@ def refuse_other_kind(out_dir: str | Path, same_kind: Callable[[Path], bool], ki
     return out_dir
 
 
-def refuse_overlap(out_dir: str | Path, source: str, what: str = "the model it converts") -> None:
+def refuse_overlap(out_dir: str | Path, source: str) -> None:
     """An output that would replace its own source (or a part of it: a workdir's checkpoints/) is refused,
     `--overwrite` or not. `source` may be a hub name (no local path: nothing to overlap)."""
     if not Path(source).exists():
         return
     out_dir, source_dir = Path(out_dir).resolve(), Path(source).resolve()
     if out_dir == source_dir or out_dir in source_dir.parents or (source_dir in out_dir.parents and out_dir.exists()):
-        raise OutputError(f"--out {out_dir} is, holds or is a part of {source_dir}, {what}: writing "
+        raise OutputError(f"--out {out_dir} is, holds or is a part of {source_dir}, the model it converts: writing "
                           "it would replace its own source; choose another --out")
 
 
@@ -98,31 +98,33 @@ def _unwritable_parent(out_dir: Path, folder: Path, why: str) -> OutputError:
                        "output is made in there first, then renamed into place; choose an --out in a folder you can write")
 
 
+def through(path: Path) -> bool:
+    """Whether write_file writes `path` in place: a link, or what is neither a file nor a directory."""
+    return path.is_symlink() or path.exists() and not (path.is_file() or path.is_dir())
+
+
 def refuse_unwritable(path: Path) -> None:
     """Before the work that makes it: an OutputError where `write_file(path, ...)` would fail for certain."""
     if path.is_dir():
         raise OutputError(f"{path} is a directory; move it away: a file is written there")
-    if not os.access(path.parent, os.W_OK):
+    if not os.access(path if through(path) and path.exists() else path.parent, os.W_OK):
         raise OutputError(f"cannot write {path}: {path.parent} is read-only here (or missing); "
                           "work on a writable copy of it")
 
 
 def write_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(temporary_file)` beside `path`, then rename it to `path`: a reader sees the old file or the
-    new one, whole, never a part. A symbolic link's target is written so (the link kept); a device or a pipe
-    (/dev/stdout) is written to, not replaced. An OSError is an OutputError naming `path`."""
-    if path.is_symlink():
-        path = path.resolve()
-    if path.exists() and not (path.is_file() or path.is_dir()):  # a directory: the rename below refuses it
-        try:
-            write(path)
-            return
-        except OSError as error:
-            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    leftovers.tidy_file(path)  # what writers killed mid-write left
+    new one, whole, never a part. A symbolic link, a device or a pipe (/dev/null, /dev/stdout: links to /proc) is
+    written through, as the shell's `>` would, not replaced. An OSError is an OutputError naming `path`."""
+    in_place = through(path)
+    if not in_place:
+        leftovers.tidy_file(path)  # what writers killed mid-write left
     temporary = path.with_name(f".{path.stem}.tmp-{leftovers.writer_tag()}{path.suffix}")  # savefig reads the suffix
     lock = None
     try:
+        if in_place:
+            write(path)
+            return
         temporary.touch()
         lock = leftovers.hold(temporary)
         write(temporary)

@@ -81,7 +81,7 @@ class Run:
             lock.acquire()
         model_config = (pretrained.model_config(c, meta, self.workdir) if c.init_from  # a resume reads config.json
                         else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
-        changed = check_settings(self.workdir, model_config, c, meta, jax.process_count(), self.process == 0)
+        changed = check_settings(self.workdir, model_config, c, meta, jax.process_count(), process_0s)
 
         kernels = accelerator.model_kernels(c.attention_impl, c.split_qkv, c.fused_norm, c.dtype)
         model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from gpt2_jax import outdir
@@ -29,11 +30,11 @@ DATA_ORDER = "data_order"  # and of the order data.py reads windows in (its ORDE
 
 
 def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, processes: int,
-                   writes_settings: bool = True) -> dict[str, tuple]:
+                   process_0s: Callable[[bool], bool] = bool) -> dict[str, tuple]:
     """Refuse a workdir whose run trained another model, saved its state with other shapes or, with
-    checkpoints to resume, read other data or another order of it (or, where this process `writes_settings`
-    (process 0), lost the record of them); return the other settings that changed since the run's last start,
-    {key: (before, now)}."""
+    checkpoints to resume, read other data or another order of it, or lost the record of them (as process 0 sees
+    it: `process_0s`, same_run's, gives its value everywhere); return the other settings that changed since the
+    run's last start, {key: (before, now)}."""
     if (workdir / MODEL_CONFIG).exists():
         saved = GPT2Config.from_json(workdir / MODEL_CONFIG).to_dict()
         changed = [f"{key} {saved[key]} -> {value}" for key, value in model_config.to_dict().items()
@@ -42,11 +43,12 @@ def check_settings(workdir: Path, model_config: GPT2Config, config, meta: dict, 
             raise WorkdirError(f"{workdir} holds a run of another model ({', '.join(changed)} in config.json); "
                                "use a new --workdir")
     resuming = any(path.name.isdigit() for path in (workdir / CHECKPOINTS).glob("*"))
+    # Process 0 writes it before the first checkpoint: gone, nothing could be checked (the others' may lack it).
+    if process_0s(resuming and not (workdir / TRAIN_CONFIG).exists()):
+        raise WorkdirError(f"{workdir} holds checkpoints but no {TRAIN_CONFIG} (the run's settings and data order, "
+                           "written at its first step): put it back to resume, or start a new --workdir from its "
+                           f"weights with --config.init_from={workdir}")
     if not (workdir / TRAIN_CONFIG).exists():
-        if resuming and writes_settings:  # written before the first checkpoint: gone, nothing could be checked
-            raise WorkdirError(f"{workdir} holds checkpoints but no {TRAIN_CONFIG} (the run's settings and data "
-                               "order, written at its first step): put it back to resume, or start a new --workdir "
-                               f"from its weights with --config.init_from={workdir}")
         return {}
     # Each typed as its default, where it has them: a hand-edited '"max_steps": "x"' was a traceback
     saved = read_settings(workdir, {key: type(default) for key, default, _ in FIELDS}, only_where_present=True)

@@ -314,15 +314,19 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
          "in a directory that is missing or read-only"),  # under a file: a traceback after the whole evaluation
         # its own inputs: they were replaced by the results (the model then loaded as 124M, the data "unfinished")
         (["--model", str(model), "--tasks", "val_loss", "--data-dir", str(data), "--out", str(model / "config.json")],
-         "the model or data it reads: writing it would replace its own source"),
+         "which this evaluation reads: writing it would replace its own input"),
         (["--model", str(model), "--tasks", "val_loss", "--data-dir", str(data), "--out", str(data / "meta.json")],
-         "the model or data it reads: writing it would replace its own source"),
+         "which this evaluation reads: writing it would replace its own input"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bad), "--out", str(bad)],
-         "the model or data it reads"),
+         "which this evaluation reads"),
     ]
     for args, message in cases:
         assert_one_line_error(run_main(evaluate.main, *args), message)
     assert (model / "config.json").read_bytes() == (byte_model_dir / "config.json").read_bytes()
+    (model / "eval.json").write_text("{}")  # an earlier evaluation's results beside the model: written again
+    assert run_main(evaluate.main, "--model", str(model), "--tasks", "val_loss", "--data-dir", str(data),
+                    "--val-tokens", "200", "--out", str(model / "eval.json")).returncode == 0
+    assert str(model) in json.loads((model / "eval.json").read_text())
 
 
 def test_files_this_user_may_not_read_are_named_as_such(byte_model_dir, shakespeare_bytes, tmp_path):
@@ -596,6 +600,10 @@ def test_the_official_hellaswag_file_is_downloaded_whole_or_not_at_all(tmp_path,
     with pytest.raises(hellaswag.HellaSwagError) as raised:  # the network's error, not "cannot write" the cache
         hellaswag.load_examples("official")
     assert "cannot write" not in str(raised.value) and "Name or service not known" in str(raised.value)
+    monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", lambda url, to: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device")))  # the cache's disk, not the network: named as such
+    with pytest.raises(hellaswag.HellaSwagError, match=f"cannot download .* into {cache.parent} .*No space left"):
+        hellaswag.load_examples("official")
     assert os.listdir(cache.parent) == []  # no half file kept, under either name
     assert seen[0].parent == cache.parent and str(os.getpid()) in seen[0].name
     monkeypatch.setattr(hellaswag.urllib.request, "urlretrieve", lambda url, to: shutil.copy(hellaswag_file, to))

@@ -132,3 +132,9 @@ def test_a_link_is_written_through_and_a_device_is_written_to_not_replaced(tmp_p
     os.close(reader)
     outdir.write_file(Path(os.devnull), lambda path: path.write_text("nothing"))
     assert Path(os.devnull).is_char_device()
+    log = tmp_path / "log.txt"  # --out /dev/stdout with stdout sent to a file: that file written, not replaced
+    log.write_text("")
+    with open(log, "a") as stdout:
+        inode = log.stat().st_ino
+        outdir.write_file(Path(f"/proc/self/fd/{stdout.fileno()}"), lambda path: path.write_text("through"))
+    assert log.read_text() == "through" and log.stat().st_ino == inode

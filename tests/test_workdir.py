@@ -250,7 +250,7 @@ def test_a_run_that_read_another_data_order_is_refused_not_resumed_on_another(tm
 
 def test_a_run_that_lost_its_settings_is_refused_where_they_are_written(tmp_path):
     """Without train_config.json every resume check was skipped: another seed resumed the run silently (step 31's
-    loss 3.2532 against 3.2394 in the prober's run). Only process 0 writes it; the others' workdirs may lack it."""
+    loss 3.2532 against 3.2394 in the prober's run). Only process 0 writes it: every process acts on its view."""
     from gpt2_jax.train_config import default_config
     from gpt2_jax.workdir import check_settings
 
@@ -258,7 +258,7 @@ def test_a_run_that_lost_its_settings_is_refused_where_they_are_written(tmp_path
     (tmp_path / "checkpoints" / "10").mkdir(parents=True)
     with pytest.raises(WorkdirError, match=re.escape(f"{tmp_path} holds checkpoints but no train_config.json")):
         check_settings(tmp_path, None, default_config(), {}, 1)
-    assert check_settings(tmp_path, None, default_config(), {}, 1, writes_settings=False) == {}
+    assert check_settings(tmp_path, None, default_config(), {}, 1, lambda lost: False) == {}  # process 0 has it
 
 
 def test_a_kill_while_the_settings_are_rewritten_leaves_the_ones_before(tmp_path, monkeypatch):
