@@ -97,7 +97,6 @@ def test_what_a_sigkilled_writer_left_goes_with_the_next_write(tmp_path, monkeyp
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import time
 from pathlib import Path
-from pathlib import Path
 from gpt2_jax import outdir
 def write(folder):
     (folder / "marker.txt").write_text("half")
