@@ -10,6 +10,7 @@ from gpt2_jax import metrics
 from gpt2_jax.model_dirs import CHECKPOINTS, METRICS
 from gpt2_jax.plot import plot_run_or_warn
 
+SAVING = "saving checkpoint"  # a row's note: its step's checkpoint is being written (in the background)
 COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
            "param_norm": ("param norm", ".1f"), "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"),
            "val_loss": ("val loss", ".4f"), "val_bpb": ("val bpb", ".4f"),
@@ -27,13 +28,13 @@ def banner(n_params: int, c, accumulation: int, mesh, tokenizer: str, kernels: d
             " | fused add+LayerNorm kernel" * kernels["fused_norm"])
 
 
-def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float | None) -> str:
-    """`step   100/2000 | loss 2.6533 | lr 9.90e-04 | ... | 0:00:12, ETA 0:02:31` for the console."""
+def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float | None, note: str = "") -> str:
+    """`step   100/2000 | loss 2.6533 | lr 9.90e-04 | ... | 0:00:12, ETA 0:02:31[ | note]` for the console."""
     cells = []
     for name, value in row.items():
         label, spec = COLUMNS.get(name, (name, ".4f"))
         cells.append(f"{label} {value:{spec}}")
-    cells.append(duration(elapsed) + ("" if eta is None else f", ETA {duration(eta)}"))
+    cells += [duration(elapsed) + ("" if eta is None else f", ETA {duration(eta)}")] + [note] * bool(note)
     return f"step {step:{len(str(max_steps))}d}/{max_steps} | " + " | ".join(cells)
 
 

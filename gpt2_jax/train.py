@@ -29,7 +29,6 @@ from gpt2_jax.errors import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2
-from gpt2_jax.model_dirs import CHECKPOINTS
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start, process_0s
 from gpt2_jax.step import TrainState, init_train_state, train_step
@@ -160,7 +159,8 @@ class Run:
                 save = step % c.checkpoint_every == 0 or last or self.stop.signal
                 evaluate = self.evaluation and self.evaluation.due(step)
                 if save or evaluate:  # never save or evaluate a state whose loss is not finite
-                    self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending))
+                    self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending),
+                                   saving=bool(save))
                     pending = None
                 if save:
                     self.save(step)
@@ -168,7 +168,7 @@ class Run:
                     self.evaluate(step)
                 if self.stop.signal and not last:
                     if not save:  # it came after this step's save was decided (during the evaluation): save now
-                        self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending))
+                        self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending), saving=True)
                         self.save(step)
                     self.checkpoints.wait()  # on disk, whole, before it is said to be (the finally would wait too)
                     print(f"{self.stop.signal}: saved step {step} in {self.workdir}; rerun the same command to resume")
@@ -187,9 +187,9 @@ class Run:
         windows = next(self.data).reshape(self.accumulation, self.local_batch, self.config.block_size + 1)
         return jax.make_array_from_process_local_data(self.windows_sharding, windows)
 
-    def log_train(self, step: int, step_metrics, newest, log: bool = True) -> None:
+    def log_train(self, step: int, step_metrics, newest, log: bool = True, saving: bool = False) -> None:
         """Pull a step's metrics (DivergedError if not finite); if `log`, log them with the throughput since
-        the last row, measured to the newest dispatched step (the clock waits for it)."""
+        the last row, measured to the newest dispatched step (the clock waits for it), and whether it is `saving`."""
         values = {name: float(value) for name, value in jax.device_get(step_metrics).items()}
         try:
             metrics.check_finite(step, values, self.last_good)
@@ -205,18 +205,21 @@ class Run:
             row["tokens_per_sec"] = rate * self.config.tokens_per_step
             if self.peak:
                 row["mfu"] = rate * self.flops_per_step / (self.peak * jax.device_count())
-        self.write(step, row, eta=(self.config.max_steps - step) / rate if rate else None)
+        eta = (self.config.max_steps - step) / rate if rate else None
+        self.write(step, row, eta, note=console.SAVING * saving)
 
-    def write(self, step: int, row: dict, eta: float | None = None) -> None:
-        print(console.format_row(step, self.config.max_steps, row, time.perf_counter() - self.began, eta))
+    def write(self, step: int, row: dict, eta: float | None = None, note: str = "") -> None:
+        print(console.format_row(step, self.config.max_steps, row, time.perf_counter() - self.began, eta, note))
         self.writer.write(step, row)
         self.logged.append({"step": step, **row})
 
     def save(self, step: int) -> None:
         self.checkpoints.save(step, self.state.params, self.state.opt_state, self.data, force=True)
         self.last_good = step
-        width = len(str(self.config.max_steps))  # aligned with the step lines (console.py)
-        print(f"step {step:{width}d}/{self.config.max_steps} | checkpoint {self.workdir / CHECKPOINTS / str(step)}")
+        last_row = self.logged[-1] if self.logged else {}
+        if not (last_row.get("step") == step and "train_loss" in last_row):  # else that row said so
+            print(console.format_row(step, self.config.max_steps, {}, time.perf_counter() - self.began, None,
+                                     console.SAVING))
 
     def evaluate(self, step: int) -> None:
         try:  # stop between batches (a preemption's grace is short); several processes agree batch by batch

@@ -87,6 +87,16 @@ def straight(shakespeare_bytes, tmp_path_factory):
     return config, losses(workdir)
 
 
+def test_a_save_is_a_note_on_its_steps_row_or_a_short_line_of_its_own(shakespeare_bytes, tmp_path, capsys):
+    train(tiny_run_config(shakespeare_bytes, max_steps=12, log_every=4, checkpoint_every=6, eval_every=0), tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    saves = [line for line in lines if "checkpoint" in line and not line.startswith("checkpoints in")]
+    assert [line.split(" |")[0] for line in saves] == ["step  6/12", "step 12/12"], lines
+    assert saves[0].endswith(" | saving checkpoint") and saves[0].count("|") == 2, saves  # not a logged step
+    assert saves[1].startswith("step 12/12 | loss ") and saves[1].endswith(", ETA 0:00:00 | saving checkpoint")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["12", "6"]
+
+
 def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_path):
     config, expected = straight
     process = start_run(config, tmp_path)
