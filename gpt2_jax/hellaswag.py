@@ -57,7 +57,7 @@ def load_examples(path: str, limit: int = 0) -> list[Example]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise HellaSwagError(f"{path}: no such file") from None
+        raise HellaSwagError(f"{path}: no such file (give a hellaswag_*.jsonl, or 'official' to download it)") from None
     except IsADirectoryError:
         raise HellaSwagError(f"{path} is a directory, not a hellaswag_*.jsonl file; give the file") from None
     except UnicodeDecodeError as error:

@@ -288,7 +288,8 @@ def test_cli_bad_input_is_one_line(bpe_model_dir, byte_model_dir, shakespeare_by
     bool_label.write_text('{"ctx": "x", "endings": ["a", "b", "c", "d"], "label": true}\n')
     cases = [
         (["--model", str(tmp_path), "--tasks", "hellaswag", "--hellaswag", str(hellaswag_file)], "not a model directory"),
-        (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(tmp_path / "none.jsonl")], "no such file"),
+        (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(tmp_path / "none.jsonl")],
+         "none.jsonl: no such file (give a hellaswag_*.jsonl, or 'official' to download it)"),
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(tmp_path)],
          f"{tmp_path} is a directory, not a hellaswag_*.jsonl file; give the file"),  # was: "no such file"
         (["--model", str(bpe_model_dir), "--tasks", "hellaswag", "--hellaswag", str(bad)], "bad.jsonl:2: not a HellaSwag example"),
