@@ -13,6 +13,7 @@ from gpt2_jax.plot import plot_run_or_warn
 SAVING = "saving checkpoint"  # a row's note: its step's checkpoint is being written (in the background)
 COLUMNS = {"train_loss": ("loss", ".4f"), "lr": ("lr", ".2e"), "grad_norm": ("grad norm", ".3f"),
            "param_norm": ("param norm", ".1f"), "tokens_per_sec": ("tok/s", ",.0f"), "mfu": ("mfu", ".1%"),
+           "peak_memory_gib": ("peak GiB", ".1f"),
            "val_loss": ("val loss", ".4f"), "val_bpb": ("val bpb", ".4f"),
            "hellaswag_acc": ("hellaswag acc", ".4f"), "hellaswag_acc_norm": ("acc_norm", ".4f")}
 

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from gpt2_jax import accelerator, console, data, flops, metrics, pretrained, shards, sharding, standard_output
-from gpt2_jax import train_config
+from gpt2_jax import accelerator, console, data, device_memory, flops, metrics, pretrained, shards, sharding
+from gpt2_jax import standard_output, train_config
 from gpt2_jax.agreed_stop import AgreedStop
 from gpt2_jax.device_errors import (TRAINING_MEMORY_ADVICE, check_state_fits_host, initialize_distributed,
                                     out_of_memory_as_user_error)
@@ -205,6 +205,8 @@ class Run:
             row["tokens_per_sec"] = rate * self.config.tokens_per_step
             if self.peak:
                 row["mfu"] = rate * self.flops_per_step / (self.peak * jax.device_count())
+        if (memory := device_memory.peak_gib()) is not None:  # None on CPUs
+            row["peak_memory_gib"] = memory
         eta = (self.config.max_steps - step) / rate if rate else None
         self.write(step, row, eta, note=console.SAVING * saving)
 

@@ -22,11 +22,9 @@ with --peers-only (no JAX step: one profiler per process), the peers' from PyTor
 
 import argparse
 import functools
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from gpt2_jax.cli import HelpFormatter, at_least  # noqa: E402  (argparse only: the flags are read before jax starts)
 import model_variants  # noqa: E402  (beside this script; argparse only too)
+from train_cli_run import train_cli_run  # noqa: E402  (beside this script; no JAX either)
 SHAPES = {  # n_layer, n_head, n_embd, block_size, batch (windows per step), vocab
     "quickstart": (4, 4, 128, 64, 12, 257),
     "gpt2-124m-256": (12, 12, 768, 256, 4, 50257),
@@ -328,35 +327,6 @@ def nanogpt_step(shape, batch, dtype, device):
     return torch_step(lambda: model(inputs, targets), model, optimizer, dtype, device)
 
 
-def cli_run(batch: int, n_steps: int, overrides=()):
-    """The train CLI on random tokens for n_steps, with --config.KEY=VALUE `overrides`: (median logged tok/s,
-    median MFU, its console lines)."""
-    from gpt2_jax import shards
-    from gpt2_jax.prepare import split_segments
-
-    with tempfile.TemporaryDirectory() as scratch:
-        data_dir, workdir = Path(scratch) / "data", Path(scratch) / "run"
-        data_dir.mkdir()
-        total = (n_steps + 2) * 2**19 + 10_000_000
-        entry = shards.write_shard(data_dir, 0, [np.random.default_rng(0).integers(0, 50256, total)])
-        shards.write_meta(data_dir, {"tokenizer": "gpt2", "vocab_size": 50257, "eot_token": 50256, "complete": True,
-                                     "shards": [entry], "splits": {k: [vars(s) for s in v] for k, v in
-                                                                   split_segments([entry], 2**20).items()}})
-        command = [sys.executable, "-m", "gpt2_jax.train", f"--config={ROOT / 'configs' / 'gpt2_124m.py'}",
-                   f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.batch_size={batch}",
-                   f"--config.max_steps={n_steps}", "--config.warmup_steps=2", "--config.log_every=5",
-                   "--config.eval_every=0", "--config.checkpoint_every=1000000", "--config.hellaswag=", *overrides]
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                    [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
-        if result.returncode:
-            return None, None, (result.stdout + result.stderr)[-3000:]
-        rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    timed = [row for row in rows if "tokens_per_sec" in row]
-    return (statistics.median(r["tokens_per_sec"] for r in timed), statistics.median(r.get("mfu", 0) for r in timed),
-            result.stdout.splitlines()[:1] + result.stdout.splitlines()[-3:])
-
-
 def main():
     torch = __import__("torch") if args.peers else None  # only the PyTorch peers need it
     known_peak = peak_flops_per_device()
@@ -414,12 +384,14 @@ def main():
     if args.cli_steps:
         batch = max(args.batch_sizes or [SHAPES["gpt2-124m-1024"][4]])
         overrides = model_variants.config_overrides(args)
-        cli_tps, cli_mfu, lines = cli_run(batch, args.cli_steps, overrides)
+        logged, lines = train_cli_run(args.cli_steps, [f"--config.batch_size={batch}", *overrides])
         print(f"\n# python -m gpt2_jax.train --config=configs/gpt2_124m.py --config.batch_size={batch}"
               f"{''.join(' ' + flag for flag in overrides)}, {args.cli_steps} steps of 2^19 tokens on random data:")
         print("\n".join(f"#   {line}" for line in (lines if isinstance(lines, list) else [lines])))
-        if cli_tps:
-            print(f"# its metrics.jsonl: median tokens_per_sec {cli_tps:,.0f}, mfu {cli_mfu:.1%}")
+        if logged and logged["tokens_per_sec"]:
+            memory = logged["peak_memory_gib"]
+            print(f"# its metrics.jsonl: median tokens_per_sec {logged['tokens_per_sec']:,.0f}, mfu {logged['mfu']:.1%}"
+                  + (f", peak memory {memory:.1f} GiB" if memory else ""))
 
 
 if __name__ == "__main__":

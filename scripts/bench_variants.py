@@ -13,6 +13,8 @@ process measures its own matmul peak, so its MFU differs between variants.
     python scripts/bench_variants.py --budget-s 420 --peer torch-compile --cli-steps 15   # a GPU: the peer's and
                                                                    # the train CLI's rows too
     python scripts/bench_variants.py --cpu --peer torch-compile    # XLA:CPU's variants, the quickstart's shape, fp32
+    python scripts/bench_variants.py --memory-configs configs/gpt2_774m.py configs/gpt2_1558m.py   # and each config's
+                                         # peak memory in the train CLI (2 steps), right after the first default run
 """
 
 import argparse
@@ -26,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from gpt2_jax.cli import HelpFormatter, at_least  # noqa: E402  (argparse only: this process never starts JAX)
+from train_cli_run import train_cli_run  # noqa: E402  (beside this script; its run is a process of its own)
 
 # name: (XLA flags added to the defaults accelerator.py sets, bench_train.py flags); the most promising
 # first, since the ones after --budget-s is spent are not run
@@ -78,6 +81,9 @@ def parse_args():
     parser.add_argument("--cli-steps", type=at_least(0), default=0,
                         help="also run the train CLI this many steps in the first default run (bench_train.py's "
                              "--cli-steps; its logged tok/s as a row)")
+    parser.add_argument("--memory-configs", nargs="+", default=[], metavar="CONFIG",
+                        help="also run the train CLI 2 steps with each config file as it is (its batch, remat, FSDP) "
+                             "after the first default run, and report the peak device memory it logged")
     args = parser.parse_args()
     for name, gpu, cpu in (("shape", "gpt2-124m-1024", "quickstart"), ("batch_size", 64, 12),
                            ("dtype", "bfloat16", "float32")):
@@ -118,13 +124,25 @@ def profile_peer(args, timeout):
     return "\n".join(lines) if lines else f"# {args.peer}'s profile failed: {last_line[0][:300]}"
 
 
+def measure_memory(config: str, timeout: float) -> str:
+    """A table row: the train CLI's peak device memory with `config` as it is, over 2 steps (or why none)."""
+    logged, lines = train_cli_run(2, config=config, timeout=timeout)
+    if not logged:
+        print(f"# {config}: failed: {lines[-300:]}", flush=True)
+        return f"| {config} | failed | |"
+    gib = logged["peak_memory_gib"]
+    peak = f"{gib:.1f}" if gib is not None else "- (this platform keeps no count)"
+    print(f"# {config}: peak {peak} GiB", flush=True)
+    return f"| {config} | {peak} | {lines[0].replace(' | ', '; ')} |"
+
+
 def main():
     args = parse_args()
     variants = CPU_VARIANTS if args.cpu else VARIANTS
     names = [name for name in args.only or variants if name in variants] or sys.exit(
         f"none of --only is a{' CPU' if args.cpu else ' GPU'} variant{'' if args.cpu else ' (--cpu for the CPU ones)'}")
     order = ["default", *[n for n in names if n != "default"], "default"]
-    start, results, failures, peer_tokens, cli = time.perf_counter(), [], [], None, None
+    start, results, failures, peer_tokens, cli, memory = time.perf_counter(), [], [], None, None, []
 
     def timeout():  # for the next process: all end by --budget-s + 150 s
         return min(300, max(60, args.budget_s + 150 - (time.perf_counter() - start)))
@@ -153,6 +171,8 @@ def main():
         failures.append(None if measured else f"{name}: {last_line}")
         if i == 0 and args.profile and args.peer:
             print(profile_peer(args, timeout()), flush=True)
+        if i == 0:
+            memory = [measure_memory(config, timeout()) for config in args.memory_configs]
     if not any(measured for _, measured in results):
         sys.exit(f"every run failed; the first: {failures[0] if failures else 'none ran'}")
     defaults = [m[0] for n, m in results if n == "default" and m]
@@ -169,6 +189,9 @@ def main():
         ratio = f"{peer_tokens / baseline:.3f}x" if peer_tokens and baseline else "-"
         print(f"| {args.peer} (PyTorch, in the first default's run) | {f'{peer_tokens:,}' if peer_tokens else 'failed'} "
               f"| | | {ratio} |")
+    if memory:
+        print("\n| config (the train CLI, 2 steps, as the file sets it) | peak device memory GiB (JAX's allocator) | "
+              "its first line |\n| --- | ---: | --- |\n" + "\n".join(memory))
     if args.cli_steps:
         ratio = f"{int(cli[1].replace(',', '')) / baseline:.3f}x" if cli and baseline else "-"
         print(f"| the train CLI, {args.cli_steps} steps (its metrics.jsonl, in the first default's run) | "

@@ -1,10 +1,12 @@
-"""What a run reports: the peak FLOP/s that MFU divides by (flops.py), and metrics.jsonl."""
+"""What a run reports: the peak FLOP/s that MFU divides by (flops.py), the device memory it held, metrics.jsonl."""
 
 import errno
 import os
 
+import jax
 import pytest
 
+from gpt2_jax import device_memory
 from gpt2_jax.flops import peak_flops_of
 
 
@@ -17,6 +19,24 @@ from gpt2_jax.flops import peak_flops_of
 ])
 def test_the_peak_is_found_by_whole_names(device_kind, peak):
     assert peak_flops_of(device_kind) == peak
+
+
+class CountingDevice:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_the_peak_memory_is_the_most_any_device_held_and_none_where_none_counts(monkeypatch):
+    assert device_memory.peak_gib() is None and jax.devices()[0].memory_stats() is None  # a CPU keeps no count
+    held = [CountingDevice({"peak_bytes_in_use": 3 * 2**29, "bytes_in_use": 1}), CountingDevice(None),
+            CountingDevice({"peak_bytes_in_use": 5 * 2**29}), CountingDevice({"bytes_in_use": 2**40})]
+    monkeypatch.setattr(jax, "local_devices", lambda: held)
+    assert device_memory.peak_gib() == 2.5
+    monkeypatch.setattr(jax, "local_devices", lambda: held[1:2])
+    assert device_memory.peak_gib() is None
 
 
 def test_tensorboard_events_on_a_full_disk_leave_the_one_line_alone(tmp_path, monkeypatch, capsys):

@@ -97,6 +97,17 @@ def test_a_save_is_a_note_on_its_steps_row_or_a_short_line_of_its_own(shakespear
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["12", "6"]
 
 
+def test_the_peak_device_memory_is_a_column_where_the_devices_count_it(shakespeare_bytes, tmp_path, monkeypatch,
+                                                                        capsys):
+    from gpt2_jax import device_memory
+
+    monkeypatch.setattr(device_memory, "peak_gib", lambda: 24.25)  # a GPU's count; a CPU keeps none (test_metrics)
+    train(tiny_run_config(shakespeare_bytes, max_steps=4, warmup_steps=1, log_every=2, eval_every=0), tmp_path)
+    assert [row.get("peak_memory_gib") for row in read_metrics(tmp_path)] == [24.25, 24.25]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(rows) == 2 and all(" | peak GiB 24.2 | " in line for line in rows), rows
+
+
 def test_sigterm_saves_and_the_resumed_run_matches_a_straight_one(straight, tmp_path):
     config, expected = straight
     process = start_run(config, tmp_path)
