@@ -103,7 +103,7 @@ def quiet_orbax_failures() -> None:
     def hook(unraisable):
         code = getattr(unraisable.object, "cr_code", None)
         noise = "Event loop is closed" in str(unraisable.exc_value) or "orbax" in getattr(code, "co_filename", "")
-        if not noise or issubclass(unraisable.exc_type, KeyboardInterrupt):  # a lost Ctrl-C: raised again (errors.py)
+        if not noise or issubclass(unraisable.exc_type, KeyboardInterrupt):  # a lost Ctrl-C: raised again (cli_main.py)
             previous(unraisable)
 
     hook.quiet_orbax = True

@@ -18,7 +18,8 @@ import jax
 
 from gpt2_jax import checkpoint, hf_files, outdir
 from gpt2_jax.cli import argument_parser
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
+from gpt2_jax.errors import UserError
 from gpt2_jax.loading import load_config, load_model, to_hf
 from gpt2_jax.tokenizer import VOCAB_SIZES, write_gpt2_files
 

@@ -3,7 +3,7 @@
 While XLA runs a program, Python cannot raise KeyboardInterrupt; a loop of bounded programs
 (the train loop's steps, sampling's chunks) looks at this flag between them and stops cleanly,
 keeping what it has made. Before a CLI's main begins, and where a command has no handler of its own, the
-signals are answered here too (errors.py's exit_on_user_error gives main its handlers).
+signals are answered here too (cli_main.exit_on_user_error gives main its handlers).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pathlib import Path
 from gpt2_jax import shards
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.corpus import absolute_inputs, check_inputs
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.shard_writer import tokenize_into_shards
 from gpt2_jax.shards import DataError
 from gpt2_jax.tokenizer import TOKENIZERS, get_tokenizer

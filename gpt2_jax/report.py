@@ -17,7 +17,8 @@ from gpt2_jax import hellaswag
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.data import TextWindows, WindowSource, read_documents
 from gpt2_jax.device_errors import out_of_memory_as_user_error
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
+from gpt2_jax.errors import UserError
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_replicated
 from gpt2_jax.metrics import read_metrics

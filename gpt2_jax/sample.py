@@ -19,7 +19,8 @@ from tqdm import tqdm
 from gpt2_jax import accelerator
 from gpt2_jax.cli import argument_parser
 from gpt2_jax.device_errors import out_of_memory_as_user_error
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
+from gpt2_jax.errors import UserError
 from gpt2_jax.kv_cache import cache_bytes
 from gpt2_jax.loading import load_model
 from gpt2_jax.model import GPT2
@@ -111,7 +112,7 @@ def main(argv=None):
                 rng=jax.random.key(args.seed), on_token=stream,
                 on_progress=stream.stop_if_output_failed if stream else count,
             )
-    except GenerationInterrupted as interrupted:  # Ctrl-C (SIGTERM): print what was made, exit 130 (143; errors.py)
+    except GenerationInterrupted as interrupted:  # Ctrl-C (SIGTERM): print what was made, exit 130 (143; cli_main.py)
         with contextlib.suppress(OSError, StdoutError):  # a terminal gone (SIGHUP): the signal's exit code all the same
             print_samples(loaded.tokenizer, prompt_ids, interrupted.tokens_BxL, stream, progress, end_id)
         raise

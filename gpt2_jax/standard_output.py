@@ -1,6 +1,6 @@
 """Standard output whose failures are one line: a full disk under `> train.log`, a terminal gone (EIO).
 
-Every command's stdout is guarded while its main runs (errors.exit_on_user_error). A failed write
+Every command's stdout is guarded while its main runs (cli_main.exit_on_user_error). A failed write
 raises `StdoutError` (one line, exit 2) where the output is what the command makes (a sample, an
 evaluation); a training run, whose record is its workdir (metrics.jsonl, checkpoints), marks its
 output `optional`: one warning on stderr, then it goes on without a console. A reader that went

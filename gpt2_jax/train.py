@@ -25,7 +25,7 @@ from gpt2_jax import standard_output, train_config
 from gpt2_jax.agreed_stop import AgreedStop
 from gpt2_jax.device_errors import (TRAINING_MEMORY_ADVICE, check_state_fits_host, initialize_distributed,
                                     out_of_memory_as_user_error)
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.model import GPT2

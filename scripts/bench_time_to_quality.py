@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt2_jax import data, shards, to_hf, train_config
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.model import GPT2
 from gpt2_jax.train_flags import parse_flags
 

@@ -28,7 +28,7 @@ import jax
 from gpt2_jax import data
 from gpt2_jax.cli import HelpFormatter
 from gpt2_jax.data import read_documents
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.evaluate import evaluate_model
 from gpt2_jax.loading import load_model
 from gpt2_jax.flops import train_flops_per_token

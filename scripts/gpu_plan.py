@@ -28,7 +28,8 @@ import model_variants  # noqa: E402
 
 from gpt2_jax import accelerator  # noqa: E402
 from gpt2_jax.cli import HelpFormatter  # noqa: E402
-from gpt2_jax.errors import UserError, exit_on_user_error  # noqa: E402
+from gpt2_jax.cli_main import exit_on_user_error  # noqa: E402
+from gpt2_jax.errors import UserError  # noqa: E402
 
 TARGETS = ROOT / "scripts" / "gpu_targets"
 

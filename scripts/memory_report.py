@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from gpt2_jax import sharding, train_config  # noqa: E402
 from gpt2_jax.cli import HelpFormatter  # noqa: E402
-from gpt2_jax.errors import exit_on_user_error  # noqa: E402
+from gpt2_jax.cli_main import exit_on_user_error  # noqa: E402
 from gpt2_jax.model import GPT2  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.step import init_train_state, train_step  # noqa: E402

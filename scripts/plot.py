@@ -13,7 +13,8 @@ from matplotlib.backend_bases import FigureCanvasBase
 
 from gpt2_jax.cli import HelpFormatter, OneLineErrors
 from gpt2_jax.config import GPT2Config
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
+from gpt2_jax.errors import UserError
 from gpt2_jax.metrics import read_metrics
 from gpt2_jax.plot import plot_runs
 from gpt2_jax.tokenizer import VOCAB_SIZES

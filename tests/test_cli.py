@@ -50,7 +50,7 @@ def test_help_names_the_command_and_shows_every_default(name, capsys, monkeypatc
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     """`python -m gpt2_jax.X ... | head -1`: no BrokenPipeError traceback, exit 141 as a shell's would be."""
-    program = ("from gpt2_jax.errors import exit_on_user_error\n"
+    program = ("from gpt2_jax.cli_main import exit_on_user_error\n"
                "exit_on_user_error(lambda: [print('line', i) for i in range(200_000)])()\n")
     process = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdout.readline()
@@ -108,7 +108,7 @@ def test_ctrl_c_while_the_command_imports_is_one_line(command, ignored, signum):
 
 SIGNAL_WHILE_WRITING = """
 import os, signal, sys, time
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.interrupt import leave_on_ctrl_c_while_starting
 
 leave_on_ctrl_c_while_starting()  # as `python -m gpt2_jax.NAME` starts
@@ -138,7 +138,7 @@ def test_sigterm_in_a_command_is_one_line_after_its_clean_up(signum):
 
 SIGNAL_WHILE_LEAVING = """
 import atexit, os, signal, sys, time
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.interrupt import leave_on_ctrl_c_while_starting
 
 leave_on_ctrl_c_while_starting()  # as `python -m gpt2_jax.NAME` starts
@@ -168,7 +168,8 @@ def test_a_stop_signal_while_a_finished_command_exits_changes_nothing(signum):
 
 HANDLERS_AFTER_THE_LAST_EXIT_CALLBACK = """
 import atexit, signal, sys
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
+from gpt2_jax.errors import UserError
 
 @atexit.register  # registered first, so run last: what Python's shutdown then finds
 def handlers_left():
@@ -209,7 +210,7 @@ def test_another_program_run_with_python_m_keeps_its_own_ctrl_c(tmp_path):
 
 LOSES_A_CTRL_C = """
 import gc, signal, time
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 
 def lose_a_ctrl_c(phase, info):  # as a Ctrl-C arriving in jaxlib's garbage collector callback
     gc.callbacks.remove(lose_a_ctrl_c)
@@ -238,7 +239,7 @@ def test_a_ctrl_c_lost_in_a_garbage_collector_callback_still_ends_the_command():
 
 LOSES_A_SECOND_CTRL_C = """
 import gc, signal, time
-from gpt2_jax.errors import exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.interrupt import StopSignals
 
 def lose_a_ctrl_c(phase, info):
@@ -273,7 +274,8 @@ def test_a_second_ctrl_c_lost_under_stop_signals_is_raised_once_and_quietly():
 
 ENDS = """
 import signal, sys
-from gpt2_jax.errors import UserError, exit_on_user_error
+from gpt2_jax.cli_main import exit_on_user_error
+from gpt2_jax.errors import UserError
 from gpt2_jax.interrupt import Stopped
 
 @exit_on_user_error
