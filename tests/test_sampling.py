@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error, rel_error, run_main
 
-from gpt2_jax import GPT2, GPT2Config, from_hf, generate, sample, sampling
+from gpt2_jax import GPT2, GPT2Config, decode_loop, from_hf, generate, sample
 from gpt2_jax.kv_cache import cache_bytes, init_cache
 from gpt2_jax.next_token import kept_tokens, sample_next
 from gpt2_jax.sampling import GenerationInterrupted, SamplingError
@@ -80,7 +80,7 @@ def test_the_prompts_pass_keeps_only_the_last_positions_logits(tiny):
     big_vocab = GPT2(GPT2Config(vocab_size=8192, n_positions=64, n_embd=32, n_layer=2, n_head=2))
     shapes = jax.eval_shape(big_vocab.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     batch, prompt_length = 64, 30
-    start = jax.jit(sampling._start, static_argnums=(0, 4)).lower(
+    start = jax.jit(decode_loop.start, static_argnums=(0, 4)).lower(
         big_vocab, shapes, jax.ShapeDtypeStruct((batch, prompt_length), jnp.int32), jax.random.key(0), 10).compile()
     assert start.memory_analysis().temp_size_in_bytes < batch * prompt_length * 8192 * 4 / 4
 
@@ -109,11 +109,11 @@ def test_past_the_context_each_step_sees_the_last_n_positions_tokens(tiny):
 
 
 def decode_temp_bytes(model, batch, prompt_length, max_new_tokens):
-    """The scratch memory of one compiled chunk of the decode loop (sampling._decode), from shapes alone."""
+    """The scratch memory of one compiled chunk of the decode loop (decode_loop.decode_chunk), from shapes alone."""
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
-    state = jax.eval_shape(functools.partial(sampling._start, model, max_new_tokens=max_new_tokens), shapes,
+    state = jax.eval_shape(functools.partial(decode_loop.start, model, max_new_tokens=max_new_tokens), shapes,
                            jax.ShapeDtypeStruct((batch, prompt_length), jnp.int32), jax.random.key(0))
-    compiled = sampling._decode.lower(model, shapes, *state, stop=max_new_tokens, T=prompt_length,
+    compiled = decode_loop.decode_chunk.lower(model, shapes, state, stop=max_new_tokens, T=prompt_length,
                                       sampling=(1.0, None, None), on_token=None).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -252,14 +252,14 @@ def test_a_generation_compiles_its_two_programs_once_and_nothing_else(tiny, capl
                                12, temperature=0.0))
     model = GPT2(dataclasses.replace(config, eos_token_id=int(free[0, 5 + 2])))  # may end rows early: not all
     keys = [jax.random.key(seed) for seed in (1, 2)]  # made first: jax.random's own programs are not generate's
-    sampling._start.clear_cache(), sampling._decode.clear_cache()  # an earlier test's programs may fit these calls
+    decode_loop.start.clear_cache(), decode_loop.decode_chunk.clear_cache()  # an earlier test's programs may fit
     with jax.log_compiles(), caplog.at_level("WARNING"):
         for key in keys:  # a second call, other draws: no retrace
             generate(model, params, prompt, 12, top_k=5, rng=key).block_until_ready()
         generate(model, params, prompt[:1], 12, temperature=0.0).block_until_ready()  # its only row ends early
     compiled = re.findall(r"Compiling jit\((\w+)\)", caplog.text)
     # One pair for 3 rows sampled (twice), one for 1 row greedy; nothing after the loop (rows that end early).
-    assert [name for name in compiled if name != "atleast_2d"] == ["_start", "_decode"] * 2, compiled
+    assert [name for name in compiled if name != "atleast_2d"] == ["start", "decode_chunk"] * 2, compiled
 
 
 def test_progress_is_reported_per_chunk_up_to_the_tokens_made(tiny):
