@@ -171,19 +171,21 @@ class GPT2(nn.Module):
         return self.head(x_BxTxD[:, -1:] if last_only else x_BxTxD), cache
 
     def _forward(self, input_ids_BxT, cache, start):
-        if input_ids_BxT.ndim != 2 or start is None and input_ids_BxT.shape[1] > self.config.n_positions:  # else NaN
+        if input_ids_BxT.ndim != 2 or (start is None and input_ids_BxT.shape[1] > self.config.n_positions):  # NaN
             raise ValueError(f"ids of shape {input_ids_BxT.shape}: [B, T], T <= {self.config.n_positions} positions")
         T = input_ids_BxT.shape[1]
         positions_T = jnp.arange(T) if start is None else start + jnp.arange(T)
         if cache is not None:  # the cache writes at start clamped into [0, max_len - T]: else wrong logits
             check_fits(cache, start, T, self.config.n_positions)
             held = positions_held(cache, self.config.n_positions)
-            fits = (start >= 0) & (start + T <= held)  # a traced start: NaN logits, not wrong ones
+            fits = (start >= 0) & (start + T <= held)  # a traced start cannot raise: NaN logits, not wrong ones
+            # Position n_positions is past wpe's last row: Embed's take fills such rows with NaN, and so the logits.
             positions_T = jnp.where(fits, positions_T, self.config.n_positions)
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
-        delta_BxTxD, new_cache = None, None if cache is None else []
+        delta_BxTxD = None  # the last sub-block's output, not yet added to the stream (layer_norm.AddLayerNorm)
+        new_cache = None if cache is None else []
         for i, block in enumerate(self.h):
-            if self.remat and delta_BxTxD is not None:  # a remat block keeps its inputs: the stream alone, then
+            if self.remat and delta_BxTxD is not None:  # a remat block keeps its inputs: give it the stream alone
                 x_BxTxD, delta_BxTxD = x_BxTxD + delta_BxTxD.astype(x_BxTxD.dtype), None
             x_BxTxD, delta_BxTxD, layer_cache = block(x_BxTxD, delta_BxTxD, None if cache is None else cache[i], start)
             if cache is not None:
