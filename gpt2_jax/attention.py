@@ -23,7 +23,7 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, start, implementation: str | None):
     `start` None means no cache (T == S): plain causal attention, which every kernel runs;
     decoding from a cache (a mask over the keys) always runs XLA's or cuDNN's.
     """
-    if implementation is not None and implementation not in KERNELS:  # decoding took any other name for "xla"
+    if implementation is not None and implementation not in KERNELS:  # an unknown name is an error, not a silent "xla"
         raise ValueError(f"attention implementation {implementation!r}: one of {KERNELS} or None "
                          "(accelerator.model_kernels picks one for a platform)")
     T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]

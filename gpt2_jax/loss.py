@@ -112,7 +112,7 @@ def _loss_and_gradients(x_BxTxD, embedding_VxD, labels_BxT, vocab_size, chunk_to
         return d_embedding_VxD, (jnp.where(real_BxP, losses_BxP, 0).sum(), d_x_BxPxD.astype(x_BxPxD.dtype))
 
     zeros = jnp.zeros(embedding.shape, jnp.float32)
-    real_BxT = jnp.ones(labels_BxT.shape, bool)
+    real_BxT = jnp.ones(labels_BxT.shape, bool)  # _chunks pads it with False: a last chunk's padding counts no loss
     d_embedding, (loss_sums, d_x) = jax.lax.scan(
         chunk, zeros, (_chunks(x_BxTxD, *layout), _chunks(labels_BxT, *layout), _chunks(real_BxT, *layout)))
     d_embedding = d_embedding.at[labels_BxT.reshape(-1)].add(-scale * x_BxTxD.reshape(B * T, -1).astype(jnp.float32))

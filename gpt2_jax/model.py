@@ -193,7 +193,7 @@ class GPT2(nn.Module):
         return self.ln_f(x_BxTxD, delta_BxTxD, keep_sum=False), new_cache
 
     def head(self, x_BxTxD):
-        """Tied head: logits [B, T, vocab_size] (fp32) = x @ wte^T in the compute dtype, padding cut from the logits
-        (cut from the embedding, the whole of it was copied at every decoding step)."""
+        """Tied head: logits [B, T, vocab_size] (fp32) = x @ wte^T in the compute dtype, padding cut from the logits,
+        not the embedding (cutting the [V, D] embedding copies all of it at every decoding step)."""
         logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, self.wte.embedding.astype(self.dtype))
         return logits_BxTxV[..., : self.config.vocab_size].astype(jnp.float32)

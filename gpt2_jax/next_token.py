@@ -68,21 +68,23 @@ def sample_next(logits_BxV, key, temperature: float, top_k: int | None, top_p: f
     token_B = jnp.take_along_axis(kept.ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
     # The tail (tokens tied with the k-th that top-k's k ids left out) is drawn as a whole in proportion to its mass,
     # then one of its tokens uniformly (they are equally likely): without a tail the draws are the candidates'.
-    tail_log_mass_B = kept.tail_logit_B + jnp.log(kept.tail_B)  # -inf without a tail
+    tail_log_mass_B = kept.tail_logit_B + jnp.log(kept.tail_count_B)  # -inf without a tail
     tail_share_B = jnp.exp(tail_log_mass_B - jnp.logaddexp(jax.nn.logsumexp(kept.logits_BxK, -1), tail_log_mass_B))
     in_tail_B = jax.random.uniform(jax.random.fold_in(key, 1), tail_share_B.shape) < tail_share_B
-    return jax.lax.cond(in_tail_B.any(), lambda: jnp.where(in_tail_B, tail_token(
-        logits_BxV, kept, jax.random.fold_in(key, 2)), token_B), lambda: token_B)
+
+    def with_tail_draws():
+        return jnp.where(in_tail_B, tail_token(logits_BxV, kept, jax.random.fold_in(key, 2)), token_B)
+    return jax.lax.cond(in_tail_B.any(), with_tail_draws, lambda: token_B)
 
 
 class Kept(NamedTuple):
     """What top-k, then top-p, keep of each row: `logits_BxK` (-inf where top-p dropped one) at `ids_BxK`, most
-    likely first, and the first `tail_B` (in id order) of the other tokens tied with the k-th, each at logit
+    likely first, and the first `tail_count_B` (in id order) of the other tokens tied with the k-th, each at logit
     `tail_logit_B`. transformers keeps every token tied with the k-th; bf16 logits tie often."""
 
     logits_BxK: jax.Array
     ids_BxK: jax.Array
-    tail_B: jax.Array
+    tail_count_B: jax.Array
     tail_logit_B: jax.Array
 
 
@@ -92,17 +94,18 @@ def kept_tokens(logits_BxV, top_k: int | None, top_p: float | None) -> Kept:
     # Read beside the logits, top_k's k-th became a full sort in XLA:CPU (50 ms a step at B=5): a barrier keeps top_k.
     logits_BxK, ids_BxK, logits_BxV = jax.lax.optimization_barrier((logits_BxK, ids_BxK, logits_BxV))
     kth_B = logits_BxK[:, -1]
-    tail_B = (logits_BxV == kth_B[:, None]).sum(-1) - (logits_BxK == kth_B[:, None]).sum(-1)  # 0 if K = V
+    tail_count_B = (logits_BxV == kth_B[:, None]).sum(-1) - (logits_BxK == kth_B[:, None]).sum(-1)  # 0 if K = V
     if top_p is not None and top_p < 1:  # the most likely tokens until their mass reaches top_p: the tail's last
-        log_mass_B = jnp.logaddexp(jax.nn.logsumexp(logits_BxK, -1), kth_B + jnp.log(tail_B))
+        log_mass_B = jnp.logaddexp(jax.nn.logsumexp(logits_BxK, -1), kth_B + jnp.log(tail_count_B))
         probs_BxK = jnp.exp(logits_BxK - log_mass_B[:, None])
         mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
         logits_BxK = jnp.where(mass_before_BxK < top_p, logits_BxK, -jnp.inf)
         # tail token m (from 0) has mass mass_before_tail + m * tail_prob before it: kept while that is < top_p
         tail_prob_B = jnp.exp(kth_B - log_mass_B)
         room_B = (top_p - (mass_before_BxK[:, -1] + probs_BxK[:, -1])) / jnp.where(tail_prob_B > 0, tail_prob_B, 1)
-        tail_B = jnp.where(tail_prob_B > 0, jnp.clip(jnp.ceil(room_B), 0, tail_B), 0).astype(tail_B.dtype)
-    return Kept(logits_BxK, ids_BxK, tail_B, kth_B)
+        kept_of_tail_B = jnp.clip(jnp.ceil(room_B), 0, tail_count_B)  # as many as the mass left to top_p takes
+        tail_count_B = jnp.where(tail_prob_B > 0, kept_of_tail_B, 0).astype(tail_count_B.dtype)
+    return Kept(logits_BxK, ids_BxK, tail_count_B, kth_B)
 
 
 def tail_token(logits_BxV, kept: Kept, key):
@@ -111,5 +114,5 @@ def tail_token(logits_BxV, kept: Kept, key):
     rank_BxV = jnp.cumsum(tied_BxV, axis=-1, dtype=jnp.int32) - 1
     # A row with a tail kept all its candidates (top-p keeps a prefix; the tail comes last): its tied ones go first.
     first_B = (kept.logits_BxK == kept.tail_logit_B[:, None]).sum(-1)
-    pick_B = first_B + jax.random.randint(key, first_B.shape, 0, jnp.maximum(kept.tail_B, 1))
+    pick_B = first_B + jax.random.randint(key, first_B.shape, 0, jnp.maximum(kept.tail_count_B, 1))
     return jnp.argmax(tied_BxV & (rank_BxV == pick_B[:, None]), axis=-1).astype(jnp.int32)

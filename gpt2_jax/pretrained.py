@@ -31,7 +31,7 @@ def model_config(config, meta: dict, workdir: Path) -> GPT2Config:
     defaults = train_config.default_config()
     for key in SHAPE_KEYS:
         if config[key] not in (getattr(pretrained, key), defaults[key]):
-            # "drop --config.KEY" misled where the config file (configs/shakespeare_byte.py) set it, not the command
+            # "set", not "drop --config.KEY": the config file may be what set it, not the command line
             raise ConfigError(f"{key}={config[key]} disagrees with {source} ({key}={getattr(pretrained, key)}); with "
                               f"init_from the model's shape comes from its config.json: set {key} to "
                               f"{getattr(pretrained, key)} or back to its default {defaults[key]}, which takes the "

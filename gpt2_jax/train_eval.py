@@ -68,7 +68,7 @@ class TrainingEvaluation:
             with out_of_memory_as_user_error("lower num_samples or sample_tokens"):
                 tokens = generate(self.model, params, self.prompt, self.config.sample_tokens, top_k=50,
                                   rng=jax.random.key(self.config.seed))
-                tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (see train.py)
+                tokens = np.asarray(jax.block_until_ready(tokens))  # every device done (why: __call__)
         except DeviceError as error:
             if jax.process_count() > 1:  # one process alone out of sampling would leave the others waiting in it
                 raise

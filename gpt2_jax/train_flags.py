@@ -37,7 +37,7 @@ def _config_dicts_only(load):
         finally:
             absl_logger.removeFilter(_not_returned_none)
         if not isinstance(config, ml_collections.ConfigDict):
-            hasattr(config, "keys")  # a file config_flags could not read: its stand-in raises why (an OSError)
+            hasattr(config, "keys")  # not dead: config_flags' stand-in for a file it could not read raises its OSError
             kind = type(config).__name__
             returned = "None" if config is None else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
             raise _NotAConfigDict(f"cannot load --config: get_config() returned {returned}, not an ml_collections."

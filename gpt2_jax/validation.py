@@ -60,7 +60,7 @@ COUNT_LIMIT = 2**31 - 1  # int32's
 
 
 def _add(on_host: tuple, totals) -> tuple:
-    """The host's sums plus the devices' (waited for: every device done, see train.py), in float64 and Python ints."""
+    """The host's sums plus the devices' (waited for: every device done, as _accumulate_losses says why), in float64 and Python ints."""
     return tuple(sum_ + np.asarray(total).item() for sum_, total in zip(on_host, jax.block_until_ready(totals)))
 
 
