@@ -73,6 +73,11 @@ def tree_shardings(mesh: Mesh, abstract_tree):
     return jax.tree_util.tree_map_with_path(sharding, abstract_tree)
 
 
+def with_shardings(abstract_tree, shardings):
+    """abstract_tree's ShapeDtypeStructs, each with its sharding: what orbax restores into, what a plan compiles."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
+
 def batch_sharding(mesh: Mesh, leading_dims: int = 0) -> NamedSharding:
     """Split dimension `leading_dims` (the batch) over all devices; e.g. 1 for [accum, batch, time]."""
     return NamedSharding(mesh, P(*([None] * leading_dims), BATCH_AXES))

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from gpt2_jax import accelerator, console, data, device_memory, flops, metrics, pretrained, shards, sharding
@@ -28,7 +27,6 @@ from gpt2_jax.device_errors import (TRAINING_MEMORY_ADVICE, check_state_fits_hos
 from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.evaluator import EvaluationStopped
 from gpt2_jax.interrupt import StopSignals, Stopped
-from gpt2_jax.model import GPT2
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start, process_0s
 from gpt2_jax.step import TrainState, init_train_state, train_step
@@ -82,9 +80,7 @@ class Run:
                         else train_config.model_config(c, meta["vocab_size"], meta["eot_token"]))
         changed = check_settings(self.workdir, model_config, c, meta, jax.process_count(), process_0s)
 
-        kernels = accelerator.model_kernels(c.attention_impl, c.split_qkv, c.fused_norm, c.dtype)
-        model = GPT2(model_config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple,
-                     remat=c.remat, residual_dtype=jnp.dtype(c.residual_dtype), **kernels)
+        model, kernels = train_config.make_model(c, model_config)
         optimizer = make_optimizer(c)
         init = functools.partial(init_train_state, model, optimizer)
         abstract = jax.eval_shape(init, jax.random.key(c.seed))
@@ -101,7 +97,7 @@ class Run:
         print(console.banner(sum(x.size for x in jax.tree.leaves(abstract.params)), c, self.accumulation, mesh,
                              meta["tokenizer"], kernels))  # before a restore's words
         self.checkpoints = TrainCheckpoints(self.workdir, c.keep_checkpoints)
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+        target = sharding.with_shardings(abstract, state_sharding)
         restored = self.checkpoints.restore_train_state(target.params, target.opt_state, self.data)
         check_same_start(restored[0] if restored else 0)
         if restored:

@@ -7,10 +7,12 @@ The defaults are GPT-2 124M as build-nanogpt trains it.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 
-from gpt2_jax.accelerator import ATTENTION_IMPLS
+from gpt2_jax.accelerator import ATTENTION_IMPLS, model_kernels
 from gpt2_jax.config import ConfigError, GPT2Config
+from gpt2_jax.model import GPT2
 from gpt2_jax.optim import optimizer_checks
 from gpt2_jax.sharding import fsdp_problem
 
@@ -135,3 +137,11 @@ def model_config(c: ml_collections.ConfigDict, vocab_size: int, eot_token: int) 
     """The GPT2Config (HF schema) of the model this run trains, for the data's tokenizer."""
     return GPT2Config(vocab_size=vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
                       n_head=c.n_head, bos_token_id=eot_token, eos_token_id=eot_token)
+
+
+def make_model(c: ml_collections.ConfigDict, config: GPT2Config, device=None) -> tuple[GPT2, dict]:
+    """The GPT2 of `config` that this run trains (its dtypes, padding, remat) with the kernels that `device` (None:
+    the default one) runs fastest where the run leaves them to the platform; and those kernels, for the banner."""
+    kernels = model_kernels(c.attention_impl, c.split_qkv, c.fused_norm, c.dtype, device)
+    return GPT2(config, dtype=jnp.dtype(c.dtype), vocab_pad_multiple=c.vocab_pad_multiple, remat=c.remat,
+                residual_dtype=jnp.dtype(c.residual_dtype), **kernels), kernels

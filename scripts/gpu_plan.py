@@ -81,8 +81,7 @@ def compile_step(args):
     gpt2 = GPT2(GPT2Config(), dtype=jnp.bfloat16, vocab_pad_multiple=64, **options)
     optimizer, mesh = make_optimizer(config), sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(step.init_train_state, gpt2, optimizer), jax.random.key(0))
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state,
-                         sharding.tree_shardings(mesh, state))
+    state = sharding.with_shardings(state, sharding.tree_shardings(mesh, state))
     windows = jax.ShapeDtypeStruct((1, args.batch_size, 1025), jnp.int32,
                                    sharding=sharding.batch_sharding(mesh, leading_dims=1))
     return jax.jit(functools.partial(step.train_step, gpt2, optimizer), donate_argnums=0).lower(

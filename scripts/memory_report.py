@@ -24,7 +24,6 @@ import jax.numpy as jnp  # noqa: E402
 from gpt2_jax import sharding, train_config  # noqa: E402
 from gpt2_jax.cli import HelpFormatter  # noqa: E402
 from gpt2_jax.cli_main import exit_on_user_error  # noqa: E402
-from gpt2_jax.model import GPT2  # noqa: E402
 from gpt2_jax.optim import make_optimizer  # noqa: E402
 from gpt2_jax.step import init_train_state, train_step  # noqa: E402
 from gpt2_jax.train_flags import parse_flags  # noqa: E402
@@ -32,17 +31,14 @@ from gpt2_jax.train_flags import parse_flags  # noqa: E402
 
 def planned_bytes(config, device) -> dict:
     model_config = train_config.model_config(config, 50257, 50256)
-    kernels = accelerator.model_kernels(config.attention_impl, config.split_qkv, config.fused_norm, config.dtype,
-                                        device)
-    model = GPT2(model_config, dtype=jnp.dtype(config.dtype), vocab_pad_multiple=config.vocab_pad_multiple,
-                 remat=config.remat, residual_dtype=jnp.dtype(config.residual_dtype), **kernels)
+    model, _ = train_config.make_model(config, model_config, device)
     optimizer = make_optimizer(config)
     mesh = sharding.make_mesh(1, [device])
     state = jax.eval_shape(functools.partial(init_train_state, model, optimizer), jax.random.key(0))
     state_sharding = sharding.tree_shardings(mesh, state)
     windows = jax.ShapeDtypeStruct((train_config.accumulation_steps(config), config.batch_size, config.block_size + 1),
                                    jnp.int32, sharding=sharding.batch_sharding(mesh, leading_dims=1))
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sharding)
+    state = sharding.with_shardings(state, state_sharding)
     compiled = jax.jit(functools.partial(train_step, model, optimizer), donate_argnums=0).lower(state, windows).compile()
     m = compiled.memory_analysis()
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes

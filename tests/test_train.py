@@ -45,10 +45,10 @@ def test_a_tiny_run_learns_and_writes_its_workdir(shakespeare_bytes, tmp_path):
 def test_the_split_qkv_and_bf16_residual_options_reach_the_model(shakespeare_bytes, tmp_path, monkeypatch, capsys):
     """Options set reach the model and the run's first line; those left to the platform (None) are its choice
     (accelerator.model_kernels: on a CPU, XLA's ops, the attention by chunks of queries)."""
-    import gpt2_jax.train as train_module
+    import gpt2_jax.train_config as train_config_module
 
     built = []
-    monkeypatch.setattr(train_module, "GPT2", lambda *args, **kwargs: built.append(kwargs) or GPT2(*args, **kwargs))
+    monkeypatch.setattr(train_config_module, "GPT2", lambda *args, **kwargs: built.append(kwargs) or GPT2(*args, **kwargs))
     train(tiny_run_config(shakespeare_bytes, max_steps=2, warmup_steps=1, eval_every=0, split_qkv=True,
                           residual_dtype="bfloat16"), tmp_path / "a")
     assert built[0]["split_qkv"] is True and built[0]["residual_dtype"] == jnp.bfloat16
