@@ -31,10 +31,12 @@ def train_flops_per_token(config: GPT2Config) -> float:
 
 
 def peak_flops_per_device(override: float = 0.0) -> float | None:
+    """`override` if set, else the datasheet peak of this host's devices (peak_flops_of), or None if not known."""
     if override:
         return override
     return peak_flops_of(jax.devices()[0].device_kind)
 
 
 def peak_flops_of(device_kind: str) -> float | None:
+    """The peak FLOP/s of the first PEAK_FLOPS pattern found in `device_kind`, or None."""
     return next((flops for pattern, flops in PEAK_FLOPS if re.search(pattern, device_kind)), None)

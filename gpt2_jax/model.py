@@ -56,6 +56,8 @@ class QKV(nn.Module):
 
 
 class Attention(nn.Module):
+    """Causal self-attention [B, T, D] -> ([B, T, D], KV cache: this step's keys and values written at `start`)."""
+
     config: GPT2Config
     dtype: Any
     attention_impl: str | None
@@ -179,8 +181,7 @@ class GPT2(nn.Module):
             check_fits(cache, start, T, self.config.n_positions)
             held = positions_held(cache, self.config.n_positions)
             fits = (start >= 0) & (start + T <= held)  # a traced start cannot raise: NaN logits, not wrong ones
-            # Position n_positions is past wpe's last row: Embed's take fills such rows with NaN, and so the logits.
-            positions_T = jnp.where(fits, positions_T, self.config.n_positions)
+            positions_T = jnp.where(fits, positions_T, self.config.n_positions)  # past wpe: Embed's take gives NaN
         x_BxTxD = (self.wte(input_ids_BxT) + self.wpe(positions_T)[None]).astype(self.residual_dtype)
         delta_BxTxD = None  # the last sub-block's output, not yet added to the stream (layer_norm.AddLayerNorm)
         new_cache = None if cache is None else []

@@ -44,6 +44,7 @@ def decay_mask(params):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+    """The gradient clipped to a global norm of grad_clip, then AdamW on the schedule, decaying matrices only."""
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(

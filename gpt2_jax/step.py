@@ -19,6 +19,8 @@ from gpt2_jax.model import GPT2
 
 
 class TrainState(NamedTuple):
+    """What a train step updates, and a checkpoint holds: the params and the optimizer's state (a pytree each)."""
+
     params: Any
     opt_state: Any
 
