@@ -24,7 +24,7 @@ from gpt2_jax.cli_main import exit_on_user_error
 from gpt2_jax.errors import UserError
 from gpt2_jax.evaluator import Evaluator
 from gpt2_jax.loading import load_config, load_replicated, resolve_reference
-from gpt2_jax.outdir import through, write_file
+from gpt2_jax.outdir import write_file, writes_in_place
 from gpt2_jax.tokenizer import tokenizer_for_vocab
 
 TASKS = ("val_loss", "hellaswag")
@@ -70,7 +70,8 @@ def check_out(out: Path, sources: list[str]) -> None:
     """Before evaluating: --out must be writable, and none of the files the evaluation reads (one was replaced by the
     results: the model then loaded as GPT-2 124M); a JSON of its own beside them (runs/NAME/eval.json) may be."""
     folder = out.absolute().parent
-    if out.is_dir() or not folder.is_dir() or not os.access(out if through(out) and out.exists() else folder, os.W_OK):
+    written = out if writes_in_place(out) and out.exists() else folder  # as outdir.refuse_unwritable checks
+    if out.is_dir() or not folder.is_dir() or not os.access(written, os.W_OK):
         raise UserError(f"--out {out}: a directory, or in a directory that is missing or read-only; give a file to "
                         "write (checked before evaluating)")
     target = out.resolve()

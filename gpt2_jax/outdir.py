@@ -98,7 +98,7 @@ def _unwritable_parent(out_dir: Path, folder: Path, why: str) -> OutputError:
                        "output is made in there first, then renamed into place; choose an --out in a folder you can write")
 
 
-def through(path: Path) -> bool:
+def writes_in_place(path: Path) -> bool:
     """Whether write_file writes `path` in place: a link, or what is neither a file nor a directory."""
     return path.is_symlink() or path.exists() and not (path.is_file() or path.is_dir())
 
@@ -107,7 +107,7 @@ def refuse_unwritable(path: Path) -> None:
     """Before the work that makes it: an OutputError where `write_file(path, ...)` would fail for certain."""
     if path.is_dir():
         raise OutputError(f"{path} is a directory; move it away: a file is written there")
-    if not os.access(path if through(path) and path.exists() else path.parent, os.W_OK):
+    if not os.access(path if writes_in_place(path) and path.exists() else path.parent, os.W_OK):
         raise OutputError(f"cannot write {path}: {path.parent} is read-only here (or missing); "
                           "work on a writable copy of it")
 
@@ -116,7 +116,7 @@ def write_file(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(temporary_file)` beside `path`, then rename it to `path`: a reader sees the old file or the
     new one, whole, never a part. A symbolic link, a device or a pipe (/dev/null, /dev/stdout: links to /proc) is
     written through, as the shell's `>` would, not replaced. An OSError is an OutputError naming `path`."""
-    in_place = through(path)
+    in_place = writes_in_place(path)
     if not in_place:
         leftovers.tidy_file(path)  # what writers killed mid-write left
     temporary = path.with_name(f".{path.stem}.tmp-{leftovers.writer_tag()}{path.suffix}")  # savefig reads the suffix

@@ -36,7 +36,7 @@ class TrainingEvaluation:
         if config.num_samples and config.sample_tokens > MAX_NEW_TOKENS:
             raise ConfigError(f"sample_tokens={config.sample_tokens} must be at most {MAX_NEW_TOKENS:,}")
         examples = hellaswag.load_examples(config.hellaswag, config.hellaswag_limit) if config.hellaswag else ()
-        self.evaluate = Evaluator(model, mesh, tokenizer, config.batch_size,
+        self.evaluator = Evaluator(model, mesh, tokenizer, config.batch_size,
                                   WindowSource(config.data_dir, "val", config.block_size),
                                   config.eval_batches * config.batch_size, examples)
         self.prompt = None
@@ -54,7 +54,7 @@ class TrainingEvaluation:
         # Every device finishes the step before the evaluation's programs start: CPU devices share one
         # thread pool, and programs with collectives that overlap on it can deadlock.
         jax.block_until_ready(params)
-        results = self.evaluate(params, stop=stop)
+        results = self.evaluator(params, stop=stop)
         row = {"val_loss": results["val_loss"]["loss"], "val_bpb": results["val_loss"]["bpb"]}
         if "hellaswag" in results:
             row.update(hellaswag_acc=results["hellaswag"]["acc"], hellaswag_acc_norm=results["hellaswag"]["acc_norm"])
