@@ -7,7 +7,7 @@ import datetime
 from pathlib import Path
 
 from gpt2_jax import metrics
-from gpt2_jax.model_dirs import CHECKPOINTS, METRICS
+from gpt2_jax.model_dirs import CHECKPOINTS, LOSS_PLOT, METRICS
 from gpt2_jax.plot import plot_run_or_warn
 
 SAVING = "saving checkpoint"  # a row's note: its step's checkpoint is being written (in the background)
@@ -42,10 +42,10 @@ def format_row(step: int, max_steps: int, row: dict, elapsed: float, eta: float 
 def close(workdir: Path, first: int, last: int, max_steps: int, seconds: float, stopped: bool, ran: bool) -> None:
     """Draws DIR/loss.png from its metrics.jsonl and prints the closing lines (`summary`) if this call `ran` a step
     or an evaluation; else (it found the run finished) only draws a loss.png that is missing (killed before it)."""
-    if not ran and (workdir / "loss.png").exists():
+    if not ran and (workdir / LOSS_PLOT).exists():
         return  # an idle rerun leaves the workdir as it was
     rows = metrics.read_metrics(workdir)
-    plot = plot_run_or_warn(rows, workdir / "loss.png")
+    plot = plot_run_or_warn(rows, workdir / LOSS_PLOT)
     if ran:
         print(summary(rows, first, last, max_steps, seconds, workdir, plot, stopped))
 

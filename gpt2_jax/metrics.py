@@ -1,4 +1,4 @@
-"""What a training run reports: its throughput clock, metrics.jsonl and TensorBoard (MFU's FLOPs: flops.py)."""
+"""What a training run reports: metrics.jsonl and TensorBoard (its clock: throughput.py; MFU's FLOPs: flops.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import contextlib
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
-import jax
-
 from gpt2_jax.errors import UserError
+from gpt2_jax.model_dirs import METRICS
 from gpt2_jax.outdir import write_file
+
 
 class DivergedError(UserError):
     """A loss, gradient or parameter norm that is not finite: the run stops before saving it."""
@@ -27,33 +26,6 @@ def check_finite(step: int, metrics: dict, last_good: int | None) -> None:
                         "Lower learning_rate and rerun to resume")
 
 
-class ThroughputClock:
-    """Steps per second between moments at which a known step has just finished on the devices.
-
-    It waits for the newest dispatched step, not for the one being logged: with asynchronous
-    dispatch the next step is already queued (or, on some platforms, already run) when a row
-    is logged, and counting only the logged step over that time overstated the last row's rate.
-    """
-
-    def __init__(self):
-        self.step, self.time, self.rate = None, None, None
-
-    def start(self, step: int, outputs) -> None:
-        """Start counting once `outputs` (of step `step`) are ready."""
-        jax.block_until_ready(outputs)
-        self.step, self.time = step, time.perf_counter()
-
-    def steps_per_second(self, step: int, outputs) -> float | None:
-        """Steps per second since the last call, once `outputs` of step `step` are ready (None before
-        `start`); if no step finished since the last call, the last call's rate."""
-        if self.step is not None and step > self.step:
-            jax.block_until_ready(outputs)
-            now = time.perf_counter()
-            self.rate = (step - self.step) / (now - self.time)
-            self.step, self.time = step, now
-        return self.rate
-
-
 class MetricsWriter:
     """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events in DIR/tensorboard.
 
@@ -64,7 +36,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | Path, resume_step: int = 0, enabled: bool = True):
         self.enabled, self.resume_step, self.tensorboard, self.failed = enabled, resume_step, None, False
-        self.workdir, self.path = Path(workdir), Path(workdir) / "metrics.jsonl"
+        self.workdir, self.path = Path(workdir), Path(workdir) / METRICS
         self.kept = None  # the lines to keep, read now: a damaged file stops the run before it trains
         self.evaluated = set()  # the steps with a val_loss row among them
         if enabled and self.path.exists():
@@ -124,7 +96,7 @@ class MetricsWriter:
 
 def read_metrics(workdir: str | Path) -> list[dict]:
     """The rows of DIR/metrics.jsonl."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = Path(workdir) / METRICS
     return [row for _, row in _lines_and_rows(path)] if path.exists() else []
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS, CHECKPOINTS = "params", "checkpoints"
-# what else a training workdir holds: workdir_lock.py's lock, workdir.py's settings, metrics.py's rows
-TRAIN_LOCK, TRAIN_CONFIG, METRICS = "train.lock", "train_config.json", "metrics.jsonl"
+# what else a training workdir holds: workdir_lock.py's lock, workdir.py's settings, metrics.py's rows, its curves
+TRAIN_LOCK, TRAIN_CONFIG, METRICS, LOSS_PLOT = "train.lock", "train_config.json", "metrics.jsonl", "loss.png"
 
 
 def is_flax_dir(path: Path) -> bool:

@@ -28,7 +28,7 @@ from gpt2_jax.plot import plot_runs
 from gpt2_jax.shards import read_meta
 from gpt2_jax.workdir import DATA_FINGERPRINT, data_fingerprint, read_settings
 
-METRICS = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
+COMPARED = (("val_loss", "val loss", "lower"), ("val_bpb", "val bpb", "lower"),
            ("hellaswag_acc_norm", "HellaSwag acc_norm", "higher"))
 # What evaluate_baseline reads of the run's train_config.json, and the types it must find there.
 BASELINE_SETTINGS = {"data_dir": str, "block_size": int, "batch_size": int, "eval_batches": int, "hellaswag": str,
@@ -105,7 +105,7 @@ def write_report(workdir: str | Path, baseline: str | None = None) -> tuple[Path
 def table_alone(rows: list[dict]) -> list[str]:
     """Markdown lines: each metric's last and best evaluation."""
     lines = ["| metric | better | last (step) | best (step) |", "| --- | --- | ---: | ---: |"]
-    for name, title, better in METRICS:
+    for name, title, better in COMPARED:
         evaluated = [row for row in rows if name in row]
         if evaluated:
             last, best = evaluated[-1], (min if better == "lower" else max)(evaluated, key=lambda row: row[name])
@@ -117,7 +117,7 @@ def table_alone(rows: list[dict]) -> list[str]:
 def table_against(rows: list[dict], values: dict) -> list[str]:
     """Markdown lines: each metric's last evaluation against the baseline's value, and the first step that beat it."""
     lines = ["| metric | better | run (step) | baseline | run wins |", "| --- | --- | ---: | ---: | --- |"]
-    for name, title, better in METRICS:
+    for name, title, better in COMPARED:
         evaluated = [row for row in rows if name in row]
         if not evaluated or name not in values:
             continue

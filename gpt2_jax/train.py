@@ -30,6 +30,7 @@ from gpt2_jax.interrupt import StopSignals, Stopped
 from gpt2_jax.optim import learning_rate_schedule, make_optimizer
 from gpt2_jax.same_run import check_same_data, check_same_settings, check_same_start, process_0s
 from gpt2_jax.step import TrainState, init_train_state, train_step
+from gpt2_jax.throughput import ThroughputClock
 from gpt2_jax.tokenizer import get_tokenizer
 from gpt2_jax.train_checkpoints import TrainCheckpoints
 from gpt2_jax.train_eval import TrainingEvaluation
@@ -123,7 +124,7 @@ class Run:
         self.schedule = learning_rate_schedule(c)
         self.peak = flops.peak_flops_per_device(c.peak_flops)
         self.flops_per_step = flops.train_flops_per_token(model_config) * c.tokens_per_step
-        self.clock, self.logged, self.stopped_by = metrics.ThroughputClock(), [], None  # stopped_by: a signal's name
+        self.clock, self.logged, self.stopped_by = ThroughputClock(), [], None  # stopped_by: a signal's name
         self.last_good, self.began = (self.start if restored else None), time.perf_counter()
 
     def loop(self) -> list[dict]:

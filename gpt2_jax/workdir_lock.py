@@ -15,12 +15,12 @@ import socket
 from pathlib import Path
 
 from gpt2_jax.errors import UserError
-from gpt2_jax.model_dirs import CHECKPOINTS, METRICS, TRAIN_CONFIG, TRAIN_LOCK as LOCK
+from gpt2_jax.model_dirs import CHECKPOINTS, LOSS_PLOT, METRICS, TRAIN_CONFIG, TRAIN_LOCK as LOCK
 
 RUN_FILES = {LOCK, CHECKPOINTS, TRAIN_CONFIG, METRICS}  # any one: a run's workdir (its first: the lock)
 # and what else a run and its report write there, and a new filesystem's lost+found: a workdir holding only these is
 # one to check against the run's settings, not to refuse
-RUN_WRITES = RUN_FILES | {"config.json", "tensorboard", "loss.png", "report.md", "report.png", "lost+found"}
+RUN_WRITES = RUN_FILES | {"config.json", "tensorboard", LOSS_PLOT, "report.md", "report.png", "lost+found"}
 
 
 class WorkdirError(UserError):
