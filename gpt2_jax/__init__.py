@@ -17,11 +17,19 @@ _PUBLIC = {
 }
 __all__ = list(_PUBLIC)
 
-# `python -m gpt2_jax.NAME`: while Python finds the module, argv[0] is "-m" and the module's name is the word of
-# the original command line just before the arguments that argv holds ("-mNAME" when written as one word).
-if sys.argv[:1] == ["-m"] and len(sys.orig_argv) > len(sys.argv) and \
-        sys.orig_argv[-len(sys.argv)].removeprefix("-m").startswith("gpt2_jax."):
-    from gpt2_jax.interrupt import leave_on_ctrl_c_while_starting  # a Ctrl-C before the CLI's main: one line
+
+
+def _starting_a_gpt2_jax_command() -> bool:
+    """Whether this import is `python -m gpt2_jax.NAME` starting: while Python finds the module, argv[0] is "-m",
+    and the module's name is the word of the original command line just before the arguments that argv holds
+    ("-mNAME" when written as one word)."""
+    if sys.argv[:1] != ["-m"] or len(sys.orig_argv) <= len(sys.argv):
+        return False
+    return sys.orig_argv[-len(sys.argv)].removeprefix("-m").startswith("gpt2_jax.")
+
+
+if _starting_a_gpt2_jax_command():  # a Ctrl-C before the command's main is one line, not a traceback
+    from gpt2_jax.interrupt import leave_on_ctrl_c_while_starting
 
     leave_on_ctrl_c_while_starting()
 
