@@ -164,8 +164,7 @@ class Run:
                 if evaluate:
                     self.evaluate(step)
                 if self.stop.signal and not last:
-                    if not save:  # it came after this step's save was decided (during the evaluation): save now
-                        self.log_train(step, step_metrics, newest=(step, step_metrics), log=bool(pending), saving=True)
+                    if not save:  # it came during the evaluation, after the save was decided (its loss checked then)
                         self.save(step)
                     self.checkpoints.wait()  # on disk, whole, before it is said to be (the finally would wait too)
                     print(f"{self.stop.signal}: saved step {step} in {self.workdir}; rerun the same command to resume")
@@ -174,7 +173,7 @@ class Run:
         finally:  # pending checkpoint writes finish, even on an error
             self.checkpoints.close()
             self.writer.close()
-        ran = step > self.start or self.evaluate_first and not self.stopped_by
+        ran = step > self.start or (self.evaluate_first and not self.stopped_by)
         if self.process == 0 and (ran or self.start >= c.max_steps):
             console.close(self.workdir, self.start + 1, step, c.max_steps, time.perf_counter() - self.began,
                           stopped=self.stopped_by is not None, ran=ran)

@@ -608,8 +608,8 @@ def test_a_hangup_saves_and_stops_unless_it_is_ignored(shakespeare_bytes, tmp_pa
 
     write = train_module.Run.write
 
-    def hangup_at_step_3(self, step, row, eta=None):
-        write(self, step, row, eta)
+    def hangup_at_step_3(self, step, row, *args, **kwargs):
+        write(self, step, row, *args, **kwargs)
         if step == 3:
             os.kill(os.getpid(), signal.SIGHUP)
 
