@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import warnings
 
 import jax
@@ -125,7 +126,7 @@ def failure_reason(error: BaseException) -> str:
         return os_error.strerror
     error = chain[-1]
     code = re.search(r"os_error_code='?(\d+)", str(error))
-    return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {' '.join(str(error).split())[:160]}"
+    return os.strerror(int(code.group(1))) if code else f"{type(error).__name__}: {textwrap.shorten(str(error), 200)}"
 
 
 # What the machine says when it could not read healthy files (no access, no memory or file handles, a network

@@ -99,8 +99,8 @@ class TrainCheckpoints:
                 if self.read_only and retries and (step not in (now := self.manager.all_steps()) or max(now) > steps[0]):
                     return self.restore_latest(targets_for, data_iterator, retries - 1)  # a trainer moved on: anew
                 damaged.append(f"step {step}")
-                print(f"checkpoint step {step} is damaged ({damage}){aside and f', set aside as {aside}' or ''}; "
-                      "restoring the one before", file=sys.stderr)
+                print(f"checkpoint step {step} is damaged ({damage}){aside and f', set aside as {aside}' or ''}; " + (
+                      "restoring the one before" if step != steps[-1] else "no step is left before it"), file=sys.stderr)
         set_aside = sorted(p.name for p in self.directory.glob(f"*{integrity.SET_ASIDE}*"))
         if not (steps or set_aside or self.read_only):
             return None  # a new run

@@ -198,7 +198,9 @@ def test_when_every_step_is_damaged_the_run_refuses_to_start_over(trained, shake
     config = tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0)
     result = run_train(config, workdir)
     assert_one_line_error(result, "no readable checkpoint (set aside as damaged: 10.unreadable, 20.unreadable)")
-    assert result.stderr.count("is damaged") == 2
+    damaged = [line for line in result.stderr.splitlines() if "is damaged" in line]
+    assert len(damaged) == 2 and damaged[0].endswith("set aside as 20.unreadable; restoring the one before") and \
+        damaged[1].endswith("set aside as 10.unreadable; no step is left before it"), damaged
     before = snapshot(workdir)
     again = run_train(config, workdir)  # never a fresh run from step 0 over the set-aside steps
     assert_one_line_error(again, "to start again from step 0, move them out of")
@@ -422,3 +424,11 @@ def test_a_step_left_unfinished_by_a_killed_save_is_removed_by_the_next_trainer(
     assert load_model(str(workdir)).params and unfinished.is_dir()  # a reader moves nothing
     train(tiny_run_config(shakespeare_bytes, max_steps=30, eval_every=0), workdir)
     assert sorted(path.name for path in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
+
+
+def test_a_long_reason_is_cut_at_a_word_and_says_so():
+    message = "Requested byte range [0, 17073) is out of bounds for " * 8  # tensorstore's are long
+    reason = checkpoint_failures.failure_reason(ValueError(message))
+    kept = reason.removeprefix("ValueError: ").removesuffix(" [...]")
+    assert reason.endswith(" [...]") and len(reason) <= len("ValueError: ") + 200, reason
+    assert len(kept) > 150 and (message.strip() + " ").startswith(kept + " "), reason  # whole words, in order
