@@ -53,9 +53,9 @@ def logits_after(model, params, tokens_BxL, cache, position):
     """The logits [B, V] that predict position + 1, and the cache that has seen `position`."""
     P, L, apply = model.config.n_positions, tokens_BxL.shape[1], functools.partial(model.apply, {"params": params})
     if L > P:  # windowed: the model over the last P tokens, the head at one position (not [B, P, V] logits)
-        start = jnp.clip(position + 1 - P, 0, L - P)
-        x_BxPxD = apply(jax.lax.dynamic_slice_in_dim(tokens_BxL, start, P, axis=1), method=GPT2.hidden)
-        return apply(jax.lax.dynamic_slice_in_dim(x_BxPxD, position - start, 1, axis=1), method=GPT2.head)[:, 0], cache
+        first = jnp.clip(position + 1 - P, 0, L - P)  # the window's first position
+        x_BxPxD = apply(jax.lax.dynamic_slice_in_dim(tokens_BxL, first, P, axis=1), method=GPT2.hidden)
+        return apply(jax.lax.dynamic_slice_in_dim(x_BxPxD, position - first, 1, axis=1), method=GPT2.head)[:, 0], cache
     token_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxL, position, 1, axis=1)
     logits_Bx1xV, cache = apply(token_Bx1, cache, position, method=GPT2.decode)
     return logits_Bx1xV[:, 0], cache
@@ -82,4 +82,3 @@ def decode_chunk(model, params, state: DecodeState, *, stop, T, sampling, on_tok
     # All rows ended: end-of-text to the end, here rather than in one more program.
     unwritten_L = jnp.all(state.done_B) & (jnp.arange(state.tokens_BxL.shape[1]) >= T + state.steps)
     return state._replace(tokens_BxL=jnp.where(unwritten_L, eos, state.tokens_BxL))
-
